@@ -1,0 +1,14 @@
+# Every target is a thin call to a script in scripts/, so each step also runs on its own.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+venv: ## create .venv with the project and its test dependencies
+	@bash scripts/venv.sh
+
+lint: venv ## ruff on the whole tree
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+.PHONY: help venv lint

@@ -1,0 +1,120 @@
+"""The engine interface shared by llama.cpp and MLX (exo's builder/engine shape).
+
+A scheduler thread owns one engine and is the only caller of `submit`, `cancel`
+and `step`; HTTP handlers never touch it. `step()` advances every active
+sequence by one token, so both engines batch concurrent requests by
+construction (continuous batching).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+# Called while loading with (done, total) in whatever unit the engine knows
+# (tensors or layers); the runtime turns it into a fraction for /readyz and logs.
+LoadProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine tuning from the CLI (and so from the ExoModel's `engineArgs`)."""
+
+    context_length: int = 4096
+    gpu_layers: int | None = None  # None: all layers when a GPU is present, else 0
+    tensor_split: tuple[float, ...] = ()  # share of the model per GPU, for several GPUs
+    threads: int | None = None  # None: the CPUs this process may use
+    batch_size: int = 512
+    parallel: int = 8  # most sequences decoded together; more wait in the queue
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationRequest:
+    """One sequence to generate: the prompt is already templated and tokenized."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What one `step()` produced for one sequence.
+
+    `text` is the newly decoded text (possibly empty while a multi-byte
+    character is incomplete); `finish_reason` is set on the sequence's last chunk.
+    """
+
+    request_id: str
+    text: str
+    token_id: int | None = None
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+class ModelLoadError(RuntimeError):
+    """The model file cannot be loaded: the message names the file and what to do."""
+
+
+class EngineLoader(Protocol):
+    """Each engine module exposes `load(model_path, options, progress) -> Engine`."""
+
+    def __call__(
+        self, model_path: str, options: EngineOptions, progress: LoadProgress | None = None
+    ) -> Engine: ...
+
+
+class Engine(Protocol):
+    name: str  # "llamacpp" or "mlx"
+    model_path: str
+    context_length: int
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    def embedded_chat_template(self) -> str | None:
+        """The Jinja chat template the model carries, if any."""
+        ...
+
+    def special_tokens(self) -> dict[str, str]:
+        """bos_token / eos_token strings for rendering chat templates."""
+        ...
+
+    def architecture(self) -> str:
+        """The model's architecture name (e.g. "gemma3"), to pick a template when none is carried."""
+        ...
+
+    def end_of_turn_token_ids(self) -> set[int]:
+        """Token ids that end a generation (EOS and end-of-turn markers)."""
+        ...
+
+    def warmup(self, prompt_tokens: list[int], max_tokens: int) -> None:
+        """Run one short generation synchronously, before the scheduler starts."""
+        ...
+
+    def submit(self, request: GenerationRequest) -> None: ...
+
+    def cancel(self, request_id: str) -> None:
+        """Free the sequence at the next step; its last chunk says "cancelled"."""
+        ...
+
+    def has_work(self) -> bool: ...
+
+    def step(self) -> list[Chunk]:
+        """Advance every active sequence by one token (prefilling new ones first)."""
+        ...
+
+    def close(self) -> None: ...
