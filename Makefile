@@ -12,3 +12,8 @@ lint: venv ## ruff on the whole tree
 	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 .PHONY: help venv lint
+
+test: ## run every test tier (TIERS="unit runtime" for a subset)
+	@bash scripts/test.sh
+
+.PHONY: test

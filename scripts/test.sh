@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The project's test command (`make test`): builds what the tiers need (cached),
+# then runs every tier in one pytest session so that there is one verdict.
+#
+#   TIERS="unit runtime"  make test     # a subset: lint unit fetch runtime mlx kwok kind e2e
+#   PYTEST_ARGS="-x -k chat" make test  # extra pytest arguments
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+ALL_TIERS="lint unit fetch runtime mlx kwok kind e2e"
+TIERS="${TIERS:-$ALL_TIERS}"
+has_tier() { [[ " $TIERS " == *" $1 "* ]]; }
+for t in $TIERS; do
+  [[ " $ALL_TIERS " == *" $t "* ]] || die "unknown tier '$t' (known: $ALL_TIERS)"
+done
+
+step() { log "[test] $*"; }
+
+step "python environment"
+bash scripts/venv.sh
+
+if has_tier lint; then
+  step "lint: ruff check and ruff format --check"
+  .venv/bin/ruff check .
+  .venv/bin/ruff format --check .
+fi
+
+if has_tier kwok || has_tier kind || has_tier e2e; then
+  step "Kubernetes tools (built once from pinned sources, then cached)"
+  bash scripts/tools.sh
+fi
+if has_tier kind || has_tier e2e; then
+  step "Docker, the Debian base image and the kind node image"
+  bash scripts/docker.sh up
+  bash scripts/base-image.sh
+  bash scripts/node-image.sh
+fi
+if has_tier e2e; then
+  step "the project's images"
+  bash scripts/images.sh build
+fi
+
+# Each tier is a folder (or a marker) of tests/.
+paths=()
+has_tier unit && paths+=(tests/unit)
+has_tier fetch && paths+=(tests/fetch)
+has_tier runtime && paths+=(tests/runtime)
+has_tier mlx && paths+=(tests/mlx)
+has_tier kwok && paths+=(tests/harness/test_kwok.py tests/cluster tests/chart)
+has_tier kind && paths+=(tests/harness/test_kind.py)
+has_tier e2e && paths+=(tests/e2e)
+
+if [ ${#paths[@]} -eq 0 ]; then
+  log "no pytest tier selected"
+  exit 0
+fi
+step "pytest ${paths[*]}"
+# shellcheck disable=SC2086
+exec .venv/bin/pytest -ra ${PYTEST_ARGS:-} "${paths[@]}"
