@@ -6,3 +6,15 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# Binaries built by scripts/tools.sh from the pins in scripts/versions.env.
+TOOLS_BIN="${TOOLS_BIN:-$EXO_CACHE/bin}"
+
+# require_tools NAME...: fails unless every named binary is in $TOOLS_BIN.
+require_tools() {
+  local name missing=()
+  for name in "$@"; do
+    [ -x "$TOOLS_BIN/$name" ] || missing+=("$name")
+  done
+  [ "${#missing[@]}" -eq 0 ] || die "missing in $TOOLS_BIN: ${missing[*]}; run \`make tools\` to build them"
+}
