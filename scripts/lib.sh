@@ -18,3 +18,14 @@ require_tools() {
   done
   [ "${#missing[@]}" -eq 0 ] || die "missing in $TOOLS_BIN: ${missing[*]}; run \`make tools\` to build them"
 }
+
+# Debian's docker client, which matches the API of the dockerd that scripts/docker.sh starts (a
+# newer client elsewhere on PATH may speak an API version that daemon does not).
+docker_cli() { /usr/bin/docker "$@"; }
+
+# Put Debian's docker client first on PATH for tools that run `docker` themselves (kind).
+use_debian_docker_on_path() {
+	mkdir -p "$EXO_CACHE/docker/bin"
+	ln -sf /usr/bin/docker "$EXO_CACHE/docker/bin/docker"
+	export PATH="$EXO_CACHE/docker/bin:$PATH"
+}
