@@ -1,0 +1,100 @@
+"""A real HTTP file server on 127.0.0.1 whose faults each test chooses, and a fetch runner."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ServedFile:
+    body: bytes
+    status: int = 200
+    honour_range: bool = True
+    # Cut the connection after this many body bytes, for this many requests.
+    cut_after: int | None = None
+    cuts_left: int = 0
+    # Sleep between chunks, so a download lasts long enough to report progress.
+    chunk: int = 64 * 1024
+    delay_per_chunk: float = 0.0
+
+
+@dataclass
+class FileServer:
+    """Serves `files` by path; records every request's path and headers."""
+
+    files: dict[str, ServedFile] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    url: str = ""
+
+    def add(self, path: str, body: bytes, **options) -> str:
+        self.files[path] = ServedFile(body, **options)
+        return self.url + path
+
+
+def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            server.requests.append((self.path, dict(self.headers)))
+            served = server.files.get(self.path)
+            if served is None or served.status != 200:
+                status = served.status if served else 404
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body, start = served.body, 0
+            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            if match and served.honour_range:
+                start = int(match.group(1))
+                if start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            limit = len(body)
+            if served.cut_after is not None and served.cuts_left > 0:
+                served.cuts_left -= 1
+                limit = min(limit, start + served.cut_after)
+            for offset in range(start, limit, served.chunk):
+                self.wfile.write(body[offset : min(offset + served.chunk, limit)])
+                self.wfile.flush()
+                time.sleep(served.delay_per_chunk)
+            if limit < len(body):
+                self.close_connection = True
+                self.connection.shutdown(2)
+
+    return Handler
+
+
+@pytest.fixture
+def file_server():
+    state = FileServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd.daemon_threads = True
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()

@@ -1,0 +1,57 @@
+"""Runs `exo-runtime fetch` in a child process, as the fetch Job does, and parses its output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Until the CLI wires `exo-runtime fetch`, the tests call the same two functions it calls.
+_RUNNER = (
+    "import argparse, sys\n"
+    "from exo_runtime.fetcher import add_fetch_arguments, run_fetch\n"
+    "parser = argparse.ArgumentParser(prog='exo-runtime fetch')\n"
+    "add_fetch_arguments(parser)\n"
+    "sys.exit(run_fetch(parser.parse_args()))\n"
+)
+
+
+@dataclass
+class FetchResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    @property
+    def summary(self) -> dict:
+        return self.lines[-1]
+
+
+def run_fetch(
+    *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> FetchResult:
+    """Run the fetch in a child process, as the fetch Job does, with stdout a pipe."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT")}
+    full_env = {**inherited, "PYTHONPATH": str(REPO_ROOT / "runtime"), **(env or {})}
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-c", _RUNNER, *args, "--retry-backoff", "0.05"],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+    return FetchResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
