@@ -17,3 +17,14 @@ test: ## run every test tier (TIERS="unit runtime" for a subset)
 	@bash scripts/test.sh
 
 .PHONY: test
+
+tools: ## build the pinned Kubernetes tools from source into ~/.cache/exo-operator/bin
+	@bash scripts/tools.sh
+
+kwok: ## start the kwok control plane with fake GPU nodes (prints export KUBECONFIG=...)
+	@bash scripts/kwok.sh up
+
+kwok-down: ## stop the kwok control plane and remove what it left
+	@bash scripts/kwok.sh down
+
+.PHONY: tools kwok kwok-down
