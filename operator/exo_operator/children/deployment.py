@@ -1,0 +1,213 @@
+"""The Deployment of runtime pods running `exo-runtime serve`."""
+
+import math
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+from exo_operator.cache import MODELS_MOUNT, model_path
+from exo_operator.children import content_hash, owner_reference
+from exo_operator.children.pod_security import (
+    SCRATCH_MOUNT,
+    SCRATCH_VOLUME,
+    container_security_context,
+    pod_security_context,
+)
+from exo_operator.model import ExoModel
+from exo_operator.naming import (
+    RUNTIME,
+    TEMPLATE_HASH_LABEL,
+    cache_claim_name,
+    component_labels,
+    runtime_name,
+    runtime_selector,
+)
+from exo_operator.settings import OperatorSettings
+
+GPU_RESOURCE = "nvidia.com/gpu"
+PROBE_PERIOD_SECONDS = 5
+GIB = 1024**3
+
+
+def threads_for(model: ExoModel) -> int | None:
+    """engineArgs.threads, else one thread per whole CPU of the limit (more would just contend)."""
+    if model.spec.engine_args.threads:
+        return model.spec.engine_args.threads
+    if model.spec.resources.cpu is None:
+        return None
+    return max(1, math.floor(parse_quantity(model.spec.resources.cpu)))
+
+
+def startup_budget_seconds(
+    model: ExoModel, settings: OperatorSettings, model_bytes: int | None
+) -> int:
+    """How long load and warmup may take: the warmup timeout plus time per GiB of model.
+
+    The model's size comes from the download when known, else the cache size bounds it.
+    """
+    if model_bytes is None and not model.spec.source.pvc:
+        model_bytes = int(parse_quantity(model.spec.storage.size))
+    gib = math.ceil((model_bytes or 0) / GIB)
+    return model.spec.warmup.timeout_seconds + settings.startup_seconds_per_gib * gib
+
+
+def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
+    """The `exo-runtime serve` command line for the model's spec."""
+    spec = model.spec
+    args = [
+        "serve",
+        "--model", model_path(spec.source),
+        "--engine", spec.engine,
+        "--port", str(settings.runtime_port),
+        "--model-name", model.name,
+    ]  # fmt: skip
+    ea = spec.engine_args
+    gpu_layers = (
+        ea.gpu_layers if ea.gpu_layers is not None else (-1 if spec.resources.gpus else None)
+    )
+    optional = {
+        "--context-length": ea.context_length,
+        "--gpu-layers": gpu_layers,
+        "--tensor-split": ",".join(f"{w:g}" for w in ea.tensor_split) if ea.tensor_split else None,
+        "--threads": threads_for(model),
+        "--batch-size": ea.batch_size,
+        "--parallel": ea.parallel,
+        "--chat-template": spec.chat_template,
+        "--warmup-prompt": spec.warmup.prompt,
+        "--warmup-max-tokens": spec.warmup.max_tokens,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _resources(model: ExoModel) -> dict[str, Any]:
+    res = model.spec.resources
+    limits: dict[str, Any] = {}
+    requests: dict[str, Any] = {}
+    if res.gpus:
+        limits[GPU_RESOURCE] = str(res.gpus)
+    for name, value in (("cpu", res.cpu), ("memory", res.memory)):
+        if value is not None:
+            requests[name] = limits[name] = str(value)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tolerations(model: ExoModel) -> list[dict[str, Any]]:
+    tolerations = list(model.spec.tolerations)
+    if model.spec.resources.gpus:
+        # GPU node pools are commonly tainted nvidia.com/gpu so that only GPU work lands there.
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _probes(budget_seconds: int) -> dict[str, Any]:
+    def http_get(path: str) -> dict[str, Any]:
+        return {"path": path, "port": "http"}
+
+    return {
+        # The startup probe holds liveness off until /readyz passes, so a long load is never
+        # killed by its own probe; past the budget a truly hung load restarts with a reason.
+        "startupProbe": {
+            "httpGet": http_get("/readyz"),
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "failureThreshold": max(1, math.ceil(budget_seconds / PROBE_PERIOD_SECONDS)),
+            "timeoutSeconds": 2,
+        },
+        "readinessProbe": {
+            "httpGet": http_get("/readyz"),
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "failureThreshold": 2,
+            "timeoutSeconds": 2,
+        },
+        "livenessProbe": {
+            "httpGet": http_get("/healthz"),
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "timeoutSeconds": 5,
+        },
+    }
+
+
+def _model_volume(model: ExoModel) -> dict[str, Any]:
+    claim = model.spec.source.pvc.claim_name if model.spec.source.pvc else cache_claim_name(model)
+    return {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+
+
+def _strategy(model: ExoModel) -> dict[str, Any]:
+    if model.spec.resources.gpus:
+        # A surge pod would need GPUs beyond the model's share and could wait forever for them:
+        # replace pods one at a time instead.
+        rolling = {"maxSurge": 0, "maxUnavailable": 1}
+    else:
+        rolling = {"maxSurge": 1, "maxUnavailable": 0}
+    return {"type": "RollingUpdate", "rollingUpdate": rolling}
+
+
+def runtime_deployment_for(
+    model: ExoModel, settings: OperatorSettings, model_bytes: int | None = None
+) -> dict[str, Any]:
+    """The runtime Deployment; a change to anything the pods run with rolls it."""
+    spec = model.spec
+    container: dict[str, Any] = {
+        "name": "runtime",
+        "image": spec.image or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["exo-runtime"],
+        "args": serve_args(model, settings),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "ports": [{"name": "http", "containerPort": settings.runtime_port, "protocol": "TCP"}],
+        "resources": _resources(model),
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+            SCRATCH_MOUNT,
+        ],
+        "securityContext": container_security_context(),
+        # "exo-runtime: load failed: ..." arrives here; the log's tail when the runtime died
+        # before it could write it.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **_probes(startup_budget_seconds(model, settings, model_bytes)),
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings.runtime_uid),
+        "containers": [container],
+        "volumes": [_model_volume(model), SCRATCH_VOLUME],
+    }
+    tolerations = _tolerations(model)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.affinity:
+        pod_spec["affinity"] = spec.affinity
+    template_metadata: dict[str, Any] = {"labels": component_labels(model, RUNTIME)}
+    if spec.pod_annotations:
+        template_metadata["annotations"] = dict(spec.pod_annotations)
+    # Pods carry the hash of the template they were made from: the status counts as ready only
+    # those of the current spec, without waiting for the Deployment controller's bookkeeping.
+    template_metadata["labels"][TEMPLATE_HASH_LABEL] = content_hash([template_metadata, pod_spec])
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": runtime_name(model),
+            "namespace": model.namespace,
+            "labels": component_labels(model, RUNTIME),
+            "ownerReferences": [owner_reference(model)],
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": runtime_selector(model)},
+            "strategy": _strategy(model),
+            "template": {"metadata": template_metadata, "spec": pod_spec},
+        },
+    }

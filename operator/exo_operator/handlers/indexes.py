@@ -1,0 +1,54 @@
+"""In-memory views of ExoModels and their children, keyed by (namespace, model name).
+
+Handlers look children up here instead of listing them from the apiserver.
+"""
+
+from typing import Any
+
+import kopf
+
+from exo_operator.model import GROUP, PLURAL, VERSION
+from exo_operator.naming import MODEL_LABEL
+
+CHILD_FILTER = {MODEL_LABEL: kopf.PRESENT, "app.kubernetes.io/managed-by": "exo-operator"}
+
+
+def _key(namespace: str | None, labels: Any) -> tuple[str | None, str]:
+    return (namespace, labels[MODEL_LABEL])
+
+
+def _slim(body: kopf.Body) -> dict[str, Any]:
+    """The object without its managedFields, which the operator never reads and which are large."""
+    slim = dict(body)
+    slim["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return slim
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def exomodels(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, name): _slim(body)}
+
+
+@kopf.index("v1", "pods", labels=CHILD_FILTER)
+def model_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): _slim(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=CHILD_FILTER)
+def model_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): _slim(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=CHILD_FILTER)
+def model_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): _slim(body)}
+
+
+@kopf.index("v1", "persistentvolumeclaims", labels=CHILD_FILTER)
+def model_claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): _slim(body)}
+
+
+@kopf.index("v1", "services", labels=CHILD_FILTER)
+def model_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): _slim(body)}

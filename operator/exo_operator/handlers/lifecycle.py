@@ -1,0 +1,123 @@
+"""Operator lifecycle: settings, credentials, the background loops, and the liveness probe."""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from exo_operator import kube
+from exo_operator.naming import COMPONENT_LABEL, FETCH
+from exo_operator.reconciler import Reconciler, Snapshot
+from exo_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+# A safety net: anything an event missed (a failed write, say) converges within this time.
+RESYNC_SECONDS = 30.0
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    exomodels: kopf.Index,
+    model_pods: kopf.Index,
+    model_jobs: kopf.Index,
+    model_deployments: kopf.Index,
+    model_claims: kopf.Index,
+    model_services: kopf.Index,
+    **_: Any,
+) -> None:
+    # Keep kopf's bookkeeping in annotations of our own prefix, not in the status we own.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="exo.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="exo.dev", key="last-handled-configuration"
+    )
+    # Events only for the transitions we post ourselves, not for every handler's log line.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    await asyncio.to_thread(kube.load_credentials)
+
+    def snapshot(key: tuple[str, str]) -> Snapshot:
+        def values(index: kopf.Index) -> list[dict[str, Any]]:
+            return list(index.get(key, []))
+
+        bodies = values(exomodels)
+        return Snapshot(
+            body=bodies[0] if bodies else None,
+            pods=values(model_pods),
+            jobs=values(model_jobs),
+            deployments=values(model_deployments),
+            claims=values(model_claims),
+            services=values(model_services),
+        )
+
+    operator_settings = OperatorSettings()
+    memo.settings = operator_settings
+    memo.ready = asyncio.Event()
+    memo.reconciler = Reconciler(operator_settings, snapshot)
+    memo.loops = [
+        asyncio.create_task(_follow_downloads(memo, exomodels, model_pods)),
+        asyncio.create_task(_resync(memo, exomodels)),
+    ]
+
+
+@kopf.on.cleanup()
+async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
+    for task in getattr(memo, "loops", []):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@kopf.on.probe(id="models")
+def models_known(exomodels: kopf.Index, **_: Any) -> int:
+    """Liveness: the operator answers, and says how many ExoModels it watches."""
+    return len(exomodels)
+
+
+def _running_fetch_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        if (
+            labels.get(COMPONENT_LABEL) == FETCH
+            and (pod.get("status") or {}).get("phase") == "Running"
+        ):
+            return pod
+    return None
+
+
+async def _follow_downloads(memo: kopf.Memo, exomodels: kopf.Index, model_pods: kopf.Index) -> None:
+    """Copies the running fetch pods' progress lines into their models' status."""
+    await memo.ready.wait()  # kopf calls handlers only once every index is filled
+    reconciler: Reconciler = memo.reconciler
+    while True:
+        await asyncio.sleep(memo.settings.progress_interval_seconds)
+        for key, store in list(exomodels.items()):
+            for body in store:
+                if (body.get("status") or {}).get("phase") != "Downloading":
+                    continue
+                pod = _running_fetch_pod(list(model_pods.get(key, [])))
+                if not pod:
+                    continue
+                tail = await asyncio.to_thread(kube.log_tail, key[0], pod["metadata"]["name"])
+                if tail and tail != reconciler.fetch_tails.get(key):
+                    reconciler.fetch_tails[key] = tail
+                    await _quietly(reconciler, key)
+
+
+async def _resync(memo: kopf.Memo, exomodels: kopf.Index) -> None:
+    """Reconciles every model now and then; it writes nothing when nothing changed."""
+    await memo.ready.wait()
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        for key in list(exomodels.keys()):
+            await _quietly(memo.reconciler, key)
+
+
+async def _quietly(reconciler: Reconciler, key: tuple[str, str]) -> None:
+    try:
+        await reconciler.reconcile(key)
+    except Exception as error:  # one model's failure never stops the loop for the others
+        log.warning("reconcile of %s/%s failed, retrying at the next resync: %s", *key, error)

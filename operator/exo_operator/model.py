@@ -1,0 +1,112 @@
+"""The ExoModel spec as typed values: the boundary between the API's JSON and the builders.
+
+The CRD's schema has already refused bad input and filled defaults; these models read what it
+admitted (and fill the same defaults, so that builders also work on a spec given by hand).
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "exo.dev"
+VERSION = "v1alpha1"
+PLURAL = "exomodels"
+KIND = "ExoModel"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class SecretKeyRef(_Spec):
+    name: str
+    key: str = "token"
+
+
+class HuggingFaceSource(_Spec):
+    repo: str
+    file: str
+    revision: str = "main"
+    token_secret_ref: SecretKeyRef | None = None
+
+
+class ClaimSource(_Spec):
+    claim_name: str
+    path: str
+
+
+class Source(_Spec):
+    url: str | None = None
+    hugging_face: HuggingFaceSource | None = None
+    pvc: ClaimSource | None = None
+    sha256: str | None = None
+    filename: str | None = None
+
+
+class Resources(_Spec):
+    gpus: int = 0
+    cpu: int | str | None = None
+    memory: int | str | None = None
+
+
+class Storage(_Spec):
+    size: str = "10Gi"
+    storage_class_name: str | None = None
+    access_mode: str = "ReadWriteOnce"
+    retain_on_delete: bool = False
+
+
+class EngineArgs(_Spec):
+    context_length: int | None = None
+    gpu_layers: int | None = None
+    threads: int | None = None
+    batch_size: int | None = None
+    parallel: int | None = None
+    tensor_split: list[float] | None = None
+
+
+class Warmup(_Spec):
+    prompt: str = "Hello"
+    max_tokens: int = 8
+    timeout_seconds: int = 900
+
+
+class ExoModelSpec(_Spec):
+    source: Source
+    engine: Literal["auto", "llamacpp", "mlx"] = "auto"
+    replicas: int = 1
+    resources: Resources = Field(default_factory=Resources)
+    storage: Storage = Field(default_factory=Storage)
+    engine_args: EngineArgs = Field(default_factory=EngineArgs)
+    chat_template: str | None = None
+    warmup: Warmup = Field(default_factory=Warmup)
+    image: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ExoModel(BaseModel):
+    """One ExoModel as the builders need it: identity plus spec."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+    spec: ExoModelSpec
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "ExoModel":
+        """Read an ExoModel object as the API returns it."""
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            generation=meta.get("generation", 1),
+            spec=ExoModelSpec.model_validate(body.get("spec") or {}),
+        )

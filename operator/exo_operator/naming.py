@@ -1,0 +1,50 @@
+"""Names and labels of an ExoModel's children, all derived from the ExoModel's name."""
+
+from exo_operator.model import ExoModel
+
+MODEL_LABEL = "exo.dev/model"
+COMPONENT_LABEL = "exo.dev/component"
+TEMPLATE_HASH_LABEL = "exo.dev/template-hash"
+APPLIED_HASH_ANNOTATION = "exo.dev/applied-hash"
+
+RUNTIME = "runtime"
+FETCH = "fetch"
+CACHE = "cache"
+
+
+def cache_claim_name(model: ExoModel) -> str:
+    return f"{model.name}-cache"
+
+
+def fetch_job_name(model: ExoModel, key: str) -> str:
+    """One Job per cache key: a new source fetches in a new Job, never reusing a finished one."""
+    return f"{model.name}-fetch-{key[:10]}"
+
+
+def runtime_name(model: ExoModel) -> str:
+    """The Deployment's and the Service's name, so that the endpoint reads like the model."""
+    return model.name
+
+
+def component_labels(model: ExoModel, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "exo-runtime",
+        "app.kubernetes.io/instance": model.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "exo-operator",
+        MODEL_LABEL: model.name,
+        COMPONENT_LABEL: component,
+    }
+
+
+def runtime_selector(model: ExoModel) -> dict[str, str]:
+    return {MODEL_LABEL: model.name, COMPONENT_LABEL: RUNTIME}
+
+
+def selector_string(model: ExoModel) -> str:
+    """The runtime pods' selector as the scale subresource wants it (label=value,...)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(runtime_selector(model).items()))
+
+
+def endpoint(model: ExoModel, port: int) -> str:
+    return f"http://{runtime_name(model)}.{model.namespace}.svc:{port}/v1"

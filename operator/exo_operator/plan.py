@@ -1,0 +1,71 @@
+"""Plan apart from action: which children an ExoModel should have, and which need applying now."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from exo_operator.children import applied_hash, stamp_applied_hash
+from exo_operator.children.deployment import runtime_deployment_for
+from exo_operator.children.fetch_job import fetch_job_for
+from exo_operator.children.pvc import cache_pvc_for
+from exo_operator.children.service import runtime_service_for
+from exo_operator.model import ExoModel
+from exo_operator.naming import TEMPLATE_HASH_LABEL
+from exo_operator.settings import OperatorSettings
+
+ChildKey = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def child_key(manifest: dict[str, Any]) -> ChildKey:
+    meta = manifest["metadata"]
+    return manifest["kind"], meta["namespace"], meta["name"]
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Every child the ExoModel should have in its current state, stamped with its hash."""
+
+    manifests: list[dict[str, Any]]
+    template_hash: str
+
+
+def desired_children(
+    model: ExoModel, settings: OperatorSettings, cached: bool, model_bytes: int | None
+) -> Desired:
+    """The cache claim and the fetch Job until the model is cached; then the Deployment.
+
+    The Service comes first of all, so that the endpoint exists before the pods do.
+    """
+    deployment = runtime_deployment_for(model, settings, model_bytes)
+    manifests = [runtime_service_for(model, settings)]
+    pvc = cache_pvc_for(model)
+    if pvc:
+        manifests.append(pvc)
+    if cached:
+        manifests.append(deployment)
+    else:
+        job = fetch_job_for(model, settings)
+        if job:
+            manifests.append(job)
+    template_hash = deployment["spec"]["template"]["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+    return Desired([stamp_applied_hash(m) for m in manifests], template_hash)
+
+
+def needs_apply(
+    desired: dict[str, Any],
+    observed: dict[str, Any] | None,
+    remembered: tuple[str, str | None] | None,
+) -> bool:
+    """Whether a child must be applied: it is missing or differs from what was last applied.
+
+    `remembered` is (hash, resourceVersion seen) of this operator's own last apply: while the
+    watch has not yet shown that write, the child is not applied a second time.
+    """
+    if desired["kind"] == "Job" and observed:
+        return False  # a Job's template is immutable and it runs once; a new source gets a new Job
+    want = desired["metadata"]["annotations"]["exo.dev/applied-hash"]
+    if applied_hash(observed) == want:
+        return False
+    if remembered and remembered[0] == want:
+        seen = (observed or {}).get("metadata", {}).get("resourceVersion")
+        return seen != remembered[1]
+    return True

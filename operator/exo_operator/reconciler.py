@@ -1,0 +1,184 @@
+"""Brings one ExoModel's children and status in line with its spec, from the indexes' snapshot.
+
+Idempotent: it reads what the watches hold, applies only what differs, and writes status only
+when it changed, so an idle cluster sees no writes.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from exo_operator import kube
+from exo_operator.cache import cache_key
+from exo_operator.model import ExoModel
+from exo_operator.naming import COMPONENT_LABEL, FETCH, RUNTIME, fetch_job_name
+from exo_operator.plan import ChildKey, child_key, desired_children, needs_apply
+from exo_operator.settings import OperatorSettings
+from exo_operator.status import Observed, aggregate, status_changed
+
+ModelKey = tuple[str, str]  # (namespace, name)
+log = logging.getLogger(__name__)
+
+# Statuses worth retrying: conflicts, throttling and the apiserver's own troubles.
+RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class Snapshot:
+    """What the watches hold for one ExoModel (kopf indexes, looked up by (namespace, model))."""
+
+    body: dict[str, Any] | None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    deployments: list[dict[str, Any]] = field(default_factory=list)
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    services: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _by_name(objects: Iterable[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((o for o in objects if o["metadata"]["name"] == name), None)
+
+
+def _component(pod: dict[str, Any]) -> str | None:
+    return (pod["metadata"].get("labels") or {}).get(COMPONENT_LABEL)
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+class Reconciler:
+    """Serializes reconciles per ExoModel and runs different ExoModels concurrently."""
+
+    def __init__(self, settings: OperatorSettings, snapshot: Callable[[ModelKey], Snapshot]):
+        self.settings = settings
+        self.snapshot = snapshot
+        self._locks: dict[ModelKey, asyncio.Lock] = {}
+        self._waiting: set[ModelKey] = set()
+        self._applied: dict[ChildKey, tuple[str, str | None]] = {}
+        self._written: dict[ModelKey, dict[str, Any]] = {}
+        self.fetch_tails: dict[ModelKey, str] = {}
+
+    def forget(self, key: ModelKey) -> None:
+        """Drops what is remembered of a deleted ExoModel."""
+        self._locks.pop(key, None)
+        self._written.pop(key, None)
+        self.fetch_tails.pop(key, None)
+
+    async def reconcile(self, key: ModelKey, *, coalesce: bool = True) -> None:
+        """Reconciles one ExoModel; with coalesce, a call finding one already queued is dropped."""
+        if coalesce and key in self._waiting:
+            return  # the queued run reads the indexes after this event too
+        self._waiting.add(key)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self._waiting.discard(key)
+            await self._reconcile_once(key)
+
+    async def _reconcile_once(self, key: ModelKey) -> None:
+        snap = self.snapshot(key)
+        if snap.body is None or snap.body["metadata"].get("deletionTimestamp"):
+            return
+        body = snap.body
+        model = ExoModel.from_body(body)
+        previous = dict(body.get("status") or {})
+        if (
+            key in self._written
+            and self._written[key].get("observedGeneration") == model.generation
+        ):
+            # The watch may not have shown our last status write yet.
+            previous = {**previous, **self._written[key]}
+        uid = model.uid
+        # Pods are owned by ReplicaSets and Jobs, so the index finds them by the model's label.
+        pods = snap.pods
+        jobs = [j for j in snap.jobs if _owned_by(j, uid)]
+        fetch_job = None
+        if not model.spec.source.pvc:
+            fetch_job = _by_name(jobs, fetch_job_name(model, cache_key(model.spec.source)))
+        fetch_pods = [
+            p
+            for p in pods
+            if _component(p) == FETCH
+            and fetch_job
+            and (p["metadata"].get("labels") or {}).get("job-name") == fetch_job["metadata"]["name"]
+        ]
+        claim = _by_name(snap.claims, f"{model.name}-cache")
+        deployment = _by_name([d for d in snap.deployments if _owned_by(d, uid)], model.name)
+        runtime_pods = [p for p in pods if _component(p) == RUNTIME]
+
+        base = Observed(
+            model=model,
+            previous=previous,
+            runtime_port=self.settings.runtime_port,
+            claim=claim,
+            fetch_job=fetch_job,
+            fetch_pods=fetch_pods,
+            deployment=deployment,
+            runtime_pods=runtime_pods,
+            fetch_log_tail=self.fetch_tails.get(key),
+        )
+        provisional, _ = aggregate(base)
+        cached = (provisional.get("conditions") or [{}])[0].get("status") == "True"
+        model_bytes = (provisional.get("download") or {}).get("totalBytes")
+        desired = desired_children(model, self.settings, cached, model_bytes)
+        observed = {
+            child_key(o): o
+            for o in [*snap.services, *snap.claims, *snap.deployments, *jobs]
+            if o["metadata"].get("namespace")
+        }
+        apply_error = await self._apply_all(desired.manifests, observed)
+
+        status, transitions = aggregate(
+            Observed(
+                **{
+                    **base.__dict__,
+                    "template_hash": desired.template_hash,
+                    "apply_error": apply_error,
+                }
+            )
+        )
+        if status_changed(previous, status):
+            await _call(kube.patch_status, model.namespace, model.name, status)
+            self._written[key] = status
+            for t in transitions:
+                kopf.event(body, type=t.type, reason=t.reason, message=t.message)
+
+    async def _apply_all(
+        self, manifests: list[dict[str, Any]], observed: dict[ChildKey, dict[str, Any]]
+    ) -> str | None:
+        """Applies what differs; a refused child (4xx) becomes a status message, not a retry."""
+        for manifest in manifests:
+            ck = child_key(manifest)
+            seen = observed.get(ck)
+            if not needs_apply(manifest, seen, self._applied.get(ck)):
+                continue
+            try:
+                await _call(kube.apply, manifest, self.settings.field_manager)
+            except ApiException as error:  # retryable ones arrive as kopf.TemporaryError
+                return f"{manifest['kind']} {ck[2]} was refused: {kube.describe_api_error(error)}"
+            version = (seen or {}).get("metadata", {}).get("resourceVersion")
+            self._applied[ck] = (
+                manifest["metadata"]["annotations"]["exo.dev/applied-hash"],
+                version,
+            )
+        return None
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs a blocking API call in a thread; transient failures become kopf.TemporaryError."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except ApiException as error:
+        if error.status in RETRYABLE_STATUS:
+            raise kopf.TemporaryError(
+                f"apiserver said {error.status}: {error.reason}", delay=2
+            ) from error
+        raise
+    except (HTTPError, OSError) as error:
+        raise kopf.TemporaryError(f"apiserver unreachable: {error}", delay=2) from error

@@ -1,0 +1,373 @@
+"""Pure status aggregation: what was observed of an ExoModel's children → its status and events."""
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from exo_operator.cache import cache_key, model_path
+from exo_operator.fetch_events import download_progress, last_fetch_event
+from exo_operator.model import ExoModel
+from exo_operator.naming import TEMPLATE_HASH_LABEL, endpoint, selector_string
+
+# Container problems a user must act on, as the kubelet names them in `state.waiting.reason`.
+WAITING_PROBLEMS = {
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
+# Problems that no wait will fix: with no replica ready they make the phase Failed.
+FATAL_REASONS = {"LoadFailed", "OOMKilled", "CrashLoopBackOff", "FetchFailed", "ApplyFailed"}
+LOAD_FAILED_MARK = "load failed"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A snapshot of one ExoModel's children, as the operator's indexes hold them."""
+
+    model: ExoModel
+    previous: dict[str, Any]
+    runtime_port: int = 8000
+    claim: dict[str, Any] | None = None
+    fetch_job: dict[str, Any] | None = None
+    fetch_pods: list[dict[str, Any]] = field(default_factory=list)
+    deployment: dict[str, Any] | None = None
+    runtime_pods: list[dict[str, Any]] = field(default_factory=list)
+    template_hash: str | None = None
+    fetch_log_tail: str | None = None
+    apply_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Why a step is where it is: a condition's reason and message."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An Event to post on the ExoModel."""
+
+    type: str
+    reason: str
+    message: str
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions") or [] if "type" in c}
+
+
+def _is_terminating(obj: dict[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return None
+
+
+def pod_is_ready(pod: dict[str, Any]) -> bool:
+    cond = _pod_condition(pod, "Ready")
+    return bool(cond and cond.get("status") == "True") and not _is_terminating(pod)
+
+
+def pod_problem(pod: dict[str, Any]) -> Finding | None:
+    """Why a pod is not running its container, or None when it is (or is on its way)."""
+    scheduled = _pod_condition(pod, "PodScheduled")
+    if scheduled and scheduled.get("status") == "False":
+        return Finding("Unschedulable", scheduled.get("message") or "the scheduler found no node")
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        terminated = state.get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+        message = (terminated.get("message") or "").strip()
+        if LOAD_FAILED_MARK in message:
+            return Finding("LoadFailed", message.splitlines()[-1])
+        if terminated.get("reason") == "OOMKilled":
+            return Finding(
+                "OOMKilled",
+                f"container {cs.get('name')} ran out of memory; raise spec.resources.memory",
+            )
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in WAITING_PROBLEMS:
+            detail = waiting.get("message") or message or f"exit code {terminated.get('exitCode')}"
+            return Finding(waiting["reason"], detail)
+    if status.get("phase") == "Failed":
+        return Finding("PodFailed", status.get("message") or status.get("reason") or "pod failed")
+    return None
+
+
+def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _fetch_failure(obs: Observed) -> Finding | None:
+    """FetchFailed with the runtime's reason, once the Job has given up."""
+    job = obs.fetch_job
+    if not job or not _job_condition(job, "Failed"):
+        return None
+    for pod in sorted(obs.fetch_pods, key=_created, reverse=True):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+            event = last_fetch_event(message)
+            if event and event["event"] == "failed":
+                reason = event.get("reason") or "Error"
+                return Finding("FetchFailed", f"{reason}: {event.get('error', '')}".strip(": "))
+    cond = _job_condition(job, "Failed") or {}
+    return Finding(
+        "FetchFailed", cond.get("message") or cond.get("reason") or "the fetch Job failed"
+    )
+
+
+def _created(obj: dict[str, Any]) -> str:
+    return (obj.get("metadata") or {}).get("creationTimestamp") or ""
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return round((_parse_time(end) - _parse_time(start)).total_seconds(), 1)
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _download_message(download: dict[str, Any] | None) -> str:
+    if not download or "bytes" not in download:
+        return "downloading the model"
+    text = f"downloaded {_human_bytes(download['bytes'])}"
+    if download.get("totalBytes"):
+        text += f" of {_human_bytes(download['totalBytes'])}"
+    if download.get("bytesPerSecond"):
+        text += f" at {_human_bytes(download['bytesPerSecond'])}/s"
+    if download.get("etaSeconds") is not None:
+        text += f", about {download['etaSeconds']:.0f} s left"
+    return text
+
+
+def _cache_finding(obs: Observed, key: str | None) -> tuple[bool, Finding]:
+    """Whether the model is cached, and why (not)."""
+    spec = obs.model.spec
+    if spec.source.pvc:
+        return True, Finding("ExistingClaim", f"served from claim {spec.source.pvc.claim_name}")
+    if obs.previous.get("cacheKey") == key or (
+        obs.fetch_job and _job_condition(obs.fetch_job, "Complete")
+    ):
+        return True, Finding("Cached", f"verified model cached under /models/{key}")
+    failure = _fetch_failure(obs)
+    if failure:
+        return False, failure
+    if obs.claim and (obs.claim.get("status") or {}).get("phase") == "Pending":
+        pending = [pod_problem(p) for p in obs.fetch_pods]
+        why = next((f.message for f in pending if f), "waiting for a volume")
+        return False, Finding(
+            "PVCPending", f"claim {obs.claim['metadata']['name']} is Pending: {why}"
+        )
+    for pod in obs.fetch_pods:
+        problem = pod_problem(pod)
+        if problem and not _is_terminating(pod):
+            return False, Finding(problem.reason, f"fetch pod: {problem.message}")
+    if not obs.fetch_job:
+        return False, Finding("FetchPending", "creating the fetch Job")
+    return False, Finding("Downloading", "")
+
+
+def _engine(model: ExoModel) -> str:
+    if model.spec.engine != "auto":
+        return model.spec.engine
+    return "llamacpp" if model_path(model.spec.source).endswith(".gguf") else "mlx"
+
+
+def _condition(
+    previous: dict[str, Any], kind: str, ok: bool, finding: Finding, generation: int, now: str
+):
+    status = "True" if ok else "False"
+    old = previous.get(kind) or {}
+    since = old.get("lastTransitionTime") if old.get("status") == status else now
+    return {
+        "type": kind,
+        "status": status,
+        "reason": finding.reason,
+        "message": finding.message,
+        "lastTransitionTime": since or now,
+        "observedGeneration": generation,
+    }
+
+
+def _load_seconds(pods: list[dict[str, Any]]) -> float | None:
+    """Container start to first readiness of the most recently ready pod: load plus warmup."""
+    best = None
+    for pod in pods:
+        ready = _pod_condition(pod, "Ready") or {}
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            started = ((cs.get("state") or {}).get("running") or {}).get("startedAt")
+            seconds = _seconds_between(started, ready.get("lastTransitionTime"))
+            if seconds is not None and seconds >= 0 and (best is None or seconds > best):
+                best = seconds
+    return best
+
+
+def _download_seconds(obs: Observed) -> float | None:
+    for pod in obs.fetch_pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            event = last_fetch_event(
+                ((cs.get("state") or {}).get("terminated") or {}).get("message")
+            )
+            if event and event["event"] == "done" and isinstance(event.get("seconds"), int | float):
+                return round(float(event["seconds"]), 1)
+    job_status = (obs.fetch_job or {}).get("status") or {}
+    return _seconds_between(job_status.get("startTime"), job_status.get("completionTime"))
+
+
+def _done_download(obs: Observed) -> dict[str, Any] | None:
+    for pod in obs.fetch_pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            progress = download_progress(last_fetch_event(terminated.get("message")))
+            if progress:
+                return progress
+    return None
+
+
+def aggregate(
+    obs: Observed, now: datetime | None = None
+) -> tuple[dict[str, Any], list[Transition]]:
+    """The status an ExoModel should have, and the Events its transitions deserve."""
+    model = obs.model
+    prev = obs.previous or {}
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = None if model.spec.source.pvc else cache_key(model.spec.source)
+    desired = model.spec.replicas
+
+    cached, cache_why = _cache_finding(obs, key)
+    live_pods = [p for p in obs.runtime_pods if not _is_terminating(p)]
+    current = [
+        p
+        for p in live_pods
+        if (p["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL) == obs.template_hash
+    ]
+    ready_current = [p for p in current if pod_is_ready(p)]
+    ready_any = [p for p in live_pods if pod_is_ready(p)]
+    problems = [f for f in (pod_problem(p) for p in live_pods if not pod_is_ready(p)) if f]
+
+    download = prev.get("download")
+    if not cached:
+        tail = download_progress(last_fetch_event(obs.fetch_log_tail))
+        download = tail or download
+    else:
+        download = _done_download(obs) or download
+    if cache_why.reason == "Downloading":
+        cache_why = Finding("Downloading", _download_message(download))
+
+    if obs.apply_error:
+        phase, why = "Failed", Finding("ApplyFailed", obs.apply_error)
+    elif not cached:
+        if cache_why.reason == "FetchFailed":
+            phase = "Failed"
+        elif cache_why.reason == "Downloading":
+            phase = "Downloading"
+        else:
+            phase = "Pending"
+        why = cache_why
+    elif desired == 0:
+        phase, why = "Pending", Finding("ScaledToZero", "spec.replicas is 0")
+    elif len(ready_current) >= desired:
+        phase, why = (
+            "Ready",
+            Finding("Ready", f"{len(ready_current)}/{desired} replicas loaded and warmed up"),
+        )
+    elif problems:
+        first = problems[0]
+        if ready_any:
+            phase = "Degraded"
+        elif first.reason in FATAL_REASONS:
+            phase = "Failed"
+        else:
+            phase = "Pending"
+        why = Finding(first.reason, f"{len(ready_current)}/{desired} ready; {first.message}")
+    elif ready_any:
+        phase, why = (
+            "Degraded",
+            Finding("NotAllReady", f"{len(ready_current)}/{desired} replicas ready"),
+        )
+    elif live_pods:
+        phase, why = "Loading", Finding("Loading", "loading the model and warming up")
+    else:
+        phase, why = "Pending", Finding("CreatingPods", "waiting for runtime pods")
+
+    prev_conditions = _conditions(prev)
+    gen = model.generation
+    available_why = (
+        Finding("MinimumReplicasReady", f"{len(ready_any)} replicas serving")
+        if ready_any
+        else Finding(why.reason, why.message)
+    )
+    conditions = [
+        _condition(prev_conditions, "ModelCached", cached, cache_why, gen, stamp),
+        _condition(prev_conditions, "Available", bool(ready_any), available_why, gen, stamp),
+        _condition(prev_conditions, "Ready", phase == "Ready", why, gen, stamp),
+    ]
+
+    status: dict[str, Any] = {
+        "phase": phase,
+        "message": why.message,
+        "observedGeneration": gen,
+        "replicas": len(live_pods),
+        "readyReplicas": len(ready_current),
+        "readyText": f"{len(ready_current)}/{desired}",
+        "selector": selector_string(model),
+        "endpoint": endpoint(model, obs.runtime_port),
+        "engine": _engine(model),
+        "conditions": conditions,
+    }
+    if cached and key:
+        status["cacheKey"] = key
+    elif prev.get("cacheKey"):
+        status["cacheKey"] = prev["cacheKey"]
+    if download:
+        status["download"] = download
+    timings = dict(prev.get("timings") or {})
+    if cached and key and "downloadSeconds" not in timings:
+        seconds = _download_seconds(obs)
+        if seconds is not None:
+            timings["downloadSeconds"] = seconds
+    load = _load_seconds(ready_current)
+    if load is not None:
+        timings["loadSeconds"] = load
+    if timings:
+        status["timings"] = timings
+
+    events = []
+    if phase != prev.get("phase") or why.reason != (prev_conditions.get("Ready") or {}).get(
+        "reason"
+    ):
+        kind = (
+            "Warning"
+            if phase in {"Failed", "Degraded"} or why.reason in FATAL_REASONS
+            else "Normal"
+        )
+        events.append(Transition(kind, why.reason, f"{phase}: {why.message}"))
+    return status, events
+
+
+def status_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether writing `new` would change anything the operator owns in `old`."""
+    return any(old.get(k) != v for k, v in new.items())
