@@ -94,7 +94,7 @@ class Engine(Protocol):
         ...
 
     def architecture(self) -> str:
-        """The model's architecture name (e.g. "gemma3"), to pick a template when none is carried."""
+        """The architecture name (e.g. "gemma3"): picks a template when the model carries none."""
         ...
 
     def end_of_turn_token_ids(self) -> set[int]:

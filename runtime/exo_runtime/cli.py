@@ -1,0 +1,159 @@
+"""`exo-runtime serve` and `exo-runtime fetch`; every serve flag also reads an EXO_* variable.
+
+Pods set environment variables more easily than arguments, so `--context-length` falls back
+to `EXO_CONTEXT_LENGTH`, and so on; a flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from exo_runtime.engine import EngineOptions
+
+
+def _env_name(flag: str) -> str:
+    return "EXO_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _tensor_split(text: str) -> tuple[float, ...]:
+    try:
+        shares = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.5,0.5, got {text!r}"
+        ) from err
+    if not shares or any(s < 0 for s in shares) or sum(shares) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected non-negative shares with a positive sum, got {text!r}"
+        )
+    return shares
+
+
+def _add(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    type: Callable[[str], Any] = str,
+    default: Any = None,
+    help: str,
+    **kwargs: Any,
+) -> None:
+    """Add `flag` whose default comes from its EXO_* variable when that is set."""
+    env = _env_name(flag)
+    raw = os.environ.get(env)
+    if raw not in (None, ""):
+        try:
+            default = type(raw)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            parser.error(f"{env}={raw!r} is invalid: {err}")
+    parser.add_argument(flag, type=type, default=default, help=f"{help} (env {env})", **kwargs)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "--model", help="path of the .gguf file or MLX model folder", required=False)
+    _add(parser, "--engine", default="auto", choices=("auto", "llamacpp", "mlx"), help="engine")
+    _add(parser, "--host", default="127.0.0.1", help="address to listen on")
+    _add(parser, "--port", type=_positive_int, default=8000, help="port to listen on")
+    _add(parser, "--model-name", help="model id in the API (default: the file name)")
+    _add(parser, "--context-length", type=_positive_int, default=4096, help="tokens per sequence")
+    _add(
+        parser,
+        "--gpu-layers",
+        type=int,
+        help="layers to offload to the GPU (default: all when the build supports a GPU, else 0)",
+    )
+    _add(
+        parser, "--tensor-split", type=_tensor_split, default=(), help="share per GPU, e.g. 0.5,0.5"
+    )
+    _add(parser, "--threads", type=_positive_int, help="CPU threads (default: the CPUs available)")
+    _add(parser, "--batch-size", type=_positive_int, default=512, help="most tokens per decode")
+    _add(parser, "--parallel", type=_positive_int, default=8, help="sequences decoded together")
+    _add(parser, "--chat-template", help="Jinja chat template: a file path or the template itself")
+    _add(parser, "--warmup-prompt", default="Hello", help="prompt generated once before ready")
+    _add(parser, "--warmup-max-tokens", type=_positive_int, default=8, help="warmup length")
+    _add(parser, "--max-queue", type=_non_negative_int, default=64, help="most waiting requests")
+    _add(parser, "--shutdown-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from exo_runtime.server import ServeConfig, serve
+
+    if not args.model:
+        print("exo-runtime serve: --model (or EXO_MODEL) is required", file=sys.stderr)
+        return 2
+    config = ServeConfig(
+        model_path=args.model,
+        engine=args.engine,
+        host=args.host,
+        port=args.port,
+        model_name=args.model_name,
+        options=EngineOptions(
+            context_length=args.context_length,
+            gpu_layers=args.gpu_layers,
+            tensor_split=args.tensor_split,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            parallel=args.parallel,
+        ),
+        chat_template=args.chat_template,
+        warmup_prompt=args.warmup_prompt,
+        warmup_max_tokens=args.warmup_max_tokens,
+        max_queue=args.max_queue,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    return serve(config)
+
+
+def _fetch_missing(_args: argparse.Namespace) -> int:
+    print("exo-runtime fetch: this build has no fetcher (exo_runtime.fetcher)", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exo-runtime", description="Serve an LLM over HTTP.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="serve a model (OpenAI-compatible API)")
+    add_serve_arguments(serve_parser)
+    serve_parser.set_defaults(run=_serve)
+    fetch_parser = commands.add_parser("fetch", help="download a model into a folder")
+    try:  # the fetcher is optional at import time so `serve` never depends on it
+        from exo_runtime.fetcher import add_fetch_arguments, run_fetch
+    except ImportError:
+        fetch_parser.set_defaults(run=_fetch_missing)
+    else:
+        add_fetch_arguments(fetch_parser)
+        fetch_parser.set_defaults(run=run_fetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("EXO_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Engine implementations; each module exposes `load(model_path, options, progress)`."""

@@ -1,0 +1,470 @@
+"""llama.cpp engine over llama-cpp-python's low-level API, with continuous batching.
+
+Each request owns a sequence id (a "slot": its KV range and its sampler chain). `step()` builds
+one `llama_batch` holding the next token of every decoding sequence plus prompt chunks of newly
+admitted ones (up to `batch_size` tokens), calls `llama_decode` once, then samples one token per
+sequence whose logits were produced. The same shape as llama.cpp's server loop.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from exo_runtime.engine import (
+    Chunk,
+    EngineOptions,
+    FinishReason,
+    GenerationRequest,
+    LoadProgress,
+    ModelLoadError,
+    SamplingParams,
+)
+from exo_runtime.stop_strings import StopStringFilter
+
+GGUF_MAGIC = b"GGUF"
+# A GGUF header (magic, version, tensor count, metadata count) is 24 bytes; anything shorter
+# cannot be a model.
+GGUF_MIN_BYTES = 24
+# Markers that end an assistant turn in the chat formats we know; looked up in the vocabulary
+# because some GGUFs do not flag them as end-of-generation. The start of a new turn ends the
+# answer too: base models often open the next turn without closing their own.
+END_OF_TURN_MARKERS = (
+    "<end_of_turn>",
+    "<start_of_turn>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<|im_end|>",
+    "<|im_start|>",
+    "<|end|>",
+    "<|endoftext|>",
+)
+
+log = logging.getLogger(__name__)
+
+
+# ggml_log_level: 3 warn, 4 error; 5 continues the previous line.
+_GGML_WARN, _GGML_ERROR, _GGML_CONT = 3, 4, 5
+_last_llama_level = 0
+
+
+@llama_cpp.llama_log_callback
+def _llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp's info lines (every tensor, every buffer) would drown the runtime's own log;
+    # its warnings and errors say why a load failed, so they go to our log.
+    global _last_llama_level
+    if level == _GGML_CONT:
+        level = _last_llama_level
+    _last_llama_level = level
+    if level in (_GGML_WARN, _GGML_ERROR):
+        line = text.decode("utf-8", errors="replace").rstrip()
+        if line:
+            log.log(
+                logging.ERROR if level == _GGML_ERROR else logging.WARNING, "llama.cpp: %s", line
+            )
+
+
+def _quiet_llama_logs() -> None:
+    llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
+
+
+@dataclass
+class _Sequence:
+    """One request's slot: KV positions, sampler chain and streaming state."""
+
+    request: GenerationRequest
+    seq_id: int
+    sampler: llama_cpp.llama_sampler_p
+    stop_filter: StopStringFilter
+    greedy: bool
+    prefilled: int = 0  # prompt tokens already in the KV cache
+    n_past: int = 0  # positions used in the KV cache
+    next_token: int | None = None  # sampled, not yet decoded
+    generated: int = 0
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+
+    @property
+    def prompt_done(self) -> bool:
+        return self.prefilled >= len(self.request.prompt_tokens)
+
+
+class LlamaCppEngine:
+    """A loaded GGUF model and its context; driven by one scheduler thread only."""
+
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: str,
+        model: llama_cpp.llama_model_p,
+        ctx: llama_cpp.llama_context_p,
+        options: EngineOptions,
+    ) -> None:
+        self.model_path = model_path
+        self.context_length = options.context_length
+        self._model = model
+        self._ctx = ctx
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._batch_size = options.batch_size
+        self._parallel = options.parallel
+        self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
+        self._batch_tokens = np.ctypeslib.as_array(self._batch.token, shape=(self._batch_size,))
+        self._batch_pos = np.ctypeslib.as_array(self._batch.pos, shape=(self._batch_size,))
+        self._batch_logits = np.ctypeslib.as_array(self._batch.logits, shape=(self._batch_size,))
+        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self._batch_size,))[:] = 1
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self._free_seq_ids = list(range(self._parallel - 1, -1, -1))
+        self._waiting: deque[GenerationRequest] = deque()
+        self._active: dict[str, _Sequence] = {}
+        self._cancelled: set[str] = set()
+        self._end_ids = self._find_end_of_turn_ids()
+
+    # -- model facts -------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):  # a chat template can be long: ask again with room for all of it
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def _token_text(self, token: int) -> str:
+        text = llama_cpp.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def _find_end_of_turn_ids(self) -> set[int]:
+        ids = {t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)}
+        for marker in END_OF_TURN_MARKERS:
+            tokens = self.tokenize(marker, add_special=False)
+            if len(tokens) == 1:
+                ids.add(tokens[0])
+        return ids
+
+    def embedded_chat_template(self) -> str | None:
+        return self._meta("tokenizer.chat_template")
+
+    def special_tokens(self) -> dict[str, str]:
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        eos = llama_cpp.llama_vocab_eos(self._vocab)
+        return {
+            "bos_token": self._token_text(bos) if bos >= 0 else "",
+            "eos_token": self._token_text(eos) if eos >= 0 else "",
+        }
+
+    def architecture(self) -> str:
+        return self._meta("general.architecture") or "unknown"
+
+    def end_of_turn_token_ids(self) -> set[int]:
+        return set(self._end_ids)
+
+    # -- text <-> tokens ---------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        """Tokens for `text`; special-token text such as `<bos>` becomes the special token."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), tokens, capacity, add_special, True
+        )
+        if n < 0:  # the buffer was too small: -n is the size needed
+            capacity = -n
+            tokens = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), tokens, capacity, add_special, True
+            )
+        return list(tokens[:n])
+
+    def _piece(self, token: int) -> bytes:
+        # special=False: control tokens (turn markers, BOS) render as nothing, so template
+        # tokens never leak into answers.
+        n = llama_cpp.llama_token_to_piece(
+            self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False
+        )
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            return buf.raw[:n]
+        return self._piece_buffer.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    # -- generation ------------------------------------------------------------------------
+
+    def warmup(self, prompt_tokens: list[int], max_tokens: int) -> None:
+        """Generate up to `max_tokens` greedily so every kernel and buffer is touched once."""
+        self.submit(
+            GenerationRequest(
+                "warmup", list(prompt_tokens), SamplingParams(max_tokens=max_tokens, temperature=0)
+            )
+        )
+        while self.has_work():
+            for chunk in self.step():
+                if chunk.finish_reason == "error":
+                    raise RuntimeError(f"warmup failed: {chunk.error}")
+
+    def submit(self, request: GenerationRequest) -> None:
+        if not request.prompt_tokens:
+            raise ValueError("a generation request needs at least one prompt token")
+        self._waiting.append(request)
+
+    def cancel(self, request_id: str) -> None:
+        self._cancelled.add(request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._active or self._cancelled)
+
+    def step(self) -> list[Chunk]:
+        chunks = self._drop_cancelled()
+        self._admit_waiting()
+        n_tokens, outputs = self._fill_batch()
+        if n_tokens == 0:
+            return chunks
+        self._batch.n_tokens = n_tokens
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            return chunks + self._fail_all(f"llama_decode returned {status}")
+        for batch_index, seq in outputs:
+            chunks.append(self._sample(seq, batch_index))
+        return chunks
+
+    def _drop_cancelled(self) -> list[Chunk]:
+        if not self._cancelled:
+            return []
+        chunks = []
+        for request_id in self._cancelled:
+            seq = self._active.get(request_id)
+            if seq is not None:
+                self._release(seq)
+                chunks.append(Chunk(request_id, "", finish_reason="cancelled"))
+                continue
+            for request in self._waiting:
+                if request.request_id == request_id:
+                    self._waiting.remove(request)
+                    chunks.append(Chunk(request_id, "", finish_reason="cancelled"))
+                    break
+        self._cancelled.clear()
+        return chunks
+
+    def _admit_waiting(self) -> None:
+        while self._waiting and self._free_seq_ids:
+            request = self._waiting.popleft()
+            params = request.params
+            self._active[request.request_id] = _Sequence(
+                request=request,
+                seq_id=self._free_seq_ids.pop(),
+                sampler=_sampler_chain(params),
+                stop_filter=StopStringFilter(params.stop),
+                greedy=params.temperature <= 0,
+            )
+
+    def _fill_batch(self) -> tuple[int, list[tuple[int, _Sequence]]]:
+        """Next token of every decoding sequence first, then prompt chunks in the room left."""
+        batch, n = self._batch, 0
+        outputs: list[tuple[int, _Sequence]] = []
+        tokens, positions, logits = self._batch_tokens, self._batch_pos, self._batch_logits
+        for seq in self._active.values():
+            if seq.next_token is None:
+                continue
+            tokens[n] = seq.next_token
+            positions[n] = seq.n_past
+            batch.seq_id[n][0] = seq.seq_id
+            logits[n] = 1
+            outputs.append((n, seq))
+            seq.n_past += 1
+            seq.next_token = None
+            n += 1
+        for seq in self._active.values():
+            room = self._batch_size - n
+            if room <= 0:
+                break
+            if seq.prompt_done:
+                continue
+            prompt = seq.request.prompt_tokens
+            take = min(room, len(prompt) - seq.prefilled)
+            tokens[n : n + take] = prompt[seq.prefilled : seq.prefilled + take]
+            positions[n : n + take] = np.arange(seq.n_past, seq.n_past + take)
+            logits[n : n + take] = 0
+            seq_ids = batch.seq_id
+            for i in range(n, n + take):
+                seq_ids[i][0] = seq.seq_id
+            seq.prefilled += take
+            seq.n_past += take
+            n += take
+            if seq.prompt_done:
+                logits[n - 1] = 1
+                outputs.append((n - 1, seq))
+        return n, outputs
+
+    def _sample(self, seq: _Sequence, batch_index: int) -> Chunk:
+        request_id = seq.request.request_id
+        if seq.greedy:
+            # argmax over the logits row: the same token the greedy sampler picks, without
+            # copying the whole vocabulary into a candidate array each step.
+            row = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
+            token = int(np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax())
+        else:
+            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, batch_index)
+        if token in self._end_ids:
+            text = seq.stop_filter.flush() + seq.decoder.decode(b"", final=True)
+            self._release(seq)
+            # The end-of-turn token is not part of the completion: no id, so it is not counted.
+            return Chunk(request_id, text, None, finish_reason="stop")
+        seq.generated += 1
+        text, stopped = seq.stop_filter.feed(seq.decoder.decode(self._piece(token)))
+        finish: FinishReason | None = None
+        if stopped:
+            finish = "stop"
+        elif seq.generated >= seq.request.params.max_tokens or seq.n_past >= self.context_length:
+            finish = "length"
+            text += seq.stop_filter.flush() + seq.decoder.decode(b"", final=True)
+        if finish is not None:
+            self._release(seq)
+        else:
+            seq.next_token = token
+        return Chunk(request_id, text, token, finish_reason=finish)
+
+    def _release(self, seq: _Sequence) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        llama_cpp.llama_sampler_free(seq.sampler)
+        self._free_seq_ids.append(seq.seq_id)
+        del self._active[seq.request.request_id]
+
+    def _fail_all(self, reason: str) -> list[Chunk]:
+        log.error("decode failed, ending %d sequences: %s", len(self._active), reason)
+        chunks = []
+        for seq in list(self._active.values()):
+            self._release(seq)
+            chunks.append(Chunk(seq.request.request_id, "", finish_reason="error", error=reason))
+        return chunks
+
+    def close(self) -> None:
+        for seq in list(self._active.values()):
+            self._release(seq)
+        if self._ctx is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            llama_cpp.llama_model_free(self._model)
+            self._ctx = None
+
+
+def _sampler_chain(params: SamplingParams) -> llama_cpp.llama_sampler_p:
+    """top-p, then temperature, then a seeded draw (llama.cpp's own order); greedy at 0."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    if params.temperature <= 0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if params.top_p < 1.0:
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
+        )
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+    seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
+def _check_model_file(model_path: str) -> None:
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"model file {model_path} does not exist or is not a file: check the path and "
+            "that the model volume is mounted"
+        )
+    try:
+        with path.open("rb") as f:
+            header = f.read(GGUF_MIN_BYTES)
+    except OSError as err:
+        raise ModelLoadError(
+            f"cannot read model file {model_path}: {err.strerror}; check its permissions"
+        ) from err
+    if header[:4] != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{model_path} is not a GGUF file (it does not start with 'GGUF'): give a .gguf "
+            "model, or convert it with llama.cpp's convert_hf_to_gguf.py"
+        )
+    if len(header) < GGUF_MIN_BYTES:
+        raise ModelLoadError(f"{model_path} is truncated ({len(header)} bytes): download it again")
+
+
+def _default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def load(
+    model_path: str, options: EngineOptions, progress: LoadProgress | None = None
+) -> LlamaCppEngine:
+    """Load `model_path` (a GGUF file); raise ModelLoadError with the file and a remedy."""
+    _check_model_file(model_path)
+    _quiet_llama_logs()
+    llama_cpp.llama_backend_init()
+
+    model_params = llama_cpp.llama_model_default_params()
+    if options.gpu_layers is not None:
+        model_params.n_gpu_layers = options.gpu_layers
+    else:
+        # -1 offloads every layer; a CPU-only build ignores it, but say 0 to be plain.
+        model_params.n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    split = None
+    if options.tensor_split:
+        max_devices = llama_cpp.llama_max_devices()
+        if len(options.tensor_split) > max_devices:
+            raise ModelLoadError(
+                f"--tensor-split names {len(options.tensor_split)} devices but this llama.cpp "
+                f"build supports {max_devices}: give at most {max_devices} shares"
+            )
+        split = (ctypes.c_float * max_devices)(*options.tensor_split)
+        model_params.tensor_split = split
+
+    # llama.cpp reports load progress as a fraction; we pass it on as percent done.
+    def on_progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
+        if progress is not None:
+            progress(round(fraction * 100), 100)
+        return True
+
+    callback = llama_cpp.llama_progress_callback(on_progress)
+    model_params.progress_callback = callback
+    model = llama_cpp.llama_model_load_from_file(model_path.encode(), model_params)
+    if not model:
+        raise ModelLoadError(
+            f"llama.cpp could not load {model_path}: the file is truncated, corrupt or of an "
+            "architecture this llama.cpp does not know; download it again or update the runtime"
+        )
+
+    threads = options.threads or _default_threads()
+    ctx_params = llama_cpp.llama_context_default_params()
+    # One KV stream per sequence, each `context_length` long: a request never runs out of
+    # room because of its neighbours (llama-server's layout with --parallel N).
+    ctx_params.n_ctx = options.context_length * options.parallel
+    ctx_params.n_seq_max = options.parallel
+    ctx_params.kv_unified = False
+    ctx_params.n_batch = options.batch_size
+    ctx_params.n_ubatch = min(options.batch_size, 512)
+    ctx_params.n_threads = threads
+    ctx_params.n_threads_batch = threads
+    ctx_params.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+    if not ctx:
+        llama_cpp.llama_model_free(model)
+        raise ModelLoadError(
+            f"llama.cpp loaded {model_path} but could not create a context of "
+            f"{ctx_params.n_ctx} tokens ({options.parallel} x {options.context_length}): lower "
+            "--context-length or --parallel, or give the pod more memory"
+        )
+    return LlamaCppEngine(model_path, model, ctx, options)

@@ -1,0 +1,175 @@
+"""One thread owns the engine; HTTP handlers submit requests and read chunks from asyncio queues.
+
+Handlers never touch the engine: `submit` and `cancel` post to the thread's inbox, and the
+thread hands each step's chunks back to the event loop in one `call_soon_threadsafe`. Nothing
+holds a lock around the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from exo_runtime.engine import Chunk, Engine, GenerationRequest
+from exo_runtime.metrics import RuntimeMetrics
+
+log = logging.getLogger(__name__)
+
+# Clients told to come back later wait about this long; a slot frees every few seconds at most
+# once the queue is full.
+RETRY_AFTER_SECONDS = 1
+
+
+class QueueFullError(RuntimeError):
+    """More requests are waiting than `max_queue` allows."""
+
+    retry_after = RETRY_AFTER_SECONDS
+
+
+@dataclass
+class _Stream:
+    request: GenerationRequest
+    chunks: asyncio.Queue[Chunk]
+    arrived: float = field(default_factory=time.perf_counter)
+    first_token_seen: bool = False
+
+
+_STOP = object()
+
+
+class Scheduler:
+    """Runs `engine.step()` in a loop on its own thread while any sequence has work."""
+
+    def __init__(
+        self, engine: Engine, *, parallel: int, max_queue: int, metrics: RuntimeMetrics
+    ) -> None:
+        self.engine = engine
+        self._parallel = parallel
+        self._max_queue = max_queue
+        self._metrics = metrics
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}  # touched by the scheduler thread only
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="exo-scheduler", daemon=True)
+        self.idle = asyncio.Event()  # set while nothing is in flight (read by the drain on exit)
+        self.idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest) -> asyncio.Queue[Chunk]:
+        """Queue `request`; its chunks arrive on the returned queue. Call on the event loop."""
+        with self._count_lock:
+            waiting = self._in_flight - self._parallel
+            if waiting >= self._max_queue:
+                raise QueueFullError(
+                    f"{waiting} requests are already waiting (--max-queue {self._max_queue})"
+                )
+            self._in_flight += 1
+        self.idle.clear()
+        stream = _Stream(request, asyncio.Queue())
+        self._metrics.prompt_tokens.inc(len(request.prompt_tokens))
+        self._inbox.put(stream)
+        self._publish_counts()
+        return stream.chunks
+
+    def cancel(self, request_id: str) -> None:
+        """Free the request's sequence at the next step (a no-op once it has finished)."""
+        self._inbox.put(request_id)
+
+    def stop(self) -> None:
+        self._inbox.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _publish_counts(self) -> None:
+        in_flight = self._in_flight
+        self._metrics.active_sequences.set(min(in_flight, self._parallel))
+        self._metrics.queue_depth.set(max(0, in_flight - self._parallel))
+
+    def _set_idle_if_empty(self) -> None:
+        # Runs on the event loop: a request submitted since the thread saw zero keeps it busy.
+        if self._in_flight == 0:
+            self.idle.set()
+
+    def _run(self) -> None:
+        while True:
+            # Block only when there is nothing to step; otherwise take what came in and go on.
+            block = not self.engine.has_work()
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is _STOP:
+                    self.engine.close()
+                    return
+                self._apply(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            if self.engine.has_work():
+                self._step()
+
+    def _apply(self, item: object) -> None:
+        if isinstance(item, _Stream):
+            self._streams[item.request.request_id] = item
+            self.engine.submit(item.request)
+        elif item in self._streams:
+            self.engine.cancel(item)
+
+    def _step(self) -> None:
+        try:
+            chunks = self.engine.step()
+        except Exception as err:  # an engine bug must not leave clients waiting forever
+            log.exception("engine step failed")
+            chunks = [
+                Chunk(rid, "", finish_reason="error", error=f"engine step failed: {err}")
+                for rid in self._streams
+            ]
+        deliveries: list[tuple[asyncio.Queue[Chunk], Chunk]] = []
+        finished = 0
+        now = time.perf_counter()
+        for chunk in chunks:
+            stream = self._streams.get(chunk.request_id)
+            if stream is None:
+                continue
+            if chunk.token_id is not None:
+                self._metrics.generated_tokens.inc()
+                if not stream.first_token_seen:
+                    stream.first_token_seen = True
+                    self._metrics.time_to_first_token.observe(now - stream.arrived)
+            if chunk.finish_reason is not None:
+                del self._streams[chunk.request_id]
+                finished += 1
+                outcome = {"cancelled": "cancelled", "error": "error"}.get(
+                    chunk.finish_reason, "ok"
+                )
+                self._metrics.requests.labels(outcome).inc()
+            deliveries.append((stream.chunks, chunk))
+        if finished:
+            with self._count_lock:
+                self._in_flight -= finished
+                now_idle = self._in_flight == 0
+            self._publish_counts()
+            if now_idle:
+                self._loop.call_soon_threadsafe(self._set_idle_if_empty)
+        if deliveries:
+            self._loop.call_soon_threadsafe(_deliver, deliveries)
+
+
+def _deliver(deliveries: list[tuple[asyncio.Queue[Chunk], Chunk]]) -> None:
+    for chunks, chunk in deliveries:
+        chunks.put_nowait(chunk)
