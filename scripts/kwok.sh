@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# A kwok control plane from the binaries that `make tools` built: etcd, kube-apiserver (RBAC
+# on), kube-controller-manager, kube-scheduler and the kwok controller, supervised by
+# kwokctl's binary runtime, with fake GPU nodes that kwok keeps Ready.
+#
+#   scripts/kwok.sh up       start (or reuse) the cluster; prints `export KUBECONFIG=...` on stdout
+#   scripts/kwok.sh down     stop it and remove its processes, ports and files
+#   scripts/kwok.sh status   say whether it answers (exit 0) or not (exit 1)
+#
+# Settings (environment): KWOK_CLUSTER (exo), KWOK_NODES (4 GPU nodes), KWOK_GPUS_PER_NODE (1),
+# KWOK_CPU_NODES (1 node without GPUs or taint, where pods that need no GPU run, as in a real
+# cluster's CPU pool), KWOK_NODE_CPU (8), KWOK_NODE_MEMORY (32Gi), KWOK_APISERVER_PORT (a
+# free port when unset).
+# kwok's stages (from its module, copied by `make tools`) keep nodes Ready with leases, move
+# pods bound to its nodes to Running and Ready, Jobs' pods to Succeeded, finish deleting
+# pods, and bind PersistentVolumeClaims of the default StorageClass `kwok-volume` at once.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+CLUSTER="${KWOK_CLUSTER:-exo}"
+NODES="${KWOK_NODES:-4}"
+GPUS_PER_NODE="${KWOK_GPUS_PER_NODE:-1}"
+CPU_NODES="${KWOK_CPU_NODES:-1}"
+NODE_CPU="${KWOK_NODE_CPU:-8}"
+NODE_MEMORY="${KWOK_NODE_MEMORY:-32Gi}"
+APISERVER_PORT="${KWOK_APISERVER_PORT:-}"
+
+# kwokctl keeps each cluster's files (pki, etcd data, logs, pids) under its work dir;
+# one under the project's cache keeps ~/.kwok and ~/.kube/config untouched.
+export KWOK_WORKDIR="$EXO_CACHE/kwok"
+CLUSTER_DIR="$KWOK_WORKDIR/clusters/$CLUSTER"
+KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig.yaml"
+# kwokctl's options with kwok's stages appended, assembled at each start.
+CONFIG_PATH="$KWOK_WORKDIR/$CLUSTER.kwokctl.yaml"
+source "$REPO_ROOT/scripts/versions.env"
+STAGES_DIR="$EXO_CACHE/tools/kwok-$KWOK_VERSION/stages"
+# kwokctl runs `kubectl` for some steps: the pinned one comes first.
+export PATH="$TOOLS_BIN:$PATH"
+
+kwokctl() { command "$TOOLS_BIN/kwokctl" --name "$CLUSTER" "$@"; }
+kubectl() { command "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+validate_settings() {
+  [[ "$CLUSTER" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] ||
+    die "KWOK_CLUSTER='$CLUSTER' is not a valid name: use lower-case letters, digits and '-'"
+  local var
+  for var in NODES GPUS_PER_NODE CPU_NODES NODE_CPU; do
+    [[ "${!var}" =~ ^[0-9]+$ ]] || die "KWOK_$var='${!var}' must be a whole number"
+  done
+  [ "$((NODES + CPU_NODES))" -ge 1 ] || die "KWOK_NODES and KWOK_CPU_NODES are both 0: the cluster needs a node"
+  [[ "$NODE_MEMORY" =~ ^[0-9]+(Ki|Mi|Gi|Ti)?$ ]] ||
+    die "KWOK_NODE_MEMORY='$NODE_MEMORY' must be a quantity such as 32Gi"
+  [ -z "$APISERVER_PORT" ] || [[ "$APISERVER_PORT" =~ ^[0-9]+$ ]] ||
+    die "KWOK_APISERVER_PORT='$APISERVER_PORT' must be a port number"
+}
+
+answers() {
+  [ -f "$KUBECONFIG_PATH" ] && kubectl get --raw /readyz --request-timeout=3s >/dev/null 2>&1
+}
+
+# Processes started for this cluster, found by their working files' directory; they outlive
+# kwokctl when a run is killed half-way and must go before the cluster's files do.
+cluster_pids() {
+  pgrep -f -- "$CLUSTER_DIR/" || true
+}
+
+stop_cluster() {
+  if [ -d "$CLUSTER_DIR" ]; then
+    kwokctl delete cluster >&2 2>&1 || log "kwokctl could not delete '$CLUSTER' cleanly; removing what is left"
+  fi
+  local pids
+  pids="$(cluster_pids)"
+  if [ -n "$pids" ]; then
+    log "stopping leftover processes of '$CLUSTER': $(echo "$pids" | xargs)"
+    # shellcheck disable=SC2086
+    kill $pids 2>/dev/null || true
+    sleep 1
+    pids="$(cluster_pids)"
+    # shellcheck disable=SC2086
+    [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+  fi
+  rm -rf "$CLUSTER_DIR" "$CONFIG_PATH"
+}
+
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Prints the tail of every component's log, for a start that failed.
+show_logs() {
+  local file
+  for file in "$CLUSTER_DIR"/logs/*.log; do
+    [ -f "$file" ] || continue
+    printf '\n--- %s (last 20 lines) ---\n' "$file" >&2
+    tail -n 20 "$file" >&2
+  done
+}
+
+# kwokctl's options, then every Stage: given any stage, kwokctl adds none of its defaults.
+write_config() {
+  local stage
+  cat "$REPO_ROOT/hack/kwok/kwokctl.yaml" >"$CONFIG_PATH"
+  for stage in "$STAGES_DIR"/*.yaml; do
+    [ "$(basename "$stage")" != storage-class.yaml ] || continue
+    printf -- '---\n' >>"$CONFIG_PATH"
+    cat "$stage" >>"$CONFIG_PATH"
+  done
+}
+
+create_cluster() {
+  write_config
+  local -a args=(
+    --runtime binary
+    --config "$CONFIG_PATH"
+    --kubeconfig ""
+    --etcd-binary "$TOOLS_BIN/etcd"
+    --kube-apiserver-binary "$TOOLS_BIN/kube-apiserver"
+    --kube-controller-manager-binary "$TOOLS_BIN/kube-controller-manager"
+    --kube-scheduler-binary "$TOOLS_BIN/kube-scheduler"
+    --kwok-controller-binary "$TOOLS_BIN/kwok"
+    --kubectl-binary "$TOOLS_BIN/kubectl"
+    --wait 60s
+  )
+  if [ -n "$APISERVER_PORT" ]; then
+    ! port_in_use "$APISERVER_PORT" ||
+      die "port $APISERVER_PORT (KWOK_APISERVER_PORT) is in use: stop what listens there (\`ss -ltnp 'sport = :$APISERVER_PORT'\`) or pick another port"
+    args+=(--kube-apiserver-port "$APISERVER_PORT")
+  fi
+  log "starting kwok control plane '$CLUSTER' (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
+  if ! kwokctl create cluster "${args[@]}" >&2 2>&1; then
+    show_logs
+    stop_cluster
+    die "the kwok control plane '$CLUSTER' failed to start (component logs above); rerun \`make kwok\` once the cause is fixed"
+  fi
+}
+
+# Fake GPU nodes shaped like a cloud's: nvidia.com/gpu capacity, the GPU labels NVIDIA's
+# feature discovery sets, and the NoSchedule taint GKE and AKS put on GPU node pools, so
+# that only pods tolerating it land there.
+gpu_node_manifests() {
+  local i
+  for ((i = 0; i < NODES; i++)); do
+    node_manifest "kwok-gpu-$i" "$GPUS_PER_NODE"
+  done
+}
+
+# A CPU pool beside the GPU one: where Jobs and pods that need no GPU are scheduled.
+cpu_node_manifests() {
+  local i
+  for ((i = 0; i < CPU_NODES; i++)); do
+    node_manifest "kwok-cpu-$i" 0
+  done
+}
+
+# node_manifest NAME GPUS: a fake node; one with GPUs is labelled and tainted like a GPU node.
+node_manifest() {
+  local name="$1" gpus="$2" gpu_labels="" gpu_taint="" gpu_resource=""
+  if [ "$gpus" -gt 0 ]; then
+    gpu_labels=$'\n    nvidia.com/gpu.present: "true"\n    nvidia.com/gpu.count: "'"$gpus"'"'
+    gpu_taint=$'\nspec:\n  taints:\n  - {key: nvidia.com/gpu, value: present, effect: NoSchedule}'
+    gpu_resource=$'\n    nvidia.com/gpu: "'"$gpus"'"'
+  fi
+  cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    type: kwok
+    exo.dev/kwok-node: "true"
+    kubernetes.io/arch: amd64
+    kubernetes.io/os: linux
+    kubernetes.io/hostname: $name
+    node-role.kubernetes.io/agent: ""$gpu_labels$gpu_taint
+status:
+  allocatable: &resources
+    cpu: "$NODE_CPU"
+    memory: $NODE_MEMORY
+    pods: "110"
+    ephemeral-storage: 100Gi$gpu_resource
+  capacity: *resources
+EOF
+}
+
+ensure_nodes() {
+  log "ensuring $NODES GPU node(s) with $GPUS_PER_NODE nvidia.com/gpu each and $CPU_NODES CPU node(s)"
+  { gpu_node_manifests; cpu_node_manifests; } | kubectl apply -f - >&2
+  # Nodes beyond KWOK_NODES / KWOK_CPU_NODES, left by an earlier, larger run.
+  local node index limit
+  for node in $(kubectl get nodes -l exo.dev/kwok-node=true -o name); do
+    index="${node##*-}"
+    case "$node" in
+      */kwok-gpu-*) limit="$NODES" ;;
+      *) limit="$CPU_NODES" ;;
+    esac
+    [ "$index" -lt "$limit" ] || kubectl delete "$node" >&2
+  done
+  kubectl wait --for=condition=Ready nodes -l exo.dev/kwok-node=true --timeout=60s >&2 ||
+    { show_logs; die "the fake nodes did not become Ready in 60 s (kwok's log above)"; }
+}
+
+# The controller-manager creates each namespace's default ServiceAccount a moment after
+# start; pods are refused until it exists.
+wait_for_default_service_account() {
+  local tries
+  for ((tries = 0; tries < 60; tries++)); do
+    kubectl get serviceaccount default -n default >/dev/null 2>&1 && return
+    sleep 0.5
+  done
+  show_logs
+  die "the default ServiceAccount never appeared: kube-controller-manager is not working (logs above)"
+}
+
+up() {
+  validate_settings
+  require_tools etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl
+  [ -f "$STAGES_DIR/pod-ready.yaml" ] || die "kwok's stages are missing from $STAGES_DIR: run \`make tools\`"
+  mkdir -p "$KWOK_WORKDIR"
+  # One `up` or `down` at a time per cluster (parallel test sessions share it).
+  exec 9>"$KWOK_WORKDIR/$CLUSTER.lock"
+  flock 9
+  local started=$SECONDS
+  if answers; then
+    log "kwok cluster '$CLUSTER' is already up"
+  else
+    if [ -d "$CLUSTER_DIR" ] || [ -n "$(cluster_pids)" ]; then
+      log "found a leftover of kwok cluster '$CLUSTER' that does not answer (a killed run?): removing it"
+      stop_cluster
+    fi
+    create_cluster
+  fi
+  wait_for_default_service_account
+  kubectl apply -f "$STAGES_DIR/storage-class.yaml" >&2
+  ensure_nodes
+  log "kwok cluster '$CLUSTER' ready in $((SECONDS - started)) s"
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
+}
+
+down() {
+  validate_settings
+  mkdir -p "$KWOK_WORKDIR"
+  exec 9>"$KWOK_WORKDIR/$CLUSTER.lock"
+  flock 9
+  if [ ! -d "$CLUSTER_DIR" ] && [ -z "$(cluster_pids)" ]; then
+    log "kwok cluster '$CLUSTER' is not running"
+  else
+    [ -x "$TOOLS_BIN/kwokctl" ] || log "kwokctl is missing; stopping the processes directly"
+    log "stopping kwok cluster '$CLUSTER'"
+    stop_cluster
+  fi
+  rm -f "$KWOK_WORKDIR/$CLUSTER.lock"
+}
+
+status() {
+  if answers; then
+    log "kwok cluster '$CLUSTER' is up; KUBECONFIG=$KUBECONFIG_PATH"
+    kubectl get nodes >&2
+  else
+    log "kwok cluster '$CLUSTER' is not up"
+    return 1
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) die "usage: $0 up|down|status" ;;
+esac
