@@ -1,0 +1,212 @@
+"""Status aggregation: observed children → phase, conditions, counts and reasons."""
+
+from datetime import UTC, datetime
+
+import pytest
+from exo_operator.cache import cache_key
+from exo_operator.status import Observed, aggregate, pod_problem
+
+from tests.unit._models import model
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+HASH = "tmpl-1"
+
+
+def pod(ready=False, template=HASH, **status):
+    conditions = [{"type": "Ready", "status": "True" if ready else "False",
+                   "lastTransitionTime": "2026-01-01T11:00:30Z"}]  # fmt: skip
+    return {
+        "metadata": {"name": f"p-{id(status)}", "labels": {"exo.dev/template-hash": template}},
+        "status": {"conditions": conditions + status.pop("conditions", []), **status},
+    }
+
+
+def running(started="2026-01-01T11:00:00Z"):
+    return [{"name": "runtime", "state": {"running": {"startedAt": started}}}]
+
+
+def job(condition=None, **status):
+    conds = (
+        [{"type": condition, "status": "True", "message": "BackoffLimitExceeded"}]
+        if condition
+        else []
+    )
+    return {"metadata": {"name": "gemma-fetch"}, "status": {"conditions": conds, **status}}
+
+
+def cached_obs(m=None, **kw):
+    m = m or model()
+    return Observed(
+        model=m, previous={"cacheKey": cache_key(m.spec.source)}, template_hash=HASH, **kw
+    )
+
+
+def cond(status, kind):
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def test_all_replicas_warmed_up_is_ready_with_endpoint_and_load_time():
+    status, events = aggregate(
+        cached_obs(model(replicas=2), runtime_pods=[pod(True, containerStatuses=running())] * 2),
+        NOW,
+    )
+    assert status["phase"] == "Ready"
+    assert cond(status, "Ready")["status"] == "True"
+    assert cond(status, "Available")["status"] == "True"
+    assert cond(status, "ModelCached")["status"] == "True"
+    assert status["readyReplicas"] == 2 and status["replicas"] == 2 and status["readyText"] == "2/2"
+    assert status["endpoint"] == "http://gemma.ml.svc:8000/v1"
+    assert status["selector"] == "exo.dev/component=runtime,exo.dev/model=gemma"
+    assert status["engine"] == "llamacpp"
+    assert status["observedGeneration"] == 3
+    assert status["timings"]["loadSeconds"] == 30.0
+    assert [e.reason for e in events] == ["Ready"]
+
+
+def test_some_but_not_all_ready_is_degraded():
+    status, _ = aggregate(cached_obs(model(replicas=2), runtime_pods=[pod(True), pod(False)]), NOW)
+    assert status["phase"] == "Degraded"
+    assert cond(status, "Ready")["status"] == "False"
+    assert cond(status, "Available")["status"] == "True"
+
+
+def test_pods_of_the_old_spec_do_not_count_as_ready():
+    status, _ = aggregate(cached_obs(runtime_pods=[pod(True, template="old")]), NOW)
+    assert status["readyReplicas"] == 0
+    assert status["phase"] != "Ready"
+
+
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+}
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason", "phase", "words"),
+    [
+        ({"conditions": [UNSCHEDULABLE]}, "Unschedulable", "Pending", "Insufficient nvidia"),
+        (
+            {"containerStatuses": [{"name": "runtime", "state": {"waiting": {
+                "reason": "ImagePullBackOff", "message": "Back-off pulling image x"}}}]},
+            "ImagePullBackOff", "Pending", "pulling image",
+        ),
+        (
+            {"containerStatuses": [{"name": "runtime",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                    "message": "exo-runtime: load failed: unknown model architecture"}}}]},
+            "LoadFailed", "Failed", "unknown model architecture",
+        ),
+        (
+            {"containerStatuses": [{"name": "runtime",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
+            "OOMKilled", "Failed", "spec.resources.memory",
+        ),
+        (
+            {"containerStatuses": [{"name": "runtime",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m"}}}]},
+            "CrashLoopBackOff", "Failed", "back-off",
+        ),
+    ],
+)  # fmt: skip
+def test_every_stuck_state_says_why(pod_status, reason, phase, words):
+    status, events = aggregate(cached_obs(runtime_pods=[pod(**pod_status)]), NOW)
+    assert status["phase"] == phase
+    ready = cond(status, "Ready")
+    assert ready["reason"] == reason
+    assert words in ready["message"] and words in status["message"]
+    assert events and events[0].reason == reason
+
+
+def test_running_pods_not_yet_ready_are_loading():
+    status, _ = aggregate(cached_obs(runtime_pods=[pod(False, containerStatuses=running())]), NOW)
+    assert status["phase"] == "Loading"
+
+
+def test_download_progress_comes_from_the_fetch_log():
+    tail = '{"event":"progress","state":"downloading","bytes":512,"totalBytes":2048,' \
+        '"bytesPerSecond":256,"etaSeconds":6}'  # fmt: skip
+    status, _ = aggregate(
+        Observed(model=model(), previous={}, fetch_job=job(), fetch_log_tail=tail), NOW
+    )
+    assert status["phase"] == "Downloading"
+    assert status["download"] == {
+        "bytes": 512,
+        "totalBytes": 2048,
+        "bytesPerSecond": 256.0,
+        "etaSeconds": 6.0,
+    }
+    assert cond(status, "ModelCached")["reason"] == "Downloading"
+    assert "512.0 B of 2.0 KiB" in status["message"]
+
+
+def test_fetch_failure_reports_the_runtime_reason():
+    final = '{"event":"failed","reason":"ChecksumMismatch","error":"got abc"}'
+    terminated = {"exitCode": 1, "message": final}
+    fetch_pod = {
+        "metadata": {"name": "f", "creationTimestamp": "2026-01-01T11:00:00Z"},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [{"name": "fetch", "state": {"terminated": terminated}}],
+        },
+    }
+    status, events = aggregate(
+        Observed(model=model(), previous={}, fetch_job=job("Failed"), fetch_pods=[fetch_pod]), NOW
+    )
+    assert status["phase"] == "Failed"
+    assert cond(status, "ModelCached")["reason"] == "FetchFailed"
+    assert "ChecksumMismatch" in status["message"] and "got abc" in status["message"]
+    assert events[0].type == "Warning"
+
+
+def test_completed_fetch_records_the_cache_key_and_download_time():
+    m = model()
+    done = job("Complete", startTime="2026-01-01T11:00:00Z", completionTime="2026-01-01T11:01:05Z")
+    status, _ = aggregate(Observed(model=m, previous={}, fetch_job=done, template_hash=HASH), NOW)
+    assert status["cacheKey"] == cache_key(m.spec.source)
+    assert status["timings"]["downloadSeconds"] == 65.0
+    assert cond(status, "ModelCached")["status"] == "True"
+    # Once recorded, a restart with the Job gone (its TTL) still knows the model is cached.
+    again, _ = aggregate(Observed(model=m, previous=status, template_hash=HASH), NOW)
+    assert cond(again, "ModelCached")["status"] == "True"
+
+
+def test_pending_claim_says_so_with_the_schedulers_words():
+    claim = {"metadata": {"name": "gemma-cache"}, "status": {"phase": "Pending"}}
+    fetch_pod = pod(conditions=[UNSCHEDULABLE])
+    status, _ = aggregate(
+        Observed(model=model(), previous={}, claim=claim, fetch_job=job(), fetch_pods=[fetch_pod]),
+        NOW,
+    )
+    assert status["phase"] == "Pending"
+    assert cond(status, "ModelCached")["reason"] == "PVCPending"
+    assert "gemma-cache is Pending" in status["message"]
+
+
+def test_unchanged_observation_keeps_transition_times_and_posts_no_event():
+    obs = cached_obs(runtime_pods=[pod(True)])
+    first, _ = aggregate(obs, NOW)
+    later = datetime(2026, 1, 1, 13, 0, 0, tzinfo=UTC)
+    second, events = aggregate(Observed(**{**obs.__dict__, "previous": first}), later)
+    assert second == first
+    assert events == []
+
+
+def test_scaled_to_zero_is_not_ready_and_says_why():
+    status, _ = aggregate(cached_obs(model(replicas=0)), NOW)
+    assert status["phase"] == "Pending" and cond(status, "Ready")["reason"] == "ScaledToZero"
+
+
+def test_refused_child_is_a_failure_with_the_apiservers_words():
+    status, _ = aggregate(
+        cached_obs(apply_error="PersistentVolumeClaim gemma-cache was refused: x"), NOW
+    )
+    assert status["phase"] == "Failed" and "was refused" in status["message"]
+
+
+def test_pod_problem_of_a_healthy_pod_is_none():
+    assert pod_problem(pod(True, containerStatuses=running())) is None
