@@ -99,7 +99,32 @@ show_logs() {
 # kwokctl's options, then every Stage: given any stage, kwokctl adds none of its defaults.
 write_config() {
   local stage
-  cat "$REPO_ROOT/hack/kwok/kwokctl.yaml" >"$CONFIG_PATH"
+  cat >"$CONFIG_PATH" <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  # Every binary from the project's cache: kwokctl would download any it is not given.
+  etcdBinary: $TOOLS_BIN/etcd
+  kubeApiserverBinary: $TOOLS_BIN/kube-apiserver
+  kubeControllerManagerBinary: $TOOLS_BIN/kube-controller-manager
+  kubeSchedulerBinary: $TOOLS_BIN/kube-scheduler
+  kwokControllerBinary: $TOOLS_BIN/kwok
+  kubectlBinary: $TOOLS_BIN/kubectl
+  # Every component listens on loopback only (kwokctl's default is all addresses).
+  bindAddress: 127.0.0.1
+  # HTTPS with client certificates, so that RBAC has identities to authorize.
+  securePort: true
+  kubeAuthorization: true
+  kubeAdmission: true
+  # kwok's default of 0 manages no node leases; 40 s is the kubelet's default, so the
+  # node lifecycle controller sees fake nodes renew their leases like real ones.
+  nodeLeaseDurationSeconds: 40
+  # No Prometheus or Jaeger: they would be downloaded, and nothing here is.
+  prometheusPort: 0
+  jaegerPort: 0
+  quietPull: true
+EOF
   for stage in "$STAGES_DIR"/*.yaml; do
     [ "$(basename "$stage")" != storage-class.yaml ] || continue
     printf -- '---\n' >>"$CONFIG_PATH"
@@ -109,18 +134,8 @@ write_config() {
 
 create_cluster() {
   write_config
-  local -a args=(
-    --runtime binary
-    --config "$CONFIG_PATH"
-    --kubeconfig ""
-    --etcd-binary "$TOOLS_BIN/etcd"
-    --kube-apiserver-binary "$TOOLS_BIN/kube-apiserver"
-    --kube-controller-manager-binary "$TOOLS_BIN/kube-controller-manager"
-    --kube-scheduler-binary "$TOOLS_BIN/kube-scheduler"
-    --kwok-controller-binary "$TOOLS_BIN/kwok"
-    --kubectl-binary "$TOOLS_BIN/kubectl"
-    --wait 60s
-  )
+  # --kubeconfig "": leave ~/.kube/config alone; the cluster's own kubeconfig is enough.
+  local -a args=(--config "$CONFIG_PATH" --kubeconfig "" --wait 60s)
   if [ -n "$APISERVER_PORT" ]; then
     ! port_in_use "$APISERVER_PORT" ||
       die "port $APISERVER_PORT (KWOK_APISERVER_PORT) is in use: stop what listens there (\`ss -ltnp 'sport = :$APISERVER_PORT'\`) or pick another port"
