@@ -5,6 +5,9 @@ import logging
 import sys
 
 import kopf
+from pydantic import ValidationError
+
+from exo_operator.settings import OperatorSettings
 
 LOG_FORMATS = {
     "json": kopf.LogFormat.JSON,
@@ -57,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        OperatorSettings()
+    except ValidationError as error:
+        print(f"exo-operator: invalid EXO_* setting:\n{error}", file=sys.stderr)
+        return 2
     kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=LOG_FORMATS[args.log_format])
     # Importing registers the handlers with kopf's default registry.
     import exo_operator.handlers  # noqa: F401

@@ -28,3 +28,6 @@ class OperatorSettings(BaseSettings):
     # because reading weights from a slow volume scales with their size.
     startup_seconds_per_gib: int = Field(60, ge=0)
     progress_interval_seconds: float = Field(2.0, gt=0)
+    # A safety net: whatever an event missed (a failed write, say) converges within this time.
+    # It reads the watches' memory only and writes nothing when nothing changed.
+    resync_seconds: float = Field(30.0, gt=0)

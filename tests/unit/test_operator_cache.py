@@ -1,9 +1,8 @@
 """The cache key: one directory per source and checksum."""
 
+from _models import SHA
 from exo_operator.cache import cache_key, model_filename, model_path, source_uri
 from exo_operator.model import Source
-
-from tests.unit._models import SHA
 
 
 def hf(revision="main", sha=None):

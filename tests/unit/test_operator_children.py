@@ -1,13 +1,12 @@
 """The child builders read like a spec of each manifest."""
 
 import pytest
+from _models import SHA, model
 from exo_operator.children.deployment import runtime_deployment_for, serve_args
 from exo_operator.children.fetch_job import fetch_job_for
 from exo_operator.children.pvc import cache_pvc_for
 from exo_operator.children.service import runtime_service_for
 from exo_operator.settings import OperatorSettings
-
-from tests.unit._models import SHA, model
 
 SETTINGS = OperatorSettings(runtime_image="exo-runtime:dev")
 

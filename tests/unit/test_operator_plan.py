@@ -1,9 +1,8 @@
 """The plan: which children exist in each state, and which writes are skipped."""
 
+from _models import model
 from exo_operator.plan import desired_children, needs_apply
 from exo_operator.settings import OperatorSettings
-
-from tests.unit._models import model
 
 SETTINGS = OperatorSettings()
 

@@ -3,10 +3,9 @@
 from datetime import UTC, datetime
 
 import pytest
+from _models import model
 from exo_operator.cache import cache_key
 from exo_operator.status import Observed, aggregate, pod_problem
-
-from tests.unit._models import model
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 HASH = "tmpl-1"

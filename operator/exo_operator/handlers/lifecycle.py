@@ -13,8 +13,6 @@ from exo_operator.reconciler import Reconciler, Snapshot
 from exo_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
-# A safety net: anything an event missed (a failed write, say) converges within this time.
-RESYNC_SECONDS = 30.0
 
 
 @kopf.on.startup()
@@ -111,7 +109,7 @@ async def _resync(memo: kopf.Memo, exomodels: kopf.Index) -> None:
     """Reconciles every model now and then; it writes nothing when nothing changed."""
     await memo.ready.wait()
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
+        await asyncio.sleep(memo.settings.resync_seconds)
         for key in list(exomodels.keys()):
             await _quietly(memo.reconciler, key)
 

@@ -1,0 +1,120 @@
+"""The operator as its own process against a real apiserver, and small kubectl/wait helpers."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "exo.dev_exomodels.yaml"
+
+
+def kubectl_binary() -> str:
+    found = shutil.which("kubectl")
+    if not found:
+        raise RuntimeError(
+            "kubectl is not on PATH: run `make tools` (it builds the pinned kubectl)"
+        )
+    return found
+
+
+def kubectl(kubeconfig: str, *args: str, stdin: str | None = None, check: bool = True):
+    """Runs kubectl as a user would; returns the completed process."""
+    proc = subprocess.run(
+        [kubectl_binary(), "--kubeconfig", kubeconfig, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def get_json(kubeconfig: str, *args: str) -> dict[str, Any] | None:
+    proc = kubectl(kubeconfig, "get", *args, "-o", "json", check=False)
+    if proc.returncode != 0:
+        if "NotFound" in proc.stderr or "not found" in proc.stderr:
+            return None
+        raise AssertionError(proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60, every: float = 0.3) -> Any:
+    """Polls until probe() is truthy; fails with `what` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """`exo-operator run` in a subprocess, with its log in a file."""
+
+    def __init__(self, kubeconfig: str, log_dir: Path, env: dict[str, str] | None = None):
+        self.kubeconfig = kubeconfig
+        self.log_path = log_dir / "operator.log"
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self.port = free_port()
+        exe = Path(sys.executable).parent / "exo-operator"
+        if not exe.exists():
+            raise RuntimeError(f"{exe} is missing: run `make venv` (it installs the project)")
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig, **self.extra_env}
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [str(exe), "run", "--all-namespaces", "--standalone",
+             "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for("the operator's liveness endpoint", self.alive, timeout=60)
+
+    def alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited; its log:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies under it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,310 @@
+"""The operator on a real control plane with fake GPU nodes (kwok).
+
+kwok's stages make pods Running and Ready and Job pods Succeeded, so fetches "complete" without
+downloading; the real download and runtime run in the e2e tier on kind.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from operator_harness import get_json, kubectl, wait_for
+
+pytestmark = pytest.mark.kwok
+
+CORPUS = Path(__file__).resolve().parents[1] / "crd_invalid"
+URL = "https://models.example/gemma-3-270m-Q4_K_M.gguf"
+
+
+def exomodel(name: str, **spec) -> str:
+    body = {
+        "apiVersion": "exo.dev/v1alpha1",
+        "kind": "ExoModel",
+        "metadata": {"name": name},
+        "spec": {"source": {"url": URL}, **spec},
+    }
+    return yaml.safe_dump(body)
+
+
+def apply(kubeconfig, namespace, manifest):
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=manifest)
+
+
+def model_status(kubeconfig, namespace, name):
+    return (get_json(kubeconfig, "exom", name, "-n", namespace) or {}).get("status") or {}
+
+
+def condition(status, kind):
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def wait_phase(kubeconfig, namespace, name, phase, timeout=60):
+    def probe():
+        status = model_status(kubeconfig, namespace, name)
+        return status if status.get("phase") == phase else None
+
+    try:
+        return wait_for(f"ExoModel {name} phase {phase}", probe, timeout)
+    except AssertionError as error:
+        raise AssertionError(
+            f"{error}\nstatus: {model_status(kubeconfig, namespace, name)}"
+        ) from None
+
+
+def runtime_container(deployment):
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_create_makes_owned_children_with_the_right_specs_and_goes_ready(kubeconfig, namespace):
+    apply(
+        kubeconfig, namespace, exomodel("gemma", resources={"gpus": 1, "cpu": "2", "memory": "4Gi"})
+    )
+    status = wait_phase(kubeconfig, namespace, "gemma", "Ready")
+
+    model = get_json(kubeconfig, "exom", "gemma", "-n", namespace)
+    uid = model["metadata"]["uid"]
+    pvc = get_json(kubeconfig, "pvc", "gemma-cache", "-n", namespace)
+    dep = get_json(kubeconfig, "deployment", "gemma", "-n", namespace)
+    svc = get_json(kubeconfig, "service", "gemma", "-n", namespace)
+    jobs = get_json(kubeconfig, "jobs", "-n", namespace, "-l", "exo.dev/model=gemma")["items"]
+    assert len(jobs) == 1
+    for child in (pvc, dep, svc, jobs[0]):
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref["uid"] == uid and ref["controller"] is True
+
+    fetch = jobs[0]["spec"]["template"]["spec"]["containers"][0]
+    assert fetch["args"][:2] == ["fetch", URL]
+    assert fetch["args"][fetch["args"].index("--dest") + 1] == f"/models/{status['cacheKey']}"
+
+    pod = dep["spec"]["template"]["spec"]
+    c = runtime_container(dep)
+    assert c["image"] == "exo-runtime:dev"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "1", "cpu": "2", "memory": "4Gi"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+    assert c["args"][c["args"].index("--threads") + 1] == "2"
+    assert svc["spec"]["ports"][0]["port"] == 8000
+
+    assert status["endpoint"] == f"http://gemma.{namespace}.svc:8000/v1"
+    assert status["readyReplicas"] == 1 and status["replicas"] == 1
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "ModelCached")["status"] == "True"
+    assert status["observedGeneration"] == model["metadata"]["generation"]
+    events = get_json(
+        kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=gemma"
+    )
+    assert "Ready" in {e["reason"] for e in events["items"]}
+    table = kubectl(kubeconfig, "get", "exom", "gemma", "-n", namespace).stdout
+    assert "Ready" in table and "1/1" in table and "llamacpp" in table
+
+
+def test_two_gpu_model_on_one_gpu_nodes_is_unschedulable_and_says_why(kubeconfig, namespace):
+    apply(kubeconfig, namespace, exomodel("big", resources={"gpus": 2}))
+    status = wait_phase(kubeconfig, namespace, "big", "Pending")
+    status = wait_for(
+        "the Unschedulable reason",
+        lambda: (
+            (s := model_status(kubeconfig, namespace, "big"))
+            and condition(s, "Ready").get("reason") == "Unschedulable"
+            and s
+        ),
+    )
+    assert "nvidia.com/gpu" in status["message"]
+    assert "nvidia.com/gpu" in condition(status, "Ready")["message"]
+
+
+def test_kubectl_scale_moves_the_deployment_and_the_status_counts(kubeconfig, namespace):
+    apply(kubeconfig, namespace, exomodel("small"))
+    wait_phase(kubeconfig, namespace, "small", "Ready")
+    kubectl(kubeconfig, "scale", "exom", "small", "-n", namespace, "--replicas=3")
+    wait_for(
+        "the Deployment at 3 replicas",
+        lambda: (
+            get_json(kubeconfig, "deployment", "small", "-n", namespace)["spec"]["replicas"] == 3
+        ),
+    )
+    status = wait_for(
+        "3/3 ready",
+        lambda: (s := model_status(kubeconfig, namespace, "small")).get("readyReplicas") == 3 and s,
+    )
+    assert status["phase"] == "Ready" and status["replicas"] == 3 and status["readyText"] == "3/3"
+    scale = json.loads(
+        kubectl(
+            kubeconfig,
+            "get",
+            "--raw",
+            f"/apis/exo.dev/v1alpha1/namespaces/{namespace}/exomodels/small/scale",
+        ).stdout
+    )
+    assert scale["status"]["replicas"] == 3
+    assert scale["status"]["selector"] == "exo.dev/component=runtime,exo.dev/model=small"
+
+
+def test_spec_change_rolls_the_deployment(kubeconfig, namespace):
+    apply(kubeconfig, namespace, exomodel("roll"))
+    wait_phase(kubeconfig, namespace, "roll", "Ready")
+    before = get_json(kubeconfig, "deployment", "roll", "-n", namespace)
+    kubectl(
+        kubeconfig, "patch", "exom", "roll", "-n", namespace, "--type=merge",
+        "-p", '{"spec":{"engineArgs":{"contextLength":2048}}}',
+    )  # fmt: skip
+    after = wait_for(
+        "a new pod template",
+        lambda: (
+            (d := get_json(kubeconfig, "deployment", "roll", "-n", namespace))["metadata"][
+                "generation"
+            ]
+            > before["metadata"]["generation"]
+            and d
+        ),
+    )
+    args = runtime_container(after)["args"]
+    assert args[args.index("--context-length") + 1] == "2048"
+    new_hash = after["spec"]["template"]["metadata"]["labels"]["exo.dev/template-hash"]
+    assert new_hash != before["spec"]["template"]["metadata"]["labels"]["exo.dev/template-hash"]
+
+    def rolled():
+        s = model_status(kubeconfig, namespace, "roll")
+        pods = get_json(
+            kubeconfig, "pods", "-n", namespace, "-l", f"exo.dev/template-hash={new_hash}"
+        )
+        return (
+            s.get("phase") == "Ready" and s.get("observedGeneration") == 2 and pods["items"] and s
+        )
+
+    wait_for("the rollout to finish and the model to be Ready again", rolled)
+
+
+def test_delete_removes_children_and_keeps_a_retained_cache(kubeconfig, namespace):
+    apply(kubeconfig, namespace, exomodel("gone"))
+    apply(kubeconfig, namespace, exomodel("kept", storage={"retainOnDelete": True}))
+    wait_phase(kubeconfig, namespace, "gone", "Ready")
+    wait_phase(kubeconfig, namespace, "kept", "Ready")
+    kubectl(kubeconfig, "delete", "exom", "gone", "kept", "-n", namespace, "--timeout=30s")
+
+    def children_gone():
+        left = get_json(
+            kubeconfig,
+            "deployments,services,jobs",
+            "-n",
+            namespace,
+            "-l",
+            "exo.dev/model in (gone,kept)",
+        )["items"]
+        return not left
+
+    wait_for("garbage collection of the children", children_gone, timeout=60)
+    wait_for(
+        "the unretained cache to go",
+        lambda: get_json(kubeconfig, "pvc", "gone-cache", "-n", namespace) is None,
+    )
+    assert get_json(kubeconfig, "pvc", "kept-cache", "-n", namespace) is not None
+    time.sleep(2)
+    assert get_json(kubeconfig, "pvc", "kept-cache", "-n", namespace) is not None
+
+
+def test_fetch_failure_is_reported_with_the_runtimes_reason(kubeconfig, namespace):
+    # No node has this label, so the fetch pod stays unscheduled and kwok leaves it alone.
+    apply(kubeconfig, namespace, exomodel("broken", nodeSelector={"exo.dev/test": "nowhere"}))
+    pod = wait_for(
+        "the fetch pod",
+        lambda: (
+            get_json(kubeconfig, "pods", "-n", namespace, "-l", "exo.dev/component=fetch") or {}
+        ).get("items"),
+    )[0]
+    # A checksum mismatch needs a real download and a real kubelet; on kwok we write the pod
+    # status that `exo-runtime fetch` would leave behind (its termination message), the one
+    # fault in this tier that cannot be caused for real.
+    final = json.dumps(
+        {"event": "failed", "reason": "ChecksumMismatch", "error": "expected aaaa, got bbbb"}
+    )
+    patch = {
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [{
+                "name": "fetch", "image": "exo-runtime:dev", "imageID": "", "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": final}},
+            }],
+        }
+    }  # fmt: skip
+    kubectl(
+        kubeconfig, "patch", "pod", pod["metadata"]["name"], "-n", namespace,
+        "--subresource=status", "--type=merge", "-p", json.dumps(patch),
+    )  # fmt: skip
+    status = wait_phase(kubeconfig, namespace, "broken", "Failed")
+    cached = condition(status, "ModelCached")
+    assert cached["status"] == "False" and cached["reason"] == "FetchFailed"
+    assert "ChecksumMismatch" in status["message"] and "got bbbb" in status["message"]
+    assert get_json(kubeconfig, "deployment", "broken", "-n", namespace) is None
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(
+    kubeconfig, namespace, operator
+):
+    names = [f"m{i}" for i in range(6)]
+    apply(kubeconfig, namespace, "---\n".join(exomodel(n) for n in names))
+    time.sleep(0.5)
+    operator.kill()
+    operator.start()
+    for name in names:
+        wait_phase(kubeconfig, namespace, name, "Ready", timeout=90)
+    for kind in ("deployments", "services", "jobs", "pvc"):
+        items = get_json(kubeconfig, kind, "-n", namespace, "-l", "exo.dev/model")["items"]
+        per_model = sorted(i["metadata"]["labels"]["exo.dev/model"] for i in items)
+        assert per_model == names, f"{kind}: {per_model}"
+
+
+def test_idle_models_see_no_writes(kubeconfig, namespace):
+    apply(kubeconfig, namespace, exomodel("idle"))
+    wait_phase(kubeconfig, namespace, "idle", "Ready")
+    time.sleep(3)  # let the last watch events settle
+
+    def versions():
+        out = {}
+        for kind in ("exom", "deployments", "services", "pvc", "jobs"):
+            for item in get_json(kubeconfig, kind, "-n", namespace)["items"]:
+                out[(kind, item["metadata"]["name"])] = item["metadata"]["resourceVersion"]
+        return out
+
+    before = versions()
+    time.sleep(12)  # more than two resyncs (EXO_RESYNC_SECONDS=5)
+    assert versions() == before
+
+
+CASES = sorted(CORPUS.glob("*.yaml"))
+
+
+def expected_message(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <message>'"
+    return first.removeprefix("# expect: ")
+
+
+def test_the_invalid_corpus_is_large_enough():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
+def test_invalid_exomodel_is_refused_with_a_message_naming_the_field(kubeconfig, namespace, case):
+    proc = kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(case), check=False)
+    assert proc.returncode != 0, f"{case.name} was admitted"
+    assert expected_message(case) in proc.stderr, proc.stderr
+
+
+def test_operator_is_unaffected_by_the_refused_corpus(kubeconfig, namespace, operator):
+    for case in CASES:
+        kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(case), check=False)
+    apply(kubeconfig, namespace, exomodel("after"))
+    wait_phase(kubeconfig, namespace, "after", "Ready")
+    assert operator.alive()
