@@ -216,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("KUBECONFIG"):
         sys.exit(
-            "KUBECONFIG is not set: start a kwok cluster with scripts/kwok.sh up and export what it prints"
+            "KUBECONFIG is not set: run scripts/kwok.sh up and export the line it prints"
         )
     config.load_kube_config()
     kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "exo.dev_exomodels.yaml"))
