@@ -18,11 +18,12 @@ CRD = REPO / "crds" / "exo.dev_exomodels.yaml"
 
 
 def kubectl_binary() -> str:
-    found = shutil.which("kubectl")
+    """The pinned kubectl that `make tools` builds, else the one on PATH."""
+    cache = Path(os.environ.get("EXO_CACHE", Path.home() / ".cache" / "exo-operator"))
+    pinned = Path(os.environ.get("TOOLS_BIN", cache / "bin")) / "kubectl"
+    found = str(pinned) if pinned.is_file() else shutil.which("kubectl")
     if not found:
-        raise RuntimeError(
-            "kubectl is not on PATH: run `make tools` (it builds the pinned kubectl)"
-        )
+        raise RuntimeError(f"no kubectl at {pinned} or on PATH: run `make tools`")
     return found
 
 
