@@ -37,11 +37,11 @@ COPY .out/image-wheels /wheels
 
 FROM venv-builder AS runtime-venv
 RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime]" \
- && /opt/exo/bin/pip uninstall -y pip
+ && /opt/exo/bin/pip uninstall -y pip setuptools
 
 FROM venv-builder AS operator-venv
 RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[operator]" \
- && /opt/exo/bin/pip uninstall -y pip
+ && /opt/exo/bin/pip uninstall -y pip setuptools
 
 # ---------------------------------------------------------------------------------------------
 # runtime (CPU). libgomp1: llama.cpp's CPU backend uses OpenMP threads.
@@ -91,7 +91,7 @@ RUN LLAMA_CPP_SDIST="$(ls /wheels/llama_cpp_python-*.tar.gz)" \
       -w /cuda-wheels "$LLAMA_CPP_SDIST" \
  && /opt/exo/bin/pip install --no-cache-dir --no-index --no-deps /cuda-wheels/llama_cpp_python-*.whl
 RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime]" \
- && /opt/exo/bin/pip uninstall -y pip
+ && /opt/exo/bin/pip uninstall -y pip setuptools
 
 FROM ${CUDA_RUN_IMAGE} AS runtime-cuda
 ARG VERSION=0.1.0

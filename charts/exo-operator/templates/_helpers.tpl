@@ -40,27 +40,32 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
-RBAC rules on the namespaced resources the operator reads and writes: its ExoModels, the
-children it applies (server-side apply is a patch; create for the first apply), the pods and
-logs it reads to say why a model is stuck, and the Events it posts. No secrets: a Hugging Face
-token reaches the fetch pod through the pod's own secretKeyRef.
+RBAC rules on the namespaced resources the operator reads and writes: its ExoModels (kopf
+patches them for its own bookkeeping), the children it server-side applies, the pods and logs it
+reads to say why a model is stuck, and the Events it posts. Nothing is deleted by the operator:
+garbage collection removes children through their owner references, whose blockOwnerDeletion
+needs update on exomodels/finalizers where OwnerReferencesPermissionEnforcement is on. No
+secrets: a Hugging Face token reaches the fetch pod through the pod's own secretKeyRef.
 */}}
 {{- define "exo-operator.namespacedRules" -}}
 - apiGroups: [exo.dev]
   resources: [exomodels]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [exo.dev]
   resources: [exomodels/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
+- apiGroups: [exo.dev]
+  resources: [exomodels/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [persistentvolumeclaims, services]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]

@@ -1,0 +1,186 @@
+"""The chart lints clean and renders what each value asks for: the spec of charts/exo-operator."""
+
+import pytest
+from helm_chart import CHART, find, operator_container
+
+pytestmark = pytest.mark.kwok
+
+NAMESPACED = ("watchNamespaces={team-a,team-b}",)
+HA = ("replicas=2",)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(), NAMESPACED, HA, NAMESPACED + HA, ("logFormat=json", "logLevel=debug")],
+    ids=["defaults", "namespaced", "ha", "namespaced-ha", "json-debug"],
+)
+def test_helm_lint_is_clean(helm, values):
+    sets = [arg for value in values for arg in ("--set", value)]
+    result = helm.run("lint", "--strict", str(CHART), *sets)
+    assert "0 chart(s) failed" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("replicas=-1", "replicas"),
+        ("logFormat=xml", "logFormat"),
+        ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("surprise=1", "surprise"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(helm, value, named):
+    result = helm.run("template", "exo", str(CHART), "--set", value, check=False)
+    assert result.returncode != 0, f"--set {value} was accepted"
+    assert named in result.stderr, result.stderr
+
+
+def test_defaults_watch_every_namespace_with_one_cluster_role(helm):
+    manifests = helm.template()
+    assert [m["metadata"]["name"] for m in find(manifests, "ClusterRole")] == ["exo-exo-operator"]
+    assert not find(manifests, "Role")
+    args = operator_container(manifests)["args"]
+    assert args[:3] == ["run", "--all-namespaces", "--standalone"]
+
+
+def test_cluster_role_is_least_privilege(helm):
+    (role,) = find(helm.template(), "ClusterRole")
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert not any("*" in entry for entry in granted), "no wildcards"
+    assert not any(resource == "secrets" for _, resource, _ in granted)
+    assert not any(
+        verb in ("delete", "deletecollection", "escalate", "bind") for *_, verb in granted
+    )
+    # What kopf and the operator do need, all namespaces (kwok's RBAC tests check it for real).
+    for needed in [
+        ("exo.dev", "exomodels", "watch"),
+        ("exo.dev", "exomodels/status", "patch"),
+        ("apps", "deployments", "patch"),
+        ("batch", "jobs", "create"),
+        ("", "persistentvolumeclaims", "patch"),
+        ("", "services", "patch"),
+        ("", "pods", "watch"),
+        ("", "pods/log", "get"),
+        ("", "events", "create"),
+        ("", "namespaces", "watch"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ]:
+        assert needed in granted, f"{needed} is missing"
+
+
+def test_namespaced_mode_has_a_role_per_namespace_and_only_reads_the_crd_cluster_wide(helm):
+    manifests = helm.template(*NAMESPACED)
+    roles = find(manifests, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in find(manifests, "RoleBinding")) == [
+        "team-a",
+        "team-b",
+    ]
+    (cluster_role,) = find(manifests, "ClusterRole")
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    args = operator_container(manifests)["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    assert "--all-namespaces" not in args
+
+
+def test_one_replica_runs_standalone_and_is_recreated_not_rolled(helm):
+    manifests = helm.template()
+    (deployment,) = find(manifests, "Deployment")
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert "--standalone" in operator_container(manifests)["args"]
+    assert not find(manifests, "ClusterKopfPeering")
+
+
+def test_several_replicas_turn_peering_on(helm):
+    manifests = helm.template(*HA)
+    (deployment,) = find(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "--peering=exo-operator" in operator_container(manifests)["args"]
+    assert [p["metadata"]["name"] for p in find(manifests, "ClusterKopfPeering")] == [
+        "exo-operator"
+    ]
+    (role,) = find(manifests, "ClusterRole")
+    assert any("clusterkopfpeerings" in rule["resources"] for rule in role["rules"])
+
+
+def test_namespaced_ha_makes_a_kopf_peering_in_each_namespace(helm):
+    manifests = helm.template(*NAMESPACED, *HA)
+    peerings = find(manifests, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    for role in find(manifests, "Role"):
+        assert any("kopfpeerings" in rule["resources"] for rule in role["rules"])
+
+
+def test_images_default_to_the_app_version_and_reach_the_operator(helm):
+    container = operator_container(helm.template())
+    assert container["image"] == "exo-operator/operator:0.1.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["EXO_RUNTIME_IMAGE"] == "exo-operator/runtime:0.1.0"
+    container = operator_container(
+        helm.template(
+            "runtimeImage.repository=registry.example/exo-runtime-cuda", "runtimeImage.tag=1.2"
+        )
+    )
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["EXO_RUNTIME_IMAGE"] == "registry.example/exo-runtime-cuda:1.2"
+
+
+def test_log_format_and_level_reach_the_operator(helm):
+    args = operator_container(helm.template("logFormat=json", "logLevel=debug"))["args"]
+    assert "--log-format=json" in args and "--verbose" in args
+    args = operator_container(helm.template("logLevel=warning"))["args"]
+    assert "--quiet" in args
+
+
+def test_placement_values_reach_the_pod(helm):
+    manifests = helm.template(
+        "nodeSelector.pool=system",
+        "tolerations[0].key=dedicated",
+        "tolerations[0].operator=Exists",
+        "resources.limits.memory=1Gi",
+    )
+    (deployment,) = find(manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "system"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert operator_container(manifests)["resources"]["limits"]["memory"] == "1Gi"
+
+
+def test_operator_pod_is_hardened(helm):
+    manifests = helm.template()
+    (deployment,) = find(manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = operator_container(manifests)["securityContext"]
+    assert security == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    probe = operator_container(manifests)["livenessProbe"]["httpGet"]
+    assert probe == {"path": "/healthz", "port": "liveness"}
+
+
+def test_notes_show_how_to_apply_the_first_exomodel(helm):
+    out = helm.run(
+        "install", "exo", str(CHART), "--dry-run=client", "--namespace", "exo-system"
+    ).stdout
+    notes = out.split("NOTES:", 1)[1]
+    assert "kind: ExoModel" in notes
+    assert "kubectl get exom" in notes
+    assert "/v1/chat/completions" in notes
