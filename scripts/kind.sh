@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# The project's kind cluster (the e2e cluster).
+#   scripts/kind.sh up            build what is missing, create or reuse the cluster; the one
+#                                 stdout line is `export KUBECONFIG=<absolute path>`
+#   scripts/kind.sh down          delete the cluster and its kubeconfig
+#   scripts/kind.sh status        say whether the cluster runs and answers
+#   scripts/kind.sh load IMAGE... copy local docker images into the cluster's nodes
+# Environment:
+#   KIND_CLUSTER          cluster name (default exo)
+#   EXO_KIND_NODE_IMAGE   a node image to use instead of the one scripts/node-image.sh builds here,
+#                         e.g. kind's stock kindest/node:v1.34.x where a registry is reachable; the
+#                         cluster then keeps kind's default CNI (kindnetd)
+#   EXO_KIND_NODEPORT     host port on 127.0.0.1 that reaches NodePort 30080 (default 30080)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$REPO_ROOT/scripts/versions.env"
+
+KIND_CLUSTER="${KIND_CLUSTER:-exo}"
+NODEPORT_HOST_PORT="${EXO_KIND_NODEPORT:-30080}"
+KUBECONFIG_PATH="$REPO_ROOT/.cluster/kind-$KIND_CLUSTER.kubeconfig"
+NODE_CONTAINER="$KIND_CLUSTER-control-plane"
+DEVICE_PLUGIN_IMAGE="exo-operator/fake-gpu-device-plugin:dev"
+
+kind() { "$TOOLS_BIN/kind" "$@"; }
+kctl() { "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+cluster_exists() { kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; }
+node_running() { [[ $(docker_cli inspect -f '{{.State.Running}}' "$NODE_CONTAINER" 2>/dev/null) == true ]]; }
+api_answers() { [[ -f $KUBECONFIG_PATH ]] && kctl get --raw /readyz --request-timeout=5s >/dev/null 2>&1; }
+
+# On failure: the node's view of what went wrong, then a clean slate for the next try.
+report_failure() {
+	local what=$1
+	if node_running; then
+		log "last lines of the kubelet's and containerd's logs on $NODE_CONTAINER:"
+		docker_cli exec "$NODE_CONTAINER" journalctl --no-pager -n 25 -u kubelet -u containerd >&2 || true
+		log "pods:"
+		docker_cli exec "$NODE_CONTAINER" kubectl --kubeconfig /etc/kubernetes/admin.conf \
+			get pods -A -o wide >&2 2>&1 || true
+	elif docker_cli inspect "$NODE_CONTAINER" >/dev/null 2>&1; then
+		docker_cli logs --tail 25 "$NODE_CONTAINER" >&2 || true
+	fi
+	log "deleting the half-made cluster so that the next run starts clean"
+	kind delete cluster --name "$KIND_CLUSTER" >/dev/null 2>&1 || true
+	die "$what (logs above); fix the cause and rerun scripts/kind.sh up"
+}
+
+check_port_free() {
+	if (exec 3<>"/dev/tcp/127.0.0.1/$NODEPORT_HOST_PORT") 2>/dev/null; then
+		die "port 127.0.0.1:$NODEPORT_HOST_PORT is in use by another program (see: ss -ltnp | grep :$NODEPORT_HOST_PORT); free it or set EXO_KIND_NODEPORT to a free port"
+	fi
+}
+
+# A container under the node's name that kind does not list is not ours to delete.
+check_name_free() {
+	if docker_cli inspect "$NODE_CONTAINER" >/dev/null 2>&1; then
+		die "a container named $NODE_CONTAINER exists but is not part of kind cluster '$KIND_CLUSTER'; remove it (docker rm -f $NODE_CONTAINER) or set KIND_CLUSTER to another name"
+	fi
+}
+
+node_image() {
+	if [[ -n ${EXO_KIND_NODE_IMAGE:-} ]]; then
+		echo "$EXO_KIND_NODE_IMAGE"
+	else
+		bash "$REPO_ROOT/scripts/base-image.sh" >&2
+		bash "$REPO_ROOT/scripts/node-image.sh" >&2
+		echo "exo-operator/kind-node:$KUBERNETES_VERSION"
+	fi
+}
+
+create_cluster() {
+	local image=$1 config disable_cni=true
+	# kind's stock image brings kindnetd and no preloaded device plugin.
+	[[ -n ${EXO_KIND_NODE_IMAGE:-} ]] && disable_cni=false
+	config=$(sed -e "s/\${NODEPORT_HOST_PORT}/$NODEPORT_HOST_PORT/" -e "s/\${DISABLE_DEFAULT_CNI}/$disable_cni/" \
+		"$REPO_ROOT/hack/kind/cluster.yaml")
+	log "creating kind cluster '$KIND_CLUSTER' from $image"
+	mkdir -p "$(dirname "$KUBECONFIG_PATH")"
+	echo "$config" | kind create cluster --name "$KIND_CLUSTER" --image "$image" --config - \
+		--kubeconfig "$KUBECONFIG_PATH" --retain --wait 0s >&2 ||
+		report_failure "kind create cluster failed"
+	if [[ -n ${EXO_KIND_NODE_IMAGE:-} ]]; then
+		bash "$REPO_ROOT/scripts/node-image.sh" device-plugin >&2
+		kind load docker-image --name "$KIND_CLUSTER" "$DEVICE_PLUGIN_IMAGE" >&2
+	fi
+}
+
+# wait_for WHAT SECONDS COMMAND...: poll COMMAND every second.
+wait_for() {
+	local what=$1 seconds=$2 i
+	shift 2
+	for ((i = 0; i < seconds; i++)); do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 1
+	done
+	report_failure "$what did not happen within ${seconds}s"
+}
+
+gpus_advertised() {
+	[[ $(kctl get node "$NODE_CONTAINER" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}') -gt 0 ]]
+}
+
+wait_until_usable() {
+	log "waiting for the node, cluster DNS, storage and the fake GPUs"
+	wait_for "the node becoming Ready" 120 kctl wait --for=condition=Ready "node/$NODE_CONTAINER" --timeout=1s
+	kctl apply -f "$REPO_ROOT/hack/kind/fake-gpu-device-plugin.yaml" >/dev/null
+	wait_for "CoreDNS becoming available" 120 \
+		kctl -n kube-system wait --for=condition=Available deployment/coredns --timeout=1s
+	wait_for "the local-path provisioner becoming available" 120 \
+		kctl -n local-path-storage wait --for=condition=Available deployment/local-path-provisioner --timeout=1s
+	wait_for "the node advertising nvidia.com/gpu" 60 gpus_advertised
+}
+
+up() {
+	local started=$SECONDS image
+	bash "$REPO_ROOT/scripts/docker.sh" up
+	require_tools kind kubectl
+	use_debian_docker_on_path
+	if cluster_exists; then
+		if node_running && api_answers; then
+			log "kind cluster '$KIND_CLUSTER' is already running"
+		else
+			log "kind cluster '$KIND_CLUSTER' is left over from an earlier run and does not answer: deleting it"
+			kind delete cluster --name "$KIND_CLUSTER" >&2
+		fi
+	fi
+	if ! cluster_exists; then
+		check_name_free
+		check_port_free
+		image=$(node_image)
+		create_cluster "$image"
+	fi
+	wait_until_usable
+	log "kind cluster '$KIND_CLUSTER' ready in $((SECONDS - started))s (NodePort 30080 on 127.0.0.1:$NODEPORT_HOST_PORT)"
+	echo "export KUBECONFIG=$KUBECONFIG_PATH"
+}
+
+down() {
+	require_tools kind
+	use_debian_docker_on_path
+	if cluster_exists; then
+		log "deleting kind cluster '$KIND_CLUSTER'"
+		kind delete cluster --name "$KIND_CLUSTER" >&2
+	else
+		log "kind cluster '$KIND_CLUSTER' does not exist"
+	fi
+	rm -f "$KUBECONFIG_PATH"
+}
+
+status() {
+	require_tools kind kubectl
+	use_debian_docker_on_path
+	if ! cluster_exists; then
+		echo "kind cluster '$KIND_CLUSTER': absent (start it with scripts/kind.sh up)"
+		return 1
+	elif node_running && api_answers; then
+		echo "kind cluster '$KIND_CLUSTER': running; export KUBECONFIG=$KUBECONFIG_PATH"
+	else
+		echo "kind cluster '$KIND_CLUSTER': exists but does not answer (scripts/kind.sh up recreates it)"
+		return 1
+	fi
+}
+
+load() {
+	(($# > 0)) || die "usage: $0 load IMAGE..."
+	require_tools kind
+	use_debian_docker_on_path
+	cluster_exists || die "kind cluster '$KIND_CLUSTER' does not exist: run scripts/kind.sh up first"
+	local image
+	for image in "$@"; do
+		docker_cli image inspect "$image" >/dev/null 2>&1 || die "no local docker image $image: build it first"
+	done
+	log "loading $* into kind cluster '$KIND_CLUSTER'"
+	kind load docker-image --name "$KIND_CLUSTER" "$@" >&2
+}
+
+case "${1:-}" in
+up) up ;;
+down) down ;;
+status) status ;;
+load) shift && load "$@" ;;
+*) die "usage: $0 up|down|status|load IMAGE..." ;;
+esac

@@ -1,0 +1,245 @@
+"""The kind cluster behaves like a small GPU cluster: pods run and log, Services resolve through
+cluster DNS, a NodePort answers on the host, PVCs keep data, loaded local images run, and the
+fake device plugin's nvidia.com/gpu is allocated by the kubelet and enforced by the scheduler."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures.kind import load_image
+from fixtures.kwok import Kubectl
+
+pytestmark = pytest.mark.kind
+
+BASE_IMAGE = os.environ.get("BASE_IMAGE", "exo-operator/debian:bookworm")
+NODEPORT = 30080
+NODEPORT_HOST_PORT = int(os.environ.get("EXO_KIND_NODEPORT", "30080"))
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+    """Polls condition until it returns something truthy; fails naming `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def docker(*args: str, input: str | None = None) -> str:
+    """Runs Debian's docker client (the daemon's API version); fails with its stderr."""
+    result = subprocess.run(
+        ["/usr/bin/docker", *args], input=input, capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0:
+        pytest.fail(f"`docker {' '.join(args)}` exited {result.returncode}: {result.stderr}")
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def harness_image(kind_kubectl: Kubectl) -> Iterator[tuple[str, str]]:
+    """A local image built now (never in any registry) and loaded with `kind load docker-image`:
+    the Debian base with busybox (for httpd, nc, wget) and a token file; returns (image, token)."""
+    token = uuid.uuid4().hex
+    image = f"exo-operator/kind-harness:{token[:12]}"
+    dockerfile = (
+        f"FROM {BASE_IMAGE}\n"
+        "COPY --from=docker.io/kindest/local-path-helper:v20241212-8ac705d0 /bin/busybox /bin/\n"
+        f"RUN echo {token} > /token\n"
+    )
+    with tempfile.TemporaryDirectory() as context:
+        Path(context, "Dockerfile").write_text(dockerfile)
+        env = {"DOCKER_BUILDKIT": "1"}
+        result = subprocess.run(
+            ["/usr/bin/docker", "build", "-q", "-t", image, context],
+            capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+        )  # fmt: skip
+        if result.returncode != 0:
+            pytest.fail(f"building {image} failed: {result.stderr}")
+    load_image(image)
+    yield image, token
+    subprocess.run(["/usr/bin/docker", "rmi", "-f", image], capture_output=True, check=False)
+
+
+@pytest.fixture
+def namespace(kind_kubectl: Kubectl) -> Iterator[str]:
+    """A fresh namespace, deleted after the test."""
+    name = f"harness-{uuid.uuid4().hex[:8]}"
+    kind_kubectl("create", "namespace", name)
+    yield name
+    kind_kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def pod(name: str, image: str, command: str, **spec: Any) -> dict[str, Any]:
+    """A one-container pod running `sh -c command` that never pulls its image."""
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", command],
+    }
+    container.update(spec.pop("container", {}))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"restartPolicy": "Never", "containers": [container], **spec},
+    }
+
+
+def phase(kubectl: Kubectl, namespace: str, name: str) -> str:
+    return kubectl("-n", namespace, "get", "pod", name, "-o", "jsonpath={.status.phase}")
+
+
+def run_to_completion(kubectl: Kubectl, namespace: str, manifest: dict[str, Any]) -> str:
+    """Applies a pod, waits for it to succeed, and returns its log."""
+    name = manifest["metadata"]["name"]
+    kubectl.apply(manifest, namespace)
+
+    def finished() -> str:
+        current = phase(kubectl, namespace, name)
+        if current == "Failed":
+            log = kubectl("-n", namespace, "logs", name, check=False)
+            pytest.fail(f"pod {name} failed; its log: {log}")
+        return current == "Succeeded" and current
+
+    wait_for(finished, f"pod {name} to succeed")
+    return kubectl("-n", namespace, "logs", name)
+
+
+def serve_http(kubectl: Kubectl, namespace: str, image: str, service_type: str) -> None:
+    """A busybox httpd pod serving /token, behind a Service named `web` of the given type."""
+    kubectl.apply(
+        pod(
+            "web",
+            image,
+            "mkdir -p /www && cp /token /www/token && exec busybox httpd -f -p 8080 -h /www",
+            restartPolicy="Always",
+            container={"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}},
+        ),
+        namespace,
+    )
+    port: dict[str, Any] = {"port": 80, "targetPort": 8080}
+    if service_type == "NodePort":
+        port["nodePort"] = NODEPORT
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"type": service_type, "selector": {"app": "web"}, "ports": [port]},
+    }
+    kubectl.apply(service, namespace)
+    kubectl(
+        "-n", namespace, "wait", "--for=condition=Ready", "pod/web", "--timeout=120s", timeout=130
+    )
+
+
+def test_pod_runs_and_its_log_is_read_back(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, _ = harness_image
+    log = run_to_completion(kind_kubectl, namespace, pod("hello", image, "echo hello from kind"))
+    assert log.strip() == "hello from kind"
+
+
+def test_loaded_local_image_runs(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, token = harness_image
+    log = run_to_completion(kind_kubectl, namespace, pod("token", image, "cat /token"))
+    assert log.strip() == token
+
+
+def test_service_routes_through_cluster_dns(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, token = harness_image
+    serve_http(kind_kubectl, namespace, image, "ClusterIP")
+    fqdn = f"web.{namespace}.svc.cluster.local"
+    client = pod("client", image, f"busybox wget -q -T 5 -O - http://{fqdn}/token")
+    assert run_to_completion(kind_kubectl, namespace, client).strip() == token
+
+
+def test_nodeport_answers_from_the_host(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, token = harness_image
+    serve_http(kind_kubectl, namespace, image, "NodePort")
+    url = f"http://127.0.0.1:{NODEPORT_HOST_PORT}/token"
+
+    def answer() -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode().strip()
+        except OSError:
+            return ""
+
+    assert wait_for(answer, f"{url} to answer", timeout=60) == token
+
+
+def test_pvc_binds_and_keeps_a_file_across_pod_restarts(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, token = harness_image
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+    }
+    kind_kubectl.apply(claim, namespace)
+    volume = {
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        "container": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+    }
+    run_to_completion(
+        kind_kubectl, namespace, pod("writer", image, "cp /token /data/kept", **volume)
+    )
+    kind_kubectl("-n", namespace, "delete", "pod", "writer")
+    status = kind_kubectl("-n", namespace, "get", "pvc", "data", "-o", "jsonpath={.status.phase}")
+    assert status == "Bound"
+    reader = pod("reader", image, "cat /data/kept", **volume)
+    assert run_to_completion(kind_kubectl, namespace, reader).strip() == token
+
+
+def test_pod_asking_for_one_gpu_runs_with_an_allocated_device(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, _ = harness_image
+    gpu = {"container": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
+    log = run_to_completion(
+        kind_kubectl, namespace, pod("gpu", image, "echo $NVIDIA_VISIBLE_DEVICES", **gpu)
+    )
+    # The device plugin's Allocate answer reaches the container: the kubelet allocated one device.
+    assert log.strip().startswith("fake-gpu-") and "," not in log
+
+
+def test_pod_asking_for_more_gpus_than_the_node_has_stays_pending(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, _ = harness_image
+    node = kind_kubectl.json("get", "nodes")["items"][0]
+    too_many = int(node["status"]["allocatable"]["nvidia.com/gpu"]) + 1
+    gpus = {"container": {"resources": {"limits": {"nvidia.com/gpu": str(too_many)}}}}
+    kind_kubectl.apply(pod("greedy", image, "true", **gpus), namespace)
+
+    def unschedulable() -> dict[str, Any] | None:
+        status = kind_kubectl.json("-n", namespace, "get", "pod", "greedy").get("status", {})
+        scheduled = [c for c in status.get("conditions", []) if c["type"] == "PodScheduled"]
+        return scheduled[0] if scheduled and scheduled[0]["status"] == "False" else None
+
+    condition = wait_for(unschedulable, "the scheduler to refuse the pod", timeout=60)
+    assert condition["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in condition["message"]
+    assert phase(kind_kubectl, namespace, "greedy") == "Pending"
