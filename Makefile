@@ -28,3 +28,20 @@ kwok-down: ## stop the kwok control plane and remove what it left
 	@bash scripts/kwok.sh down
 
 .PHONY: tools kwok kwok-down
+
+docker: ## start dockerd (installs Debian's docker.io if missing)
+	@bash scripts/docker.sh up
+
+base-image: docker ## build the Debian bookworm base image exo-operator/debian:bookworm
+	@bash scripts/base-image.sh
+
+node-image: base-image ## build the kind node image with every image it needs preloaded
+	@bash scripts/node-image.sh
+
+kind: ## start the kind cluster, building what is missing (prints export KUBECONFIG=...)
+	@bash scripts/kind.sh up
+
+kind-down: ## delete the kind cluster
+	@bash scripts/kind.sh down
+
+.PHONY: docker base-image node-image kind kind-down
