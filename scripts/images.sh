@@ -3,7 +3,7 @@
 #
 #   scripts/images.sh [build]        stage the wheels, build the runtime and operator images
 #   scripts/images.sh stage          only stage the wheels into .out/image-wheels
-#   scripts/images.sh load [CLUSTER] `kind load docker-image` both images (cluster: $KIND_CLUSTER or exo)
+#   scripts/images.sh load [CLUSTER] load both into the kind cluster (default: $KIND_CLUSTER or exo)
 #   scripts/images.sh refs           print the image references, one a line
 #
 # Environment:
@@ -122,19 +122,10 @@ record_sizes() {
 }
 
 load() {
-	local cluster="${1:-${KIND_CLUSTER:-exo}}" target images=()
-	require_tools kind
-	use_debian_docker_on_path
-	for target in $IMAGE_TARGETS; do
-		images+=("$(image_ref "$target")")
-		docker_cli image inspect "${images[-1]}" >/dev/null 2>&1 ||
-			die "${images[-1]} is not built: run scripts/images.sh build"
-	done
-	"$TOOLS_BIN/kind" get clusters 2>/dev/null | grep -qx "$cluster" ||
-		die "no kind cluster named $cluster: bring it up with scripts/kind.sh up"
-	log "loading ${images[*]} into kind cluster $cluster"
-	"$TOOLS_BIN/kind" load docker-image --name "$cluster" "${images[@]}" ||
-		die "kind load docker-image failed (kind's error above)"
+	local target images=()
+	[[ -n ${1:-} ]] && export KIND_CLUSTER="$1"
+	for target in $IMAGE_TARGETS; do images+=("$(image_ref "$target")"); done
+	bash "$REPO_ROOT/scripts/kind.sh" load "${images[@]}"
 }
 
 case "${1:-build}" in

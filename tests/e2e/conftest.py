@@ -1,0 +1,226 @@
+"""Fixtures of the e2e tier: a cluster with the project's images, the chart installed, a namespace
+that enforces Pod Security "restricted", and an in-cluster HTTP server holding the Gemma GGUF.
+
+The cluster: EXO_E2E_KUBECONFIG when set (a cluster of your own, which must be able to pull the
+images named by EXO_E2E_OPERATOR_IMAGE and EXO_E2E_RUNTIME_IMAGE); otherwise the project's kind
+cluster (scripts/kind.sh), into which scripts/images.sh builds and loads the images.
+EXO_E2E_KEEP=1 leaves the release and the namespace behind for a look after a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster import CHART, RESTRICTED_POD_SECURITY, Helm, hardened_container
+from fixtures.kwok import Kubectl
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VERSION = "0.1.0"
+MODEL_SERVER_PORT = 8080
+
+
+def keep() -> bool:
+    return os.environ.get("EXO_E2E_KEEP") == "1"
+
+
+def run_script(*args: str, timeout: float) -> str:
+    """Runs a project script; its failure fails the test with the script's last words."""
+    result = subprocess.run(
+        ["bash", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"`{' '.join(args)}` exited {result.returncode}:\n{result.stderr[-4000:]}",
+            pytrace=False,
+        )
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def e2e_kubeconfig(request) -> Path:
+    given = os.environ.get("EXO_E2E_KUBECONFIG")
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            pytest.fail(f"EXO_E2E_KUBECONFIG={given} is not a file", pytrace=False)
+        return path
+    # The project's kind cluster: build the images and load them into its node.
+    lines = run_script("scripts/kind.sh", "up", timeout=1800).splitlines()
+    exports = [line for line in lines if line.startswith("export KUBECONFIG=")]
+    if len(exports) != 1:
+        pytest.fail(f"scripts/kind.sh up printed no kubeconfig line: {lines}", pytrace=False)
+    run_script("scripts/images.sh", "build", timeout=1800)
+    run_script("scripts/images.sh", "load", timeout=600)
+    return Path(exports[0].removeprefix("export KUBECONFIG="))
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """The operator and runtime image references the release uses."""
+    return {
+        "operator": os.environ.get("EXO_E2E_OPERATOR_IMAGE", f"exo-operator/operator:{VERSION}"),
+        "runtime": os.environ.get("EXO_E2E_RUNTIME_IMAGE", f"exo-operator/runtime:{VERSION}"),
+    }
+
+
+@pytest.fixture(scope="session")
+def kubectl(e2e_kubeconfig: Path) -> Kubectl:
+    return Kubectl(e2e_kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def helm(e2e_kubeconfig: Path) -> Helm:
+    return Helm(e2e_kubeconfig)
+
+
+def image_values(prefix: str, reference: str) -> list[str]:
+    repository, _, tag = reference.rpartition(":")
+    return ["--set", f"{prefix}.repository={repository}", "--set", f"{prefix}.tag={tag}"]
+
+
+@pytest.fixture(scope="session")
+def operator_release(
+    helm: Helm, kubectl: Kubectl, images: dict[str, str]
+) -> Iterator[dict[str, str]]:
+    """The chart installed with the images under test; yields its namespace and Deployment."""
+    release = {
+        "name": "exo-e2e",
+        "namespace": "exo-e2e-system",
+        "deployment": "exo-e2e-exo-operator",
+    }
+    helm(
+        "upgrade", "--install", release["name"], str(CHART), "--namespace", release["namespace"],
+        "--create-namespace", *image_values("image", images["operator"]),
+        *image_values("runtimeImage", images["runtime"]), "--set", "logLevel=debug",
+        "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    yield release
+    if not keep():
+        helm(
+            "uninstall", release["name"], "--namespace", release["namespace"], "--wait", check=False
+        )
+        kubectl("delete", "namespace", release["namespace"], "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    """A namespace that enforces Pod Security "restricted": every pod in it must be hardened."""
+    name = f"exo-e2e-{uuid.uuid4().hex[:6]}"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
+        }
+    )
+    yield name
+    if not keep():
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# Streams stdin into the served folder, renaming at the end so no reader sees a partial file, and
+# prints the file's sha256 for the test to compare.
+RECEIVE_FILE = """
+import hashlib, os, sys
+path = sys.argv[1]
+digest = hashlib.sha256()
+with open(path + ".part", "wb") as out:
+    while block := sys.stdin.buffer.read(1 << 20):
+        digest.update(block)
+        out.write(block)
+os.rename(path + ".part", path)
+print(digest.hexdigest())
+"""
+
+
+@pytest.fixture(scope="session")
+def model_url(kubectl: Kubectl, namespace: str, images: dict[str, str], gemma_gguf: Path) -> str:
+    """An in-cluster URL serving the Gemma GGUF from PyPI, from a pod of the runtime image.
+
+    The file is streamed in with `kubectl exec`, so this works on any cluster: no host path, no
+    registry, no route from the pods to the machine that runs the tests.
+    """
+    labels = {"app.kubernetes.io/name": "e2e-model-server"}
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "model-server", "namespace": namespace, "labels": labels},
+            "spec": {
+                "securityContext": RESTRICTED_POD_SECURITY,
+                "automountServiceAccountToken": False,
+                "containers": [
+                    hardened_container(
+                        "http",
+                        images["runtime"],
+                        [
+                            "python3",
+                            "-m",
+                            "http.server",
+                            str(MODEL_SERVER_PORT),
+                            "--directory",
+                            "/srv",
+                        ],
+                    )
+                    | {
+                        "ports": [{"name": "http", "containerPort": MODEL_SERVER_PORT}],
+                        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2},
+                        "volumeMounts": [{"name": "srv", "mountPath": "/srv"}],
+                    }
+                ],
+                "volumes": [{"name": "srv", "emptyDir": {"sizeLimit": "1Gi"}}],
+            },
+        }
+    )
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "model-server", "namespace": namespace},
+            "spec": {
+                "selector": labels,
+                "ports": [{"name": "http", "port": MODEL_SERVER_PORT, "targetPort": "http"}],
+            },
+        }
+    )
+    kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Ready",
+        "pod/model-server",
+        "--timeout=180s",
+        timeout=200,
+    )
+    filename = gemma_gguf.name
+    with gemma_gguf.open("rb") as source:
+        result = subprocess.run(
+            [str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
+             "exec", "-i", "model-server", "--", "python3", "-c", RECEIVE_FILE, f"/srv/{filename}"],
+            stdin=source, capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, (
+        f"streaming the model into the model server failed: {result.stderr}"
+    )
+    expected = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
+    assert result.stdout.strip() == expected, "the model server holds a corrupt copy of the GGUF"
+    return f"http://model-server.{namespace}.svc:{MODEL_SERVER_PORT}/{filename}"
+
+
+@pytest.fixture(scope="session")
+def gpus_on_nodes(kubectl: Kubectl) -> int:
+    """nvidia.com/gpu the cluster's nodes can allocate (the kind harness's fake device plugin)."""
+    nodes = kubectl.json("get", "nodes")["items"]
+    return sum(int(n["status"].get("allocatable", {}).get("nvidia.com/gpu", "0")) for n in nodes)
