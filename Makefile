@@ -45,3 +45,15 @@ kind-down: ## delete the kind cluster
 	@bash scripts/kind.sh down
 
 .PHONY: docker base-image node-image kind kind-down
+
+images: docker ## build the runtime and operator images (sizes in .out/image-sizes.txt)
+	@bash scripts/images.sh build
+
+demo: ## kind cluster, images, chart, the CPU example served; prints the curl that works
+	@bash scripts/demo.sh
+
+# KUBECONFIG given on make's command line runs the suite on that cluster; otherwise on kind.
+e2e: ## end-to-end suite on kind (make e2e KUBECONFIG=path: on your own cluster)
+	@bash scripts/e2e.sh $(if $(filter command line,$(origin KUBECONFIG)),--kubeconfig "$(KUBECONFIG)")
+
+.PHONY: images demo e2e
