@@ -51,12 +51,16 @@ def wait_until(
 
 
 class StatusWatch:
-    """Every status an ExoModel takes, from a `kubectl get --watch` stream (no write is missed)."""
+    """Every status an ExoModel takes, from a `kubectl get --watch` stream (no write is missed).
+
+    It may start before the ExoModel exists: the watch is on a list filtered by name.
+    """
 
     def __init__(self, kubectl: Kubectl, namespace: str, name: str) -> None:
         cmd = [
             str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
-            "get", "exomodel", name, "--watch", "--output-watch-events", "-o", "json",
+            "get", "exomodels", "--field-selector", f"metadata.name={name}",
+            "--watch", "--output-watch-events", "-o", "json",
         ]  # fmt: skip
         self.statuses: list[dict[str, Any]] = []
         self._process = subprocess.Popen(

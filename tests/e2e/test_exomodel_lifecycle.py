@@ -58,6 +58,15 @@ def children(kubectl, namespace, name):
     return by_kind
 
 
+def runtime_pods(by_kind):
+    """The runtime pods among an ExoModel's children (not its fetch Job's pods)."""
+    return [
+        p
+        for p in by_kind.get("Pod", [])
+        if p["metadata"]["labels"].get("exo.dev/component") == "runtime"
+    ]
+
+
 def explain(kubectl, namespace, name):
     """What a failed wait should show: the status and the children's state."""
     return lambda: (
@@ -169,9 +178,7 @@ def test_operator_restart_neither_downloads_again_nor_rolls_the_runtime(
     before = children(kubectl, namespace, name)
     (deployment,) = before["Deployment"]
     jobs_before = {j["metadata"]["uid"] for j in before.get("Job", [])}
-    pods_before = {
-        p["metadata"]["uid"] for p in before["Pod"] if "fetch" not in p["metadata"]["name"]
-    }
+    pods_before = {p["metadata"]["uid"] for p in runtime_pods(before)}
     watch = StatusWatch(kubectl, namespace, name)
     try:
         kubectl(
@@ -195,9 +202,7 @@ def test_operator_restart_neither_downloads_again_nor_rolls_the_runtime(
     assert deployment_after["metadata"]["generation"] == deployment["metadata"]["generation"], (
         "the runtime Deployment was rolled"
     )
-    pods_after = {
-        p["metadata"]["uid"] for p in after["Pod"] if "fetch" not in p["metadata"]["name"]
-    }
+    pods_after = {p["metadata"]["uid"] for p in runtime_pods(after)}
     assert pods_after == pods_before, "runtime pods were replaced"
     assert status_of(kubectl, namespace, name)["phase"] == "Ready"
 
@@ -211,15 +216,10 @@ def test_killed_runtime_pod_shows_degraded_then_ready_again(kubectl, namespace, 
         f"ExoModel {name} scaled to 2 ready replicas",
         explain(kubectl, namespace, name),
     )
-    runtime_pods = [
-        p for p in children(kubectl, namespace, name)["Pod"]
-        if p["metadata"]["labels"].get("exo.dev/component") == "runtime"
-    ]  # fmt: skip
+    pods = runtime_pods(children(kubectl, namespace, name))
     watch = StatusWatch(kubectl, namespace, name)
     try:
-        kubectl(
-            "delete", "pod", runtime_pods[0]["metadata"]["name"], "-n", namespace, "--wait=false"
-        )
+        kubectl("delete", "pod", pods[0]["metadata"]["name"], "-n", namespace, "--wait=false")
         wait_until(
             lambda: "Degraded" in watch.phases(),
             120,
@@ -260,10 +260,7 @@ def test_gpu_example_schedules_on_the_nodes_fake_gpu(kubectl, namespace, model_u
             explain(kubectl, namespace, name),
         )
         assert status["readyReplicas"] == 1
-        (pod,) = [
-            p for p in children(kubectl, namespace, name)["Pod"]
-            if p["metadata"]["labels"].get("exo.dev/component") == "runtime"
-        ]  # fmt: skip
+        (pod,) = runtime_pods(children(kubectl, namespace, name))
         (container,) = pod["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert pod["spec"]["nodeName"], "the GPU pod was not scheduled"
