@@ -115,7 +115,7 @@ record_sizes() {
 	for target in $IMAGE_TARGETS; do
 		image="$(image_ref "$target")"
 		printf '%s\t%s\n' "$image" \
-			"$(docker_cli image inspect -f '{{.Size}}' "$image" | numfmt --to=iec --suffix=B)" >>"$SIZES_FILE"
+			"$(docker_cli image inspect -f '{{.Size}}' "$image" | numfmt --to=si --suffix=B)" >>"$SIZES_FILE"
 	done
 	log "image sizes (also in ${SIZES_FILE#"$REPO_ROOT"/}):"
 	column -t "$SIZES_FILE" >&2
