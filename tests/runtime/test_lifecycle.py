@@ -1,0 +1,190 @@
+"""The process's life: readiness after warmup, the queue bound, SIGTERM, and load failures."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from runtime_process import MODEL_NAME, free_port
+
+pytestmark = pytest.mark.runtime
+
+
+def _readiness_states(base_url: str, proc: subprocess.Popen, timeout: float = 90) -> list[dict]:
+    """Poll /readyz from the first moment it answers until it says 200; return every body."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            response = httpx.get(f"{base_url}/readyz", timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.01)
+            continue
+        body = response.json()
+        assert (response.status_code == 200) == (body["state"] == "ready"), body
+        seen.append(body)
+        if response.status_code == 200:
+            break
+        assert httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+        time.sleep(0.01)
+    return seen
+
+
+def test_readiness_is_503_until_loaded_and_warmed_up_then_200(start_runtime) -> None:
+    # A long warmup keeps the server in warming_up long enough to be seen there.
+    runtime = start_runtime("--warmup-max-tokens", "40", wait=False)
+    states = [body["state"] for body in _readiness_states(runtime.base_url, runtime.proc)]
+    assert states and states[-1] == "ready", runtime.log()
+    assert "warming_up" in states, states
+    before_ready = states[: states.index("warming_up")]
+    assert set(before_ready) <= {"loading"}, states
+    warmup_seconds = runtime.metric("exo_runtime_warmup_seconds")
+    assert warmup_seconds > 0
+
+
+def test_requests_while_not_ready_get_503(start_runtime) -> None:
+    runtime = start_runtime("--warmup-max-tokens", "40", wait=False)
+    while True:
+        try:
+            response = httpx.post(
+                f"{runtime.base_url}/v1/completions",
+                json={"model": MODEL_NAME, "prompt": "a", "max_tokens": 1},
+                timeout=5,
+            )
+            break
+        except httpx.TransportError:
+            time.sleep(0.01)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "not_ready"
+    assert response.headers["Retry-After"]
+
+
+def _open_stream(base_url: str, max_tokens: int, first_event: threading.Event, result: dict):
+    body = {
+        "model": MODEL_NAME,
+        "prompt": "1, 2, 3, 4, 5, 6,",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as response:
+        result["status"] = response.status_code
+        lines = []
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                first_event.set()
+                lines.append(line)
+        result["lines"] = lines
+
+
+def test_past_the_queue_bound_the_answer_is_429_with_retry_after(start_runtime) -> None:
+    runtime = start_runtime("--parallel", "1", "--max-queue", "1", "--context-length", "512")
+    running, queued = {}, {}
+    started = threading.Event()
+    threads = [
+        threading.Thread(target=_open_stream, args=(runtime.base_url, 60, started, running)),
+    ]
+    threads[0].start()
+    assert started.wait(30), "the first stream never started"
+    # The second takes the one waiting place; it gets no event until the first finishes.
+    threads.append(
+        threading.Thread(target=_open_stream, args=(runtime.base_url, 5, threading.Event(), queued))
+    )
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while runtime.metric("exo_runtime_queue_depth") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert runtime.metric("exo_runtime_queue_depth") == 1
+
+    refused = httpx.post(
+        f"{runtime.base_url}/v1/completions",
+        json={"model": MODEL_NAME, "prompt": "a", "max_tokens": 1},
+        timeout=10,
+    )
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"].isdigit()
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert runtime.metric("exo_runtime_requests_total", 'outcome="rejected"') == 1
+
+    for thread in threads:
+        thread.join(60)
+    assert running["status"] == queued["status"] == 200
+    assert running["lines"][-1] == queued["lines"][-1] == "data: [DONE]"
+
+
+def test_sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_0(
+    start_runtime,
+) -> None:
+    # The bound is far above what 40 tokens take even on a busy machine.
+    runtime = start_runtime("--shutdown-timeout", "120")
+    started, result = threading.Event(), {}
+    stream = threading.Thread(target=_open_stream, args=(runtime.base_url, 40, started, result))
+    stream.start()
+    assert started.wait(30)
+    runtime.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    readiness = httpx.get(f"{runtime.base_url}/readyz", timeout=5)
+    assert readiness.status_code == 503
+    assert readiness.json()["state"] == "draining"
+    late = httpx.post(
+        f"{runtime.base_url}/v1/completions",
+        json={"model": MODEL_NAME, "prompt": "a", "max_tokens": 1},
+        timeout=5,
+    )
+    assert late.status_code == 503
+    stream.join(120)
+    assert runtime.proc.wait(timeout=30) == 0, runtime.log()
+    assert result["status"] == 200
+    assert result["lines"][-1] == "data: [DONE]"
+    assert '"finish_reason": "length"' in result["lines"][-2]
+
+
+def test_sigterm_while_idle_exits_0_at_once(start_runtime) -> None:
+    runtime = start_runtime()
+    began = time.monotonic()
+    runtime.proc.send_signal(signal.SIGTERM)
+    assert runtime.proc.wait(timeout=20) == 0, runtime.log()
+    assert time.monotonic() - began < 10
+
+
+def _serve_and_fail(model: Path | str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exo_runtime",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("kind", ["missing", "not gguf", "truncated"])
+def test_a_model_that_cannot_load_exits_non_zero_with_one_clear_line(
+    kind: str, gemma_gguf: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model.gguf"
+    if kind == "not gguf":
+        model.write_text("<html>404 not found</html>")
+    elif kind == "truncated":
+        with gemma_gguf.open("rb") as src:
+            model.write_bytes(src.read(4 << 20))  # the header and a few tensors, no more
+    result = _serve_and_fail(model)
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("exo-runtime: load failed:")]
+    assert len(lines) == 1, result.stderr
+    assert str(model) in lines[0]
+    expected = {"missing": "does not exist", "not gguf": "not a GGUF", "truncated": "truncated"}
+    assert expected[kind] in lines[0], lines[0]
