@@ -21,6 +21,7 @@ HOST_PORT="${EXO_KIND_NODEPORT:-30080}"
 cd "$REPO_ROOT"
 started=$SECONDS
 bash scripts/venv.sh
+bash scripts/tools.sh  # kind, kubectl and helm, built once from pinned sources
 kubeconfig="$(bash scripts/kind.sh up | sed -n 's/^export KUBECONFIG=//p')"
 [[ -n $kubeconfig ]] || die "scripts/kind.sh up printed no kubeconfig"
 export KUBECONFIG="$kubeconfig"

@@ -24,6 +24,7 @@ done
 
 cd "$REPO_ROOT"
 bash scripts/venv.sh
+bash scripts/tools.sh  # kind, kubectl and helm, built once from pinned sources
 require_tools kubectl helm
 
 if [[ -n $kubeconfig ]]; then
