@@ -144,7 +144,12 @@ class Reconciler:
             )
         )
         if status_changed(previous, status):
-            await _call(kube.patch_status, model.namespace, model.name, status)
+            try:
+                await _call(kube.patch_status, model.namespace, model.name, status)
+            except ApiException as error:
+                if error.status == 404:
+                    return  # deleted meanwhile: nothing left to report on
+                raise
             self._written[key] = status
             for t in transitions:
                 kopf.event(body, type=t.type, reason=t.reason, message=t.message)

@@ -20,6 +20,11 @@ WAITING_PROBLEMS = {
 }
 # Problems that no wait will fix: with no replica ready they make the phase Failed.
 FATAL_REASONS = {"LoadFailed", "OOMKilled", "CrashLoopBackOff", "FetchFailed", "ApplyFailed"}
+# The steps of a model on its way: their Events are Normal; any other reason is a Warning.
+PROGRESS_REASONS = {
+    "FetchPending", "Downloading", "Cached", "ExistingClaim", "CreatingPods", "Loading",
+    "NotAllReady", "Ready", "ScaledToZero",
+}  # fmt: skip
 LOAD_FAILED_MARK = "load failed"
 
 
@@ -356,14 +361,9 @@ def aggregate(
         status["timings"] = timings
 
     events = []
-    if phase != prev.get("phase") or why.reason != (prev_conditions.get("Ready") or {}).get(
-        "reason"
-    ):
-        kind = (
-            "Warning"
-            if phase in {"Failed", "Degraded"} or why.reason in FATAL_REASONS
-            else "Normal"
-        )
+    previous_reason = (prev_conditions.get("Ready") or {}).get("reason")
+    if phase != prev.get("phase") or why.reason != previous_reason:
+        kind = "Normal" if why.reason in PROGRESS_REASONS else "Warning"
         events.append(Transition(kind, why.reason, f"{phase}: {why.message}"))
     return status, events
 
