@@ -38,6 +38,9 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Token ids that end the sequence besides the model's own end-of-turn tokens (not counted,
+    # not shown), as vLLM's `stop_token_ids`.
+    stop_token_ids: tuple[int, ...] = ()
 
 
 @dataclass

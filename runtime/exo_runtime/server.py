@@ -356,6 +356,7 @@ async def _generate(
         top_p=body.top_p,
         seed=body.seed,
         stop=body.stop_strings(),
+        stop_token_ids=tuple(body.stop_token_ids or ()),
     )
     try:
         chunks = scheduler.submit(GenerationRequest(request_id, prompt_tokens, params))

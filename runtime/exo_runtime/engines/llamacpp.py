@@ -84,6 +84,7 @@ class _Sequence:
     seq_id: int
     sampler: llama_cpp.llama_sampler_p
     stop_filter: StopStringFilter
+    end_ids: frozenset[int]  # the model's end-of-turn ids plus the request's stop_token_ids
     greedy: bool
     prefilled: int = 0  # prompt tokens already in the KV cache
     n_past: int = 0  # positions used in the KV cache
@@ -129,7 +130,7 @@ class LlamaCppEngine:
         self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[str, _Sequence] = {}
         self._cancelled: set[str] = set()
-        self._end_ids = self._find_end_of_turn_ids()
+        self._end_ids = frozenset(self._find_end_of_turn_ids())
 
     # -- model facts -------------------------------------------------------------------------
 
@@ -271,6 +272,7 @@ class LlamaCppEngine:
                 seq_id=self._free_seq_ids.pop(),
                 sampler=_sampler_chain(params),
                 stop_filter=StopStringFilter(params.stop),
+                end_ids=self._end_ids.union(params.stop_token_ids),
                 greedy=params.temperature <= 0,
             )
 
@@ -321,7 +323,7 @@ class LlamaCppEngine:
             token = int(np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax())
         else:
             token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, batch_index)
-        if token in self._end_ids:
+        if token in seq.end_ids:
             text = seq.stop_filter.flush() + seq.decoder.decode(b"", final=True)
             self._release(seq)
             # The end-of-turn token is not part of the completion: no id, so it is not counted.
