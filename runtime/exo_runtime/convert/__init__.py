@@ -1,0 +1,1 @@
+"""Offline model conversions (GGUF to an MLX folder)."""

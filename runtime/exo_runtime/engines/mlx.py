@@ -1,0 +1,290 @@
+"""MLX engine over mlx-lm, with continuous batching by mlx-lm's `BatchGenerator`.
+
+`BatchGenerator.next()` prefills newly inserted prompts and advances every decoding sequence
+by one token in one batched forward pass: exactly the engine's `step()`. This module keeps
+what the generator does not: request ids, cancellation, end-of-turn and stop strings, and
+streaming text per sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.sample_utils import make_sampler
+from mlx_lm.utils import load_model, load_tokenizer
+
+from exo_runtime.engine import (
+    Chunk,
+    EngineOptions,
+    FinishReason,
+    GenerationRequest,
+    LoadProgress,
+    ModelLoadError,
+    SamplingParams,
+)
+from exo_runtime.stop_strings import StopStringFilter
+
+# Markers that end an assistant turn in the chat formats we know, looked up in the vocabulary
+# because a model's config may list only its plain EOS.
+END_OF_TURN_MARKERS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Sequence:
+    """One request inside the batch generator, and its streaming state."""
+
+    request: GenerationRequest
+    uid: int
+    detokenizer: Any  # mlx-lm's StreamingDetokenizer: bytes of a character split over tokens
+    stop_filter: StopStringFilter
+    generated: int = 0
+
+
+class MlxEngine:
+    """A loaded MLX model and its batch generator; driven by one scheduler thread only."""
+
+    name = "mlx"
+
+    def __init__(
+        self, model_path: str, model: Any, tokenizer: Any, config: dict, options: EngineOptions
+    ) -> None:
+        self.model_path = model_path
+        self.context_length = min(
+            options.context_length, config.get("max_position_embeddings") or options.context_length
+        )
+        self._model = model
+        self._tokenizer = tokenizer
+        self._config = config
+        self._parallel = options.parallel
+        hf = tokenizer._tokenizer  # the Hugging Face tokenizer mlx-lm wraps
+        self._hf = hf
+        self._control_ids = {
+            token_id
+            for token_id, added in hf.backend_tokenizer.get_added_tokens_decoder().items()
+            if added.special
+        }
+        self._end_ids = self._find_end_of_turn_ids()
+        self._generator = BatchGenerator(
+            model,
+            stop_tokens=[[t] for t in sorted(self._end_ids)],
+            completion_batch_size=options.parallel,
+            prefill_batch_size=options.parallel,
+            prefill_step_size=options.batch_size,
+        )
+        self._waiting: deque[GenerationRequest] = deque()
+        self._active: dict[int, _Sequence] = {}  # by BatchGenerator uid
+        self._cancelled: set[str] = set()
+
+    # -- model facts -------------------------------------------------------------------------
+
+    def _find_end_of_turn_ids(self) -> set[int]:
+        ids = set(self._tokenizer.eos_token_ids)
+        vocab = self._hf.get_vocab()
+        ids.update(vocab[m] for m in END_OF_TURN_MARKERS if m in vocab)
+        return ids
+
+    def embedded_chat_template(self) -> str | None:
+        template = getattr(self._hf, "chat_template", None)
+        return template if isinstance(template, str) and template else None
+
+    def special_tokens(self) -> dict[str, str]:
+        return {"bos_token": self._hf.bos_token or "", "eos_token": self._hf.eos_token or ""}
+
+    def architecture(self) -> str:
+        # Text-only Hugging Face configs say "gemma3_text"; the templates know "gemma3".
+        return str(self._config.get("model_type", "unknown")).removesuffix("_text")
+
+    def end_of_turn_token_ids(self) -> set[int]:
+        return set(self._end_ids)
+
+    # -- text <-> tokens ---------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        """Tokens for `text`; special-token text such as `<start_of_turn>` becomes that token."""
+        return list(self._hf.encode(text, add_special_tokens=add_special))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._hf.decode(
+            [t for t in tokens if t not in self._control_ids], skip_special_tokens=False
+        )
+
+    # -- generation ------------------------------------------------------------------------
+
+    def warmup(self, prompt_tokens: list[int], max_tokens: int) -> None:
+        """Generate up to `max_tokens` greedily so every kernel is compiled and run once."""
+        self.submit(
+            GenerationRequest(
+                "warmup", list(prompt_tokens), SamplingParams(max_tokens=max_tokens, temperature=0)
+            )
+        )
+        while self.has_work():
+            for chunk in self.step():
+                if chunk.finish_reason == "error":
+                    raise RuntimeError(f"warmup failed: {chunk.error}")
+
+    def submit(self, request: GenerationRequest) -> None:
+        if not request.prompt_tokens:
+            raise ValueError("a generation request needs at least one prompt token")
+        self._waiting.append(request)
+
+    def cancel(self, request_id: str) -> None:
+        self._cancelled.add(request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._active or self._cancelled)
+
+    def step(self) -> list[Chunk]:
+        chunks = self._drop_cancelled()
+        self._admit_waiting()
+        if not self._active:
+            return chunks
+        try:
+            responses = self._next_responses()
+        except Exception as err:  # an MLX failure ends every sequence, not the process
+            return chunks + self._fail_all(f"{type(err).__name__}: {err}")
+        for response in responses:
+            seq = self._active.get(response.uid)
+            if seq is not None:
+                chunks.append(self._emit(seq, int(response.token), response.finish_reason))
+        return chunks
+
+    def _next_responses(self) -> list[Any]:
+        result = self._generator.next()
+        # mlx-lm 0.29+ returns (prompt progress, generated tokens); older ones the tokens only.
+        return result[1] if isinstance(result, tuple) else result
+
+    def _drop_cancelled(self) -> list[Chunk]:
+        if not self._cancelled:
+            return []
+        chunks = []
+        for seq in [s for s in self._active.values() if s.request.request_id in self._cancelled]:
+            self._release(seq)
+            chunks.append(Chunk(seq.request.request_id, "", finish_reason="cancelled"))
+        for request in [r for r in self._waiting if r.request_id in self._cancelled]:
+            self._waiting.remove(request)
+            chunks.append(Chunk(request.request_id, "", finish_reason="cancelled"))
+        self._cancelled.clear()
+        return chunks
+
+    def _admit_waiting(self) -> None:
+        while self._waiting and len(self._active) < self._parallel:
+            request = self._waiting.popleft()
+            params = request.params
+            room = max(self.context_length - len(request.prompt_tokens), 1)
+            if params.seed is not None:
+                # MLX has one global generator: a seed makes a lone request reproducible.
+                mx.random.seed(params.seed)
+            (uid,) = self._generator.insert(
+                [list(request.prompt_tokens)],
+                max_tokens=[max(min(params.max_tokens, room), 1)],
+                samplers=[_sampler(params)],
+            )
+            self._active[uid] = _Sequence(
+                request=request,
+                uid=uid,
+                detokenizer=self._tokenizer.detokenizer,
+                stop_filter=StopStringFilter(params.stop),
+            )
+
+    def _emit(self, seq: _Sequence, token: int, finish: str | None) -> Chunk:
+        request_id = seq.request.request_id
+        if token in self._end_ids:
+            self._release(seq)
+            # The end-of-turn token is not part of the completion: no id, so it is not counted.
+            return Chunk(request_id, self._flush(seq), None, finish_reason="stop")
+        seq.generated += 1
+        if token not in self._control_ids:  # turn markers never leak into answers
+            seq.detokenizer.add_token(token)
+        text, stopped = seq.stop_filter.feed(seq.detokenizer.last_segment)
+        reason: FinishReason | None = None
+        if stopped:
+            reason = "stop"
+        elif finish is not None:
+            reason = "length"
+            text += self._flush(seq)
+        if reason is not None:
+            self._release(seq)
+        return Chunk(request_id, text, token, finish_reason=reason)
+
+    @staticmethod
+    def _flush(seq: _Sequence) -> str:
+        seq.detokenizer.finalize()
+        return seq.stop_filter.feed(seq.detokenizer.last_segment)[0] + seq.stop_filter.flush()
+
+    def _release(self, seq: _Sequence) -> None:
+        # The generator drops a sequence itself when it finishes; removing it again is harmless.
+        self._generator.remove([seq.uid])
+        del self._active[seq.uid]
+
+    def _fail_all(self, reason: str) -> list[Chunk]:
+        log.error("MLX step failed, ending %d sequences: %s", len(self._active), reason)
+        chunks = []
+        for seq in list(self._active.values()):
+            self._release(seq)
+            chunks.append(Chunk(seq.request.request_id, "", finish_reason="error", error=reason))
+        return chunks
+
+    def close(self) -> None:
+        for seq in list(self._active.values()):
+            self._release(seq)
+        self._generator.close()
+
+
+def _sampler(params: SamplingParams) -> Any:
+    if params.temperature <= 0:
+        return make_sampler(0.0)
+    return make_sampler(params.temperature, top_p=params.top_p if params.top_p < 1.0 else 0.0)
+
+
+def _read_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError as err:
+        raise ModelLoadError(
+            f"{path} has no config.json: an MLX model is a folder with config.json, "
+            "*.safetensors and the tokenizer files"
+        ) from err
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot read {config_file}: {err}; fetch the model again") from err
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelLoadError(f"{config_file} names no model_type: it is not a model config")
+    return config
+
+
+def load(
+    model_path: str, options: EngineOptions, progress: LoadProgress | None = None
+) -> MlxEngine:
+    """Load the MLX model folder `model_path`; raise ModelLoadError with the path and a remedy."""
+    path = Path(model_path)
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"{model_path} is not a folder: the MLX engine loads a folder with config.json "
+            "and *.safetensors (use the llama.cpp engine for a .gguf file)"
+        )
+    config = _read_config(path)
+    report = progress or (lambda done, total: None)
+    report(0, 2)
+    try:
+        model, config = load_model(path)
+        report(1, 2)
+        tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    except ModelLoadError:
+        raise
+    except Exception as err:  # mlx-lm raises many kinds; each means this folder cannot load
+        raise ModelLoadError(
+            f"MLX cannot load {model_path}: {type(err).__name__}: {err}; check that the "
+            "folder is complete (config.json, *.safetensors, tokenizer.json) and that mlx-lm "
+            f"supports model_type {config.get('model_type')!r}"
+        ) from err
+    report(2, 2)
+    return MlxEngine(model_path, model, tokenizer, config, options)
