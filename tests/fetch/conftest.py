@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +26,7 @@ class ServedFile:
     # Sleep between chunks, so a download lasts long enough to report progress.
     chunk: int = 64 * 1024
     delay_per_chunk: float = 0.0
+    redirect_to: str | None = None  # answer 302 with this Location, as the Hub does to its CDN
 
 
 @dataclass
@@ -50,6 +52,12 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             server.requests.append((self.path, dict(self.headers)))
             served = server.files.get(self.path)
+            if served is not None and served.redirect_to:
+                self.send_response(302)
+                self.send_header("Location", served.redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if served is None or served.status != 200:
                 status = served.status if served else 404
                 self.send_response(status)
@@ -87,14 +95,29 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def file_server():
+@contextmanager
+def _serving():
     state = FileServer()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    with _serving() as server:
+        yield server
+
+
+@pytest.fixture
+def other_file_server():
+    """A second server: another origin (port), like the CDN the Hub redirects downloads to."""
+    with _serving() as server:
+        yield server

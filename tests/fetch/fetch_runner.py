@@ -12,15 +12,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Until the CLI wires `exo-runtime fetch`, the tests call the same two functions it calls.
-_RUNNER = (
-    "import argparse, sys\n"
-    "from exo_runtime.fetcher import add_fetch_arguments, run_fetch\n"
-    "parser = argparse.ArgumentParser(prog='exo-runtime fetch')\n"
-    "add_fetch_arguments(parser)\n"
-    "sys.exit(run_fetch(parser.parse_args()))\n"
-)
-
 
 @dataclass
 class FetchResult:
@@ -40,11 +31,11 @@ class FetchResult:
 def run_fetch(
     *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
 ) -> FetchResult:
-    """Run the fetch in a child process, as the fetch Job does, with stdout a pipe."""
+    """Run `exo-runtime fetch` in a child process, as the fetch Job does, with stdout a pipe."""
     inherited = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT")}
     full_env = {**inherited, "PYTHONPATH": str(REPO_ROOT / "runtime"), **(env or {})}
     proc = subprocess.run(
-        [*prefix, sys.executable, "-c", _RUNNER, *args, "--retry-backoff", "0.05"],
+        [*prefix, sys.executable, "-m", "exo_runtime", "fetch", *args, "--retry-backoff", "0.05"],
         capture_output=True,
         text=True,
         env=full_env,

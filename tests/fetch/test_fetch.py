@@ -189,6 +189,44 @@ def test_huggingface_source_uses_resolve_path_revision_and_token(file_server, tm
     )
 
 
+def test_huggingface_token_is_not_sent_on_to_the_redirect_target(
+    file_server, other_file_server, tmp_path
+):
+    cdn_url = other_file_server.add("/blobs/abc123", BODY)
+    file_server.add("/acme/tiny-GGUF/resolve/main/tiny.gguf", b"", redirect_to=cdn_url)
+
+    result = run_fetch(
+        "hf://acme/tiny-GGUF/tiny.gguf",
+        "--dest",
+        str(tmp_path),
+        "--sha256",
+        BODY_SHA,
+        env={"HF_ENDPOINT": file_server.url, "HF_TOKEN": "hf_secret"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert file_server.requests[0][1]["Authorization"] == "Bearer hf_secret"
+    assert [path for path, _ in other_file_server.requests] == ["/blobs/abc123"]
+    assert "Authorization" not in other_file_server.requests[0][1]
+    assert (tmp_path / "tiny.gguf").read_bytes() == BODY
+
+
+def test_complete_part_left_before_the_rename_is_verified_without_downloading(
+    file_server, tmp_path
+):
+    url = file_server.add("/m.gguf", BODY)
+    # A run that was killed after the last byte but before the rename leaves all of it here.
+    (tmp_path / "m.gguf.part").write_bytes(BODY)
+    (tmp_path / "m.gguf.part.json").write_text(json.dumps({"source": url}))
+
+    result = run_fetch(url, "--dest", str(tmp_path), "--sha256", BODY_SHA)
+
+    assert result.returncode == 0, result.stderr
+    assert file_server.requests[0][1]["Range"] == f"bytes={len(BODY)}-"
+    assert (tmp_path / "m.gguf").read_bytes() == BODY
+    assert not (tmp_path / "m.gguf.part").exists()
+
+
 def test_huggingface_source_defaults_to_main_and_sends_no_token_without_one(file_server, tmp_path):
     file_server.add("/acme/tiny-GGUF/resolve/main/tiny.gguf", b"abc")
     result = run_fetch(
