@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exo_runtime.chat_template import ChatTemplateError, choose_chat_template, message_text
-from exo_runtime.engine import Chunk, EngineOptions, GenerationRequest, SamplingParams
+from exo_runtime.engine import Chunk, Engine, EngineOptions, GenerationRequest, SamplingParams
 from exo_runtime.metrics import RuntimeMetrics
 from exo_runtime.openai_api import ChatCompletionBody, CompletionBody, OpenAIError
 from exo_runtime.runtime_state import RuntimeState
@@ -176,6 +176,7 @@ class Runtime:
 
 
 def create_app(runtime: Runtime) -> FastAPI:
+    """The FastAPI app; its lifespan starts loading the model in the background."""
     config, state, metrics = runtime.config, runtime.state, runtime.metrics
 
     @asynccontextmanager
@@ -283,7 +284,7 @@ def _validation_error(err: RequestValidationError) -> OpenAIError:
     )
 
 
-def _ready_engine(runtime: Runtime, model: str):
+def _ready_engine(runtime: Runtime, model: str) -> Engine:
     state = runtime.state
     if model != runtime.config.served_name:
         raise OpenAIError(
@@ -304,7 +305,7 @@ def _ready_engine(runtime: Runtime, model: str):
     return state.engine
 
 
-def _completion_prompt_tokens(engine, prompt: str | list[str] | list[int]) -> list[int]:
+def _completion_prompt_tokens(engine: Engine, prompt: str | list[str] | list[int]) -> list[int]:
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
         return list(prompt)
     if isinstance(prompt, list):
