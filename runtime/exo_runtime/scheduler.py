@@ -39,6 +39,7 @@ class _Stream:
 
 
 _STOP = object()
+_CANCEL_ALL = object()
 
 
 class Scheduler:
@@ -88,6 +89,10 @@ class Scheduler:
         """Free the request's sequence at the next step (a no-op once it has finished)."""
         self._inbox.put(request_id)
 
+    def cancel_all(self) -> None:
+        """Cancel every request in flight (the drain ran out of time)."""
+        self._inbox.put(_CANCEL_ALL)
+
     def stop(self) -> None:
         self._inbox.put(_STOP)
         if self._thread.is_alive():
@@ -127,6 +132,9 @@ class Scheduler:
         if isinstance(item, _Stream):
             self._streams[item.request.request_id] = item
             self.engine.submit(item.request)
+        elif item is _CANCEL_ALL:
+            for request_id in self._streams:
+                self.engine.cancel(request_id)
         elif item in self._streams:
             self.engine.cancel(item)
 

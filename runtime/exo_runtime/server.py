@@ -7,6 +7,7 @@ The server listens before the model loads, so /healthz and /readyz answer during
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -168,10 +169,14 @@ class Runtime:
                 await asyncio.wait_for(scheduler.idle.wait(), self.config.shutdown_timeout)
             except TimeoutError:
                 log.warning(
-                    "%d requests still running after %.0fs: stopping anyway",
+                    "%d requests still running after %.0fs: cancelling them",
                     scheduler.in_flight,
                     self.config.shutdown_timeout,
                 )
+                # Cancelled, their clients get a last event instead of a cut connection.
+                scheduler.cancel_all()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(scheduler.idle.wait(), 2)
         self.request_exit()
 
 

@@ -145,6 +145,21 @@ def test_sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_0(
     assert '"finish_reason": "length"' in result["lines"][-2]
 
 
+def test_a_request_still_running_at_the_drain_bound_is_cancelled_cleanly(start_runtime) -> None:
+    runtime = start_runtime("--shutdown-timeout", "1")
+    started, result = threading.Event(), {}
+    stream = threading.Thread(target=_open_stream, args=(runtime.base_url, 2000, started, result))
+    stream.start()
+    assert started.wait(30)
+    began = time.monotonic()
+    runtime.proc.send_signal(signal.SIGTERM)
+    stream.join(60)
+    assert runtime.proc.wait(timeout=30) == 0, runtime.log()
+    assert time.monotonic() - began < 15
+    assert result["lines"][-1] == "data: [DONE]"
+    assert '"finish_reason": "cancelled"' in result["lines"][-2]
+
+
 def test_sigterm_while_idle_exits_0_at_once(start_runtime) -> None:
     runtime = start_runtime()
     began = time.monotonic()
