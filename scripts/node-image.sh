@@ -143,7 +143,8 @@ stage_node_context() {
 # kubeadm names is there; then commit the result as the node image.
 preload_and_commit() {
 	local stage_image=$1 hash=$2 container missing
-	container=$(docker_cli run -d --entrypoint sleep "$stage_image" infinity)
+	# --init reaps the containerd that is stopped below (sleep as pid 1 would leave a zombie)
+	container=$(docker_cli run -d --init --entrypoint sleep "$stage_image" infinity)
 	# shellcheck disable=SC2064 # expand now: the container id is local
 	trap "docker_cli rm -f -v $container >/dev/null 2>&1 || true; rm -rf '$WORK'" EXIT
 	docker_cli exec "$container" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &

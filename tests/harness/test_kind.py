@@ -82,12 +82,12 @@ def namespace(kind_kubectl: Kubectl) -> Iterator[str]:
 
 
 def pod(name: str, image: str, command: str, **spec: Any) -> dict[str, Any]:
-    """A one-container pod running `sh -c command` that never pulls its image."""
+    """A one-container pod running `bash -c command` that never pulls its image."""
     container: dict[str, Any] = {
         "name": "main",
         "image": image,
         "imagePullPolicy": "Never",
-        "command": ["sh", "-c", command],
+        "command": ["bash", "-c", command],
     }
     container.update(spec.pop("container", {}))
     return {
@@ -167,8 +167,17 @@ def test_service_routes_through_cluster_dns(
     image, token = harness_image
     serve_http(kind_kubectl, namespace, image, "ClusterIP")
     fqdn = f"web.{namespace}.svc.cluster.local"
-    client = pod("client", image, f"busybox wget -q -T 5 -O - http://{fqdn}/token")
-    assert run_to_completion(kind_kubectl, namespace, client).strip() == token
+    # bash's /dev/tcp resolves the name through the pod's resolv.conf (CoreDNS) with glibc
+    # (a statically linked busybox cannot use glibc's resolver).
+    request = f"printf 'GET /token HTTP/1.0\\r\\nHost: {fqdn}\\r\\n\\r\\n' >&3"
+    client = pod(
+        "client",
+        image,
+        f"getent hosts {fqdn} && exec 3<>/dev/tcp/{fqdn}/80 && {request} && cat <&3",
+    )
+    log = run_to_completion(kind_kubectl, namespace, client)
+    assert "200 OK" in log, log
+    assert log.rstrip().endswith(token), log
 
 
 def test_nodeport_answers_from_the_host(
