@@ -67,12 +67,11 @@ def failure_for_os_error(err: OSError, path: Path) -> FetchFailed:
             "(the ExoModel's storage.size) and retry; the partial file is kept for resuming",
         )
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return FetchFailed(
-            "ReadOnly",
-            f"cannot write {path} ({err.strerror}): mount the destination read-write "
-            "and writable by this user",
-        )
-    return FetchFailed("NetworkError", f"cannot write {path}: {err}")
+        hint = "mount the destination read-write and writable by this user"
+    else:
+        hint = "give a --dest that is a folder on a working volume"
+    # Any other refusal of the filesystem is, for the operator, the same: it cannot write here.
+    return FetchFailed("ReadOnly", f"cannot write {path} ({err.strerror or err}): {hint}")
 
 
 @dataclass
@@ -100,12 +99,18 @@ def download(
     policy: RetryPolicy,
 ) -> Downloaded:
     """Download `source` into `part_path` (resuming what is there); return its sha256 and size."""
-    part = _hash_existing(part_path, progress)
+    try:
+        part = _hash_existing(part_path, progress)
+    except OSError as err:
+        raise failure_for_os_error(err, part_path) from err
     attempt = 0
     while True:
         try:
             _transfer(client, source, part, progress)
             return Downloaded(sha256=part.hasher.hexdigest(), size=part.size)
+        except (httpx.TooManyRedirects, httpx.InvalidURL, httpx.UnsupportedProtocol) as err:
+            # Retrying cannot fix a redirect loop or a URL httpx cannot fetch.
+            raise FetchFailed("NetworkError", f"cannot download {source.url}: {err}") from err
         except (_Transient, httpx.TransportError) as err:
             attempt += 1
             if attempt > policy.retries:

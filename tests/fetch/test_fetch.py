@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from fetch_runner import run_fetch, sha256
+from fetch_runner import REPO_ROOT, run_fetch, sha256
 
 BODY = os.urandom(3 * 1024 * 1024 + 123)
 BODY_SHA = sha256(BODY)
@@ -356,6 +359,43 @@ def test_progress_lines_and_file_while_downloading(file_server, tmp_path):
         "etaSeconds": None,
         "error": None,
     }
+
+
+def test_destination_that_is_a_file_fails_clearly(file_server, tmp_path):
+    url = file_server.add("/m.gguf", BODY)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = run_fetch(url, "--dest", str(tmp_path / "taken"))
+    assert (result.returncode, result.summary["reason"]) == (1, "ReadOnly")
+    assert "give a --dest that is a folder" in result.summary["error"]
+
+
+def test_redirect_loop_fails_without_retrying(file_server, tmp_path):
+    url = file_server.add("/loop", b"", redirect_to="/loop")
+    result = run_fetch(url, "--dest", str(tmp_path), "--filename", "m.gguf")
+    assert (result.returncode, result.summary["reason"]) == (1, "NetworkError")
+    assert "redirects" in result.summary["error"].lower()
+
+
+def test_terminal_gets_a_progress_bar_instead_of_json_lines(file_server, tmp_path):
+    url = file_server.add("/m.gguf", BODY, delay_per_chunk=0.01)
+    # A real pseudo-terminal as stdout, as when a person runs the command.
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "runtime")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "exo_runtime", "fetch", url, "--dest", str(tmp_path)],
+        stdout=follower, stderr=subprocess.PIPE, env=env, timeout=60,
+    )  # fmt: skip
+    os.close(follower)
+    terminal = b""
+    with contextlib.suppress(OSError):  # reading a closed pty ends with EIO
+        while chunk := os.read(leader, 65536):
+            terminal += chunk
+    os.close(leader)
+
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in terminal.decode().splitlines() if line.strip()]
+    assert [line["event"] for line in lines] == ["done"]
+    assert b"100%" in proc.stderr, "tqdm draws its bar on stderr"
 
 
 def test_progress_file_can_be_placed_elsewhere(file_server, tmp_path):

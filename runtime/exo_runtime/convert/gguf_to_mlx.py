@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        print(f"error: cannot write {args.out_dir}: {err}", file=sys.stderr)
+        return 1
     print(out)
     return 0
 
