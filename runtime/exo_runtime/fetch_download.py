@@ -105,6 +105,7 @@ def download(
         raise failure_for_os_error(err, part_path) from err
     attempt = 0
     while True:
+        size_before = part.size
         try:
             _transfer(client, source, part, progress)
             return Downloaded(sha256=part.hasher.hexdigest(), size=part.size)
@@ -112,7 +113,9 @@ def download(
             # Retrying cannot fix a redirect loop or a URL httpx cannot fetch.
             raise FetchFailed("NetworkError", f"cannot download {source.url}: {err}") from err
         except (_Transient, httpx.TransportError) as err:
-            attempt += 1
+            # The bound is on attempts in a row that made no progress: a long download over a
+            # link that drops now and then still completes.
+            attempt = 1 if part.size > size_before else attempt + 1
             if attempt > policy.retries:
                 raise FetchFailed(
                     "NetworkError",

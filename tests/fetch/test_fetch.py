@@ -75,6 +75,16 @@ def test_resumes_with_range_after_the_server_cuts_the_connection(file_server, tm
     assert "retrying" in result.stderr
 
 
+def test_every_cut_that_made_progress_renews_the_retries(file_server, tmp_path):
+    url = file_server.add("/m.gguf", BODY, cut_after=len(BODY) // 8, cuts_left=6)
+
+    result = run_fetch(url, "--dest", str(tmp_path), "--sha256", BODY_SHA, "--retries", "2")
+
+    assert result.returncode == 0, result.stderr
+    assert len(file_server.requests) == 7
+    assert (tmp_path / "m.gguf").read_bytes() == BODY
+
+
 def test_next_run_resumes_the_part_left_by_a_failed_run(file_server, tmp_path):
     half = len(BODY) // 2
     url = file_server.add("/m.gguf", BODY, cut_after=half, cuts_left=1)
