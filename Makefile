@@ -57,3 +57,8 @@ e2e: ## end-to-end suite on kind (make e2e KUBECONFIG=path: on your own cluster)
 	@bash scripts/e2e.sh $(if $(filter command line,$(origin KUBECONFIG)),--kubeconfig "$(KUBECONFIG)")
 
 .PHONY: images demo e2e
+
+bench-serving: venv ## serving benchmark: exo-runtime vs llama-cpp-python vs llama-server
+	@.venv/bin/python bench/serving.py
+
+.PHONY: bench-serving
