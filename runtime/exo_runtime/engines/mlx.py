@@ -65,11 +65,12 @@ class MlxEngine:
         self._tokenizer = tokenizer
         self._config = config
         self._parallel = options.parallel
-        hf = tokenizer._tokenizer  # the Hugging Face tokenizer mlx-lm wraps
-        self._hf = hf
+        # mlx-lm's TokenizerWrapper passes every other attribute on to the Hugging Face
+        # tokenizer it wraps (encode, decode, get_vocab, chat_template, ...).
+        self._hf = tokenizer
         self._control_ids = {
             token_id
-            for token_id, added in hf.backend_tokenizer.get_added_tokens_decoder().items()
+            for token_id, added in tokenizer.backend_tokenizer.get_added_tokens_decoder().items()
             if added.special
         }
         self._end_ids = self._find_end_of_turn_ids()
@@ -158,9 +159,8 @@ class MlxEngine:
         return chunks
 
     def _next_responses(self) -> list[Any]:
-        result = self._generator.next()
-        # mlx-lm 0.29+ returns (prompt progress, generated tokens); older ones the tokens only.
-        return result[1] if isinstance(result, tuple) else result
+        _prompt_progress, generated = self._generator.next()
+        return generated
 
     def _drop_cancelled(self) -> list[Chunk]:
         if not self._cancelled:
