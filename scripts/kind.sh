@@ -174,9 +174,21 @@ load() {
 	kind load docker-image --name "$KIND_CLUSTER" "$@" >&2
 }
 
+# One `up` or `down` at a time per cluster: a second caller (another test session, say) waits for
+# the first instead of taking its half-made cluster for a leftover.
+with_lock() {
+	mkdir -p "$EXO_CACHE/kind"
+	exec 9>"$EXO_CACHE/kind/$KIND_CLUSTER.lock"
+	if ! flock -n 9; then
+		log "another scripts/kind.sh is bringing cluster '$KIND_CLUSTER' up or down: waiting for it"
+		flock -w 900 9 || die "waited 15 min for another scripts/kind.sh on cluster '$KIND_CLUSTER'"
+	fi
+	"$@"
+}
+
 case "${1:-}" in
-up) up ;;
-down) down ;;
+up) with_lock up ;;
+down) with_lock down ;;
 status) status ;;
 load) shift && load "$@" ;;
 *) die "usage: $0 up|down|status|load IMAGE..." ;;

@@ -252,3 +252,24 @@ def test_pod_asking_for_more_gpus_than_the_node_has_stays_pending(
     assert condition["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in condition["message"]
     assert phase(kind_kubectl, namespace, "greedy") == "Pending"
+
+
+def test_device_plugin_registers_again_after_a_kubelet_restart(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, _ = harness_image
+    node = kind_kubectl.json("get", "nodes")["items"][0]["metadata"]["name"]
+    plugin = ["-n", "kube-system", "logs", "daemonset/fake-gpu-device-plugin"]
+    restarts_before = kind_kubectl(*plugin).count("registering again")
+    # kind's node is a container named after the node; its kubelet is a systemd unit.
+    docker("exec", node, "systemctl", "restart", "kubelet")
+    wait_for(
+        lambda: kind_kubectl(*plugin, check=False).count("registering again") > restarts_before,
+        "the device plugin to notice the kubelet restart and register again",
+    )
+    gpu = {"container": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
+    command = "echo $NVIDIA_VISIBLE_DEVICES"
+    log = run_to_completion(
+        kind_kubectl, namespace, pod("gpu-after-restart", image, command, **gpu)
+    )
+    assert log.strip().startswith("fake-gpu-")
