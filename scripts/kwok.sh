@@ -54,19 +54,29 @@ validate_settings() {
     die "KWOK_APISERVER_PORT='$APISERVER_PORT' must be a port number"
 }
 
+# One `up` or `down` at a time per cluster: parallel test sessions share it. Every command
+# that may start a long-lived process runs with the lock's descriptor closed (9>&-), or that
+# process would hold the lock for as long as it lives.
+lock_cluster() {
+  local lock="$KWOK_WORKDIR/locks/$CLUSTER"
+  mkdir -p "$KWOK_WORKDIR/locks"
+  exec 9>"$lock"
+  flock -w 300 9 || die "another scripts/kwok.sh has held $lock for 5 minutes; if none is running, remove the file and retry"
+}
+
 answers() {
   [ -f "$KUBECONFIG_PATH" ] && kubectl get --raw /readyz --request-timeout=3s >/dev/null 2>&1
 }
 
-# Processes started for this cluster, found by their working files' directory; they outlive
-# kwokctl when a run is killed half-way and must go before the cluster's files do.
+# The cluster's components, found by the path kwokctl runs them from (its bin/ folder links
+# to the cache); they outlive a killed run and must go before the cluster's files do.
 cluster_pids() {
-  pgrep -f -- "$CLUSTER_DIR/" || true
+  pgrep -f -- "^$CLUSTER_DIR/bin/" || true
 }
 
 stop_cluster() {
   if [ -d "$CLUSTER_DIR" ]; then
-    kwokctl delete cluster >&2 2>&1 || log "kwokctl could not delete '$CLUSTER' cleanly; removing what is left"
+    kwokctl delete cluster >&2 2>&1 9>&- || log "kwokctl could not delete '$CLUSTER' cleanly; removing what is left"
   fi
   local pids
   pids="$(cluster_pids)"
@@ -142,7 +152,7 @@ create_cluster() {
     args+=(--kube-apiserver-port "$APISERVER_PORT")
   fi
   log "starting kwok control plane '$CLUSTER' (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
-  if ! kwokctl create cluster "${args[@]}" >&2 2>&1; then
+  if ! kwokctl create cluster "${args[@]}" >&2 2>&1 9>&-; then
     show_logs
     stop_cluster
     die "the kwok control plane '$CLUSTER' failed to start (component logs above); rerun \`make kwok\` once the cause is fixed"
@@ -234,10 +244,7 @@ up() {
   validate_settings
   require_tools etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl
   [ -f "$STAGES_DIR/pod-ready.yaml" ] || die "kwok's stages are missing from $STAGES_DIR: run \`make tools\`"
-  mkdir -p "$KWOK_WORKDIR"
-  # One `up` or `down` at a time per cluster (parallel test sessions share it).
-  exec 9>"$KWOK_WORKDIR/$CLUSTER.lock"
-  flock 9
+  lock_cluster
   local started=$SECONDS
   if answers; then
     log "kwok cluster '$CLUSTER' is already up"
@@ -257,9 +264,7 @@ up() {
 
 down() {
   validate_settings
-  mkdir -p "$KWOK_WORKDIR"
-  exec 9>"$KWOK_WORKDIR/$CLUSTER.lock"
-  flock 9
+  lock_cluster
   if [ ! -d "$CLUSTER_DIR" ] && [ -z "$(cluster_pids)" ]; then
     log "kwok cluster '$CLUSTER' is not running"
   else
@@ -267,7 +272,6 @@ down() {
     log "stopping kwok cluster '$CLUSTER'"
     stop_cluster
   fi
-  rm -f "$KWOK_WORKDIR/$CLUSTER.lock"
 }
 
 status() {
