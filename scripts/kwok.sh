@@ -37,7 +37,8 @@ STAGES_DIR="$EXO_CACHE/tools/kwok-$KWOK_VERSION/stages"
 # kwokctl runs `kubectl` for some steps: the pinned one comes first.
 export PATH="$TOOLS_BIN:$PATH"
 
-kwokctl() { command "$TOOLS_BIN/kwokctl" --name "$CLUSTER" "$@"; }
+# -v WARN: the script reports progress itself; kwokctl still prints its warnings and errors.
+kwokctl() { command "$TOOLS_BIN/kwokctl" -v WARN --name "$CLUSTER" "$@"; }
 kubectl() { command "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 
 validate_settings() {
