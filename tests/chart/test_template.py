@@ -174,13 +174,3 @@ def test_operator_pod_is_hardened(helm):
     }
     probe = operator_container(manifests)["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "liveness"}
-
-
-def test_notes_show_how_to_apply_the_first_exomodel(helm):
-    out = helm.run(
-        "install", "exo", str(CHART), "--dry-run=client", "--namespace", "exo-system"
-    ).stdout
-    notes = out.split("NOTES:", 1)[1]
-    assert "kind: ExoModel" in notes
-    assert "kubectl get exom" in notes
-    assert "/v1/chat/completions" in notes
