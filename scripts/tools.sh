@@ -188,7 +188,7 @@ build_component() {
   local output="$partial/"
   [ "${#packages[@]}" -gt 1 ] || output="$partial/$(binaries_of "$name")"
   if ! (cd "$REPO_ROOT/tools/$name" &&
-    nice -n 10 go build -ldflags "$(ldflags_of "$name")" -o "$output" "${packages[@]}") >"$log" 2>&1; then
+    nice -n 10 go build -ldflags "$(ldflags_of "$name")" -o "$output" "${packages[@]}") >"$log" 2>&1 9>&-; then
     tail -n 30 "$log" >&2
     die "building $name $version failed (full log: $log). Fix the cause above and rerun \`make tools\`: finished components are kept and Go's build cache resumes the rest."
   fi
@@ -238,6 +238,13 @@ main() {
   local name index=0 started=$SECONDS
   case "${1:-build}" in
     build)
+      # Two builds at once would write the same folders: the second waits for the first.
+      mkdir -p "$TOOLS_DIR"
+      exec 9>"$TOOLS_DIR/.lock"
+      if ! flock -n 9; then
+        log "another \`make tools\` is building; waiting for it to finish"
+        flock 9
+      fi
       for name in "${COMPONENTS[@]}"; do
         index=$((index + 1))
         build_component "$index" "$name"
