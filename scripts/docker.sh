@@ -146,9 +146,13 @@ down() {
 case "${1:-}" in
 up) up ;;
 down) down ;;
-status) daemon_answers && echo "docker: running" || {
-	echo "docker: not running (start it with scripts/docker.sh up)"
-	exit 1
-} ;;
+status)
+	if daemon_answers; then
+		echo "docker: running"
+	else
+		echo "docker: not running (start it with scripts/docker.sh up)"
+		exit 1
+	fi
+	;;
 *) die "usage: $0 up|down|status" ;;
 esac

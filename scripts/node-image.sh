@@ -147,12 +147,14 @@ preload_and_commit() {
 	container=$(docker_cli run -d --init --entrypoint sleep "$stage_image" infinity)
 	# shellcheck disable=SC2064 # expand now: the container id is local
 	trap "docker_cli rm -f -v $container >/dev/null 2>&1 || true; rm -rf '$WORK'" EXIT
+	# shellcheck disable=SC2016 # these scripts run inside the container
 	docker_cli exec "$container" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &
 		for i in $(seq 50); do ctr version >/dev/null 2>&1 && exit 0; sleep 0.2; done
 		cat /tmp/containerd.log; exit 1' || die "containerd did not start in the node build container"
 	docker_cli exec -i "$container" ctr --namespace=k8s.io images import \
 		--label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - \
 		<"$IMAGES_CACHE/node-preload.tar" >/dev/null || die "importing the component images failed"
+	# shellcheck disable=SC2016
 	missing=$(docker_cli exec "$container" bash -c '
 		comm -23 <(kubeadm config images list --kubernetes-version "$(cat /kind/version)" 2>/dev/null | sort) \
 			<(ctr --namespace=k8s.io images list -q | sort)')
@@ -164,6 +166,7 @@ preload_and_commit() {
 		--change 'CMD []' \
 		--change "LABEL dev.exo.inputs=$hash" \
 		"$container" "$NODE_IMAGE" >/dev/null
+	docker_cli rm -f -v "$container" >/dev/null
 }
 
 main() {
@@ -182,6 +185,10 @@ main() {
 	mkdir -p "$IMAGES_CACHE"
 	WORK=$(mktemp -d "$IMAGES_CACHE/node-build.XXXXXX")
 	trap 'rm -rf "$WORK"' EXIT
+	local previous
+	previous=$(docker_cli image ls -q --filter "reference=registry.k8s.io/*" --filter "reference=registry.k8s.io/*/*" \
+		--filter "reference=kindest/*" --filter "reference=exo-operator/kind-node" \
+		--filter "reference=exo-operator/fake-gpu-device-plugin" | sort -u)
 	build_component_images
 	local ctx
 	ctx=$(stage_node_context)
@@ -192,6 +199,11 @@ main() {
 	log "preloading the component images into the node's containerd"
 	preload_and_commit exo-operator/kind-node-stage:latest "$hash"
 	docker_cli rmi exo-operator/kind-node-stage:latest >/dev/null 2>&1 || true
+	# The images this build replaced are left untagged: drop those (one still in use stays).
+	local replaced
+	replaced=$(comm -12 <(echo "$previous") <(docker_cli image ls -q --filter dangling=true | sort -u))
+	# shellcheck disable=SC2086
+	[[ -z $replaced ]] || docker_cli rmi $replaced >/dev/null 2>&1 || true
 	log "built $NODE_IMAGE ($(docker_cli image inspect -f '{{.Size}}' "$NODE_IMAGE" | numfmt --to=iec))"
 }
 
