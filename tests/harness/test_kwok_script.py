@@ -1,0 +1,130 @@
+"""scripts/kwok.sh as a user meets it: bad settings get a clear error, `up` is idempotent and
+recovers from a killed run, `down` leaves no process, port or file behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from fixtures.kwok import EXO_CACHE, EXPORT_PREFIX, KWOK_SCRIPT, Kubectl, tool_path
+
+pytestmark = pytest.mark.kwok
+
+KWOK_WORKDIR = EXO_CACHE / "kwok"
+
+
+def kwok_sh(*args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(KWOK_SCRIPT), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("KWOK_NODES", "four", "KWOK_NODES='four' must be a whole number"),
+        ("KWOK_GPUS_PER_NODE", "-1", "KWOK_GPUS_PER_NODE='-1' must be a whole number"),
+        ("KWOK_CLUSTER", "My_Cluster", "KWOK_CLUSTER='My_Cluster' is not a valid name"),
+        ("KWOK_NODE_MEMORY", "lots", "KWOK_NODE_MEMORY='lots' must be a quantity"),
+        ("KWOK_APISERVER_PORT", "http", "KWOK_APISERVER_PORT='http' must be a port number"),
+    ],
+)
+def test_bad_setting_is_refused_with_a_message_naming_it(
+    setting: str, value: str, message: str
+) -> None:
+    result = kwok_sh("up", **{setting: value})
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_tools_say_to_run_make_tools(tmp_path: Path) -> None:
+    result = kwok_sh("up", TOOLS_BIN=str(tmp_path), KWOK_CLUSTER="never-started")
+    assert result.returncode != 0
+    assert "run `make tools`" in result.stderr
+
+
+def test_apiserver_port_in_use_is_refused_before_anything_starts() -> None:
+    tool_path("kwokctl")
+    name = f"port-{uuid.uuid4().hex[:6]}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = kwok_sh("up", KWOK_CLUSTER=name, KWOK_APISERVER_PORT=str(port))
+    assert result.returncode != 0
+    assert f"port {port} (KWOK_APISERVER_PORT) is in use" in result.stderr
+    assert not (KWOK_WORKDIR / "clusters" / name).exists()
+
+
+def component_pids(cluster_dir: Path) -> list[int]:
+    """The control plane's processes, which kwokctl runs from the cluster's bin/ folder."""
+    found = subprocess.run(
+        ["pgrep", "-f", f"^{cluster_dir}/bin/"], capture_output=True, text=True, check=False
+    )
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def kubeconfig_of(result: subprocess.CompletedProcess[str]) -> Path:
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(EXPORT_PREFIX), result.stdout
+    return Path(lines[0].removeprefix(EXPORT_PREFIX))
+
+
+def apiserver_port(kubectl: Kubectl) -> int:
+    server = kubectl("config", "view", "-o", "jsonpath={.clusters[0].cluster.server}")
+    port = urlsplit(server).port
+    assert port, f"no port in the kubeconfig's server {server!r}"
+    return port
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_reuses_recovers_from_a_killed_run_and_down_leaves_nothing() -> None:
+    name = f"script-{uuid.uuid4().hex[:6]}"
+    cluster_dir = KWOK_WORKDIR / "clusters" / name
+    settings = {"KWOK_CLUSTER": name, "KWOK_NODES": "2", "KWOK_CPU_NODES": "0"}
+    try:
+        kubeconfig = kubeconfig_of(kwok_sh("up", **settings))
+        assert kubeconfig.is_file()
+        kubectl = Kubectl(kubeconfig)
+        assert len(kubectl.json("get", "nodes")["items"]) == 2
+
+        started = time.monotonic()
+        assert kubeconfig_of(kwok_sh("up", **settings)) == kubeconfig
+        assert time.monotonic() - started < 10, "reusing a running cluster should take seconds"
+
+        # A killed run: every component dies at once and leaves its files and pid files.
+        pids = component_pids(cluster_dir)
+        assert len(pids) == 5, pids  # etcd, apiserver, controller-manager, scheduler, kwok
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert kwok_sh("status", **settings).returncode == 1
+        recovered = kwok_sh("up", **settings)
+        assert "leftover" in recovered.stderr
+        assert kubeconfig_of(recovered) == kubeconfig
+        kubectl("wait", "--for=condition=Ready", "nodes", "--all", "--timeout=30s")
+        port = apiserver_port(kubectl)
+    finally:
+        down = kwok_sh("down", **settings)
+    assert down.returncode == 0, down.stderr
+    assert component_pids(cluster_dir) == []
+    assert not cluster_dir.exists()
+    assert not listening(port)
+    assert kwok_sh("status", **settings).returncode == 1
