@@ -57,6 +57,7 @@ class Scheduler:
         self._count_lock = threading.Lock()
         self._in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._close_engine = True
         self._thread = threading.Thread(target=self._run, name="exo-scheduler", daemon=True)
         self.idle = asyncio.Event()  # set while nothing is in flight (read by the drain on exit)
         self.idle.set()
@@ -93,7 +94,9 @@ class Scheduler:
         """Cancel every request in flight (the drain ran out of time)."""
         self._inbox.put(_CANCEL_ALL)
 
-    def stop(self) -> None:
+    def stop(self, *, close_engine: bool = True) -> None:
+        """End the thread after its current step (and close the engine, unless told not to)."""
+        self._close_engine = close_engine
         self._inbox.put(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout=30)
@@ -118,7 +121,8 @@ class Scheduler:
                 item = None
             while item is not None:
                 if item is _STOP:
-                    self.engine.close()
+                    if self._close_engine:
+                        self.engine.close()
                     return
                 self._apply(item)
                 try:
@@ -131,12 +135,25 @@ class Scheduler:
     def _apply(self, item: object) -> None:
         if isinstance(item, _Stream):
             self._streams[item.request.request_id] = item
-            self.engine.submit(item.request)
+            try:
+                self.engine.submit(item.request)
+            except ValueError as err:  # the engine refused the request: end it, keep serving
+                self._finish_refused(item, str(err))
         elif item is _CANCEL_ALL:
             for request_id in self._streams:
                 self.engine.cancel(request_id)
         elif item in self._streams:
             self.engine.cancel(item)
+
+    def _finish_refused(self, stream: _Stream, reason: str) -> None:
+        del self._streams[stream.request.request_id]
+        self._metrics.requests.labels("error").inc()
+        with self._count_lock:
+            self._in_flight -= 1
+        self._publish_counts()
+        self._loop.call_soon_threadsafe(self._set_idle_if_empty)
+        chunk = Chunk(stream.request.request_id, "", finish_reason="error", error=reason)
+        self._loop.call_soon_threadsafe(_deliver, [(stream.chunks, chunk)])
 
     def _step(self) -> None:
         try:

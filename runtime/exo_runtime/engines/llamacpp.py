@@ -223,6 +223,11 @@ class LlamaCppEngine:
     def submit(self, request: GenerationRequest) -> None:
         if not request.prompt_tokens:
             raise ValueError("a generation request needs at least one prompt token")
+        if len(request.prompt_tokens) >= self.context_length:
+            raise ValueError(
+                f"the prompt is {len(request.prompt_tokens)} tokens; the context holds "
+                f"{self.context_length}"
+            )
         self._waiting.append(request)
 
     def cancel(self, request_id: str) -> None:
