@@ -162,20 +162,18 @@ create_cluster() {
 
 # Fake GPU nodes shaped like a cloud's: nvidia.com/gpu capacity, the GPU labels NVIDIA's
 # feature discovery sets, and the NoSchedule taint GKE and AKS put on GPU node pools, so
-# that only pods tolerating it land there.
-gpu_node_manifests() {
+# that only pods tolerating it land there. Beside them, a CPU pool: where Jobs and pods that
+# need no GPU are scheduled. One line per node: NAME GPUS.
+desired_nodes() {
   local i
-  for ((i = 0; i < NODES; i++)); do
-    node_manifest "kwok-gpu-$i" "$GPUS_PER_NODE"
-  done
+  for ((i = 0; i < NODES; i++)); do echo "kwok-gpu-$i $GPUS_PER_NODE"; done
+  for ((i = 0; i < CPU_NODES; i++)); do echo "kwok-cpu-$i 0"; done
 }
 
-# A CPU pool beside the GPU one: where Jobs and pods that need no GPU are scheduled.
-cpu_node_manifests() {
-  local i
-  for ((i = 0; i < CPU_NODES; i++)); do
-    node_manifest "kwok-cpu-$i" 0
-  done
+# A node's shape (resources, labels, taints) as a label value: an update cannot change a
+# node's status, so a node made with other settings is replaced rather than updated.
+node_shape() {
+  printf '%s\n' "$1" "$NODE_CPU" "$NODE_MEMORY" | sha256sum | cut -c1-16
 }
 
 # node_manifest NAME GPUS: a fake node; one with GPUs is labelled and tainted like a GPU node.
@@ -198,6 +196,7 @@ metadata:
   labels:
     type: kwok
     exo.dev/kwok-node: "true"
+    exo.dev/kwok-shape: "$(node_shape "$gpus")"
     kubernetes.io/arch: amd64
     kubernetes.io/os: linux
     kubernetes.io/hostname: $name
@@ -214,17 +213,16 @@ EOF
 
 ensure_nodes() {
   log "ensuring $NODES GPU node(s) with $GPUS_PER_NODE nvidia.com/gpu each and $CPU_NODES CPU node(s)"
-  { gpu_node_manifests; cpu_node_manifests; } | kubectl apply -f - >&2
-  # Nodes beyond KWOK_NODES / KWOK_CPU_NODES, left by an earlier, larger run.
-  local node index limit
-  for node in $(kubectl get nodes -l exo.dev/kwok-node=true -o name); do
-    index="${node##*-}"
-    case "$node" in
-      */kwok-gpu-*) limit="$NODES" ;;
-      *) limit="$CPU_NODES" ;;
-    esac
-    [ "$index" -lt "$limit" ] || kubectl delete "$node" >&2
-  done
+  local wanted name gpus shape
+  wanted="$(desired_nodes | while read -r name gpus; do echo "$name $(node_shape "$gpus")"; done)"
+  # Nodes left by an earlier run with more nodes or other settings.
+  kubectl get nodes -l exo.dev/kwok-node=true \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.labels.exo\.dev/kwok-shape}{"\n"}{end}' |
+    while read -r name shape; do
+      grep -qx "$name $shape" <<<"$wanted" || kubectl delete node "$name" >&2
+    done
+  desired_nodes | while read -r name gpus; do node_manifest "$name" "$gpus"; done |
+    kubectl apply -f - >&2
   kubectl wait --for=condition=Ready nodes -l exo.dev/kwok-node=true --timeout=60s >&2 ||
     { show_logs; die "the fake nodes did not become Ready in 60 s (kwok's log above)"; }
 }
