@@ -1,0 +1,49 @@
+"""`exo-runtime serve` flags, their EXO_* variables, and refusals of bad values."""
+
+from __future__ import annotations
+
+import pytest
+from exo_runtime.cli import build_parser
+
+pytestmark = pytest.mark.runtime
+
+
+def test_environment_variables_set_defaults_and_flags_win(monkeypatch) -> None:
+    monkeypatch.setenv("EXO_MODEL", "/models/m.gguf")
+    monkeypatch.setenv("EXO_CONTEXT_LENGTH", "2048")
+    monkeypatch.setenv("EXO_TENSOR_SPLIT", "0.25,0.75")
+    monkeypatch.setenv("EXO_PARALLEL", "4")
+    args = build_parser().parse_args(["serve", "--parallel", "2"])
+    assert args.model == "/models/m.gguf"
+    assert args.context_length == 2048
+    assert args.tensor_split == (0.25, 0.75)
+    assert args.parallel == 2
+
+
+def test_defaults_without_environment() -> None:
+    args = build_parser().parse_args(["serve", "--model", "m.gguf"])
+    assert (args.port, args.engine, args.gpu_layers, args.max_queue) == (8000, "auto", None, 64)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tensor-split", "a,b"], "comma-separated numbers"),
+        (["--tensor-split=-1,2"], "non-negative"),
+        (["--parallel", "0"], "at least 1"),
+        (["--max-queue", "-1"], "0 or more"),
+        (["--engine", "vllm"], "invalid choice"),
+    ],
+)
+def test_bad_flag_values_are_refused_with_the_reason(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", "--model", "m.gguf", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("EXO_THREADS", "many")
+    with pytest.raises(SystemExit):
+        build_parser()
+    assert "EXO_THREADS='many' is invalid" in capsys.readouterr().err
