@@ -31,13 +31,14 @@ api_answers() { [[ -f $KUBECONFIG_PATH ]] && kctl get --raw /readyz --request-ti
 # On failure: the node's view of what went wrong, then a clean slate for the next try.
 report_failure() {
 	local what=$1
-	if node_running; then
+	if node_running && docker_cli exec "$NODE_CONTAINER" test -f /etc/kubernetes/admin.conf; then
 		log "last lines of the kubelet's and containerd's logs on $NODE_CONTAINER:"
 		docker_cli exec "$NODE_CONTAINER" journalctl --no-pager -n 25 -u kubelet -u containerd >&2 || true
 		log "pods:"
 		docker_cli exec "$NODE_CONTAINER" kubectl --kubeconfig /etc/kubernetes/admin.conf \
 			get pods -A -o wide >&2 2>&1 || true
 	elif docker_cli inspect "$NODE_CONTAINER" >/dev/null 2>&1; then
+		log "last lines of the node container's own log (its boot):"
 		docker_cli logs --tail 25 "$NODE_CONTAINER" >&2 || true
 	fi
 	log "deleting the half-made cluster so that the next run starts clean"
