@@ -17,7 +17,8 @@ source "$REPO_ROOT/scripts/versions.env"
 
 KIND_CLUSTER="${KIND_CLUSTER:-exo}"
 NODEPORT_HOST_PORT="${EXO_KIND_NODEPORT:-30080}"
-KUBECONFIG_PATH="$REPO_ROOT/.cluster/kind-$KIND_CLUSTER.kubeconfig"
+# The cluster belongs to the machine's docker daemon, not to one checkout: so does its kubeconfig.
+KUBECONFIG_PATH="$EXO_CACHE/kind/$KIND_CLUSTER.kubeconfig"
 NODE_CONTAINER="$KIND_CLUSTER-control-plane"
 DEVICE_PLUGIN_IMAGE="exo-operator/fake-gpu-device-plugin:dev"
 
@@ -120,6 +121,10 @@ up() {
 	if cluster_exists; then
 		if node_running && api_answers; then
 			log "kind cluster '$KIND_CLUSTER' is already running"
+			local mapped
+			mapped=$(docker_cli port "$NODE_CONTAINER" 30080/tcp 2>/dev/null | head -n1)
+			[[ $mapped == "127.0.0.1:$NODEPORT_HOST_PORT" ]] ||
+				die "the running cluster maps NodePort 30080 to ${mapped:-nothing}, not 127.0.0.1:$NODEPORT_HOST_PORT; run scripts/kind.sh down first to change EXO_KIND_NODEPORT"
 		else
 			log "kind cluster '$KIND_CLUSTER' is left over from an earlier run and does not answer: deleting it"
 			kind delete cluster --name "$KIND_CLUSTER" >&2
