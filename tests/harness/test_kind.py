@@ -273,3 +273,11 @@ def test_device_plugin_registers_again_after_a_kubelet_restart(
         kind_kubectl, namespace, pod("gpu-after-restart", image, command, **gpu)
     )
     assert log.strip().startswith("fake-gpu-")
+
+
+def test_untranslated_service_ip_traffic_never_leaves_the_node(kind_kubectl: Kubectl) -> None:
+    # Checked by rule rather than by sending such a packet: the point is that none ever goes out.
+    node = kind_kubectl.json("get", "nodes")["items"][0]["metadata"]["name"]
+    for chain in ("FORWARD", "OUTPUT"):
+        rule = [chain, "-d", "10.96.0.0/12", "-o", "eth0", "-j", "DROP"]
+        docker("exec", node, "iptables", "-w", "-C", *rule)
