@@ -69,7 +69,7 @@ kind_module_dir() {
 inputs_hash() {
 	{
 		cat "$REPO_ROOT/scripts/versions.env" "$REPO_ROOT/scripts/node-image.sh"
-		find "$REPO_ROOT/images" -type f -print0 | sort -z | xargs -0 cat
+		find "$REPO_ROOT/images" -type f ! -name '*.md' -print0 | sort -z | xargs -0 cat
 		for name in "${K8S_BINARIES[@]}"; do sha256sum "$TOOLS_BIN/$name"; done
 		sha256sum "$ADDON_BIN"/*
 		docker_cli image inspect -f '{{.Id}}' "$BASE_IMAGE"
