@@ -85,6 +85,7 @@ class ReadyClock:
     def __init__(self, namespace: str):
         self.namespace = namespace
         self.pod_ready: dict[str, set[str]] = {}
+        self.first_pod_at: dict[str, float] = {}
         self.last_pod_ready_at: dict[str, float] = {}
         self.model_ready_at: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -105,6 +106,7 @@ class ReadyClock:
                 c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
             )
             with self.lock:
+                self.first_pod_at.setdefault(model, time.monotonic())
                 seen = self.pod_ready.setdefault(model, set())
                 if ready and pod.metadata.name not in seen:
                     seen.add(pod.metadata.name)
@@ -182,6 +184,10 @@ def run_once(n: int, idle_seconds: float, timeout: float, log_dir: Path) -> dict
                 for m in clock.model_ready_at
                 if m in clock.last_pod_ready_at
             ]
+            to_pod = [clock.first_pod_at[m] - started for m in clock.first_pod_at]
+            pod_to_ready = [
+                clock.last_pod_ready_at[m] - clock.first_pod_at[m] for m in clock.last_pod_ready_at
+            ]
         delta = after - before
         idle_before = request_counts()
         time.sleep(idle_seconds)
@@ -191,6 +197,9 @@ def run_once(n: int, idle_seconds: float, timeout: float, log_dir: Path) -> dict
         return {
             "models": n,
             "all ready (s)": all_ready,
+            "apply→first pod p50 (s)": percentile(to_pod, 0.50),
+            "apply→first pod p99 (s)": percentile(to_pod, 0.99),
+            "first pod→pod Ready p50 (s)": percentile(pod_to_ready, 0.50),
             "pod→model p50 (s)": percentile(delays, 0.50),
             "pod→model p99 (s)": percentile(delays, 0.99),
             "operator RSS (MiB)": rss,
@@ -202,7 +211,8 @@ def run_once(n: int, idle_seconds: float, timeout: float, log_dir: Path) -> dict
     finally:
         operator.terminate()
         operator.wait(timeout=30)
-        kubectl("delete", "namespace", namespace, "--wait=false")
+        # Waiting keeps the next run's idle window free of this namespace's teardown.
+        kubectl("delete", "namespace", namespace, "--timeout=600s")
 
 
 def main() -> None:
@@ -215,9 +225,7 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
     args = parser.parse_args()
     if not os.environ.get("KUBECONFIG"):
-        sys.exit(
-            "KUBECONFIG is not set: run scripts/kwok.sh up and export the line it prints"
-        )
+        sys.exit("KUBECONFIG is not set: run scripts/kwok.sh up and export the line it prints")
     config.load_kube_config()
     kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "exo.dev_exomodels.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/exomodels.exo.dev", "--timeout=30s")

@@ -3,23 +3,29 @@
 Blocking calls of the kubernetes client; handlers run them in threads.
 """
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from exo_operator.model import GROUP, PLURAL, VERSION
+from exo_operator.model import GROUP, KIND, PLURAL, VERSION
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
 
-def load_credentials() -> None:
+def load_credentials(pool_size: int) -> None:
     """In-cluster service account when in a pod, else the kubeconfig ($KUBECONFIG)."""
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config(client_configuration=configuration)
+    # One connection per worker thread, or calls queue for a free connection.
+    configuration.connection_pool_maxsize = pool_size
+    client.Configuration.set_default(configuration)
 
 
 def _patchers() -> dict[str, Any]:
@@ -54,6 +60,31 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     )
 
 
+def post_event(body: dict[str, Any], type: str, reason: str, message: str) -> None:
+    """Records an Event on the ExoModel (what `kubectl describe exom` shows)."""
+    meta = body["metadata"]
+    now = datetime.now(UTC)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+        involved_object=client.V1ObjectReference(
+            api_version=f"{GROUP}/{VERSION}",
+            kind=KIND,
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+        ),
+        type=type,
+        reason=reason,
+        message=message[:1024],
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+        source=client.V1EventSource(component="exo-operator"),
+        reporting_component="exo.dev/exo-operator",
+    )
+    client.CoreV1Api().create_namespaced_event(meta["namespace"], event)
+
+
 def log_tail(namespace: str, pod: str, lines: int = 5) -> str | None:
     """The last lines of a pod's log, or None when the kubelet cannot give them (yet)."""
     try:
@@ -66,8 +97,6 @@ def log_tail(namespace: str, pod: str, lines: int = 5) -> str | None:
 
 def describe_api_error(error: ApiException) -> str:
     """The apiserver's own message for a refused write, without the HTTP noise."""
-    import json
-
     try:
         return json.loads(error.body).get("message") or str(error.reason)
     except (TypeError, ValueError):

@@ -20,7 +20,7 @@ from exo_operator.model import ExoModel
 from exo_operator.naming import COMPONENT_LABEL, FETCH, RUNTIME, fetch_job_name
 from exo_operator.plan import ChildKey, child_key, desired_children, needs_apply
 from exo_operator.settings import OperatorSettings
-from exo_operator.status import Observed, aggregate, status_changed
+from exo_operator.status import Observed, Transition, aggregate, status_changed
 
 ModelKey = tuple[str, str]  # (namespace, name)
 log = logging.getLogger(__name__)
@@ -152,7 +152,18 @@ class Reconciler:
                 raise
             self._written[key] = status
             for t in transitions:
-                kopf.event(body, type=t.type, reason=t.reason, message=t.message)
+                await self._post_event(body, t)
+
+    async def _post_event(self, body: dict[str, Any], transition: Transition) -> None:
+        """Events are a courtesy: one that cannot be posted (a namespace going away) is skipped."""
+        try:
+            await asyncio.to_thread(
+                kube.post_event, body, transition.type, transition.reason, transition.message
+            )
+        except (ApiException, HTTPError, OSError) as error:
+            log.info(
+                "event %s on %s not posted: %s", transition.reason, body["metadata"]["name"], error
+            )
 
     async def _apply_all(
         self, manifests: list[dict[str, Any]], observed: dict[ChildKey, dict[str, Any]]

@@ -31,3 +31,5 @@ class OperatorSettings(BaseSettings):
     # A safety net: whatever an event missed (a failed write, say) converges within this time.
     # It reads the watches' memory only and writes nothing when nothing changed.
     resync_seconds: float = Field(30.0, gt=0)
+    # Threads (and API connections) for the blocking API calls of many models at once.
+    api_workers: int = Field(16, ge=1, le=256)

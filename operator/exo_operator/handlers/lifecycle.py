@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -35,7 +36,14 @@ async def configure(
     # Events only for the transitions we post ourselves, not for every handler's log line.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    await asyncio.to_thread(kube.load_credentials)
+    # kopf waits this long for more events of one object before handling them; status should
+    # follow a pod's readiness quickly.
+    settings.batching.batch_window = 0.02
+    operator_settings = OperatorSettings()
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(operator_settings.api_workers, thread_name_prefix="exo-api")
+    )
+    await asyncio.to_thread(kube.load_credentials, operator_settings.api_workers)
 
     def snapshot(key: tuple[str, str]) -> Snapshot:
         def values(index: kopf.Index) -> list[dict[str, Any]]:
@@ -51,7 +59,6 @@ async def configure(
             services=values(model_services),
         )
 
-    operator_settings = OperatorSettings()
     memo.settings = operator_settings
     memo.ready = asyncio.Event()
     memo.reconciler = Reconciler(operator_settings, snapshot)
