@@ -350,7 +350,8 @@ def aggregate(
     if download:
         status["download"] = download
     timings = dict(prev.get("timings") or {})
-    if cached and key and "downloadSeconds" not in timings:
+    # A new source's download replaces the old one's time.
+    if cached and key and (prev.get("cacheKey") != key or "downloadSeconds" not in timings):
         seconds = _download_seconds(obs)
         if seconds is not None:
             timings["downloadSeconds"] = seconds

@@ -265,21 +265,55 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
         assert per_model == names, f"{kind}: {per_model}"
 
 
+def test_changed_source_fetches_into_a_new_cache_dir_and_rolls(kubeconfig, namespace):
+    apply(kubeconfig, namespace, exomodel("moved"))
+    first = wait_phase(kubeconfig, namespace, "moved", "Ready")
+    kubectl(
+        kubeconfig, "patch", "exom", "moved", "-n", namespace, "--type=merge",
+        "-p", '{"spec":{"source":{"url":"https://models.example/v2/gemma.gguf"}}}',
+    )  # fmt: skip
+
+    def refetched():
+        s = model_status(kubeconfig, namespace, "moved")
+        moved = s.get("cacheKey") not in (None, first["cacheKey"])
+        return moved and s.get("phase") == "Ready" and s.get("observedGeneration") == 2 and s
+
+    second = wait_for("a fetch of the new source and Ready again", refetched)
+    jobs = get_json(kubeconfig, "jobs", "-n", namespace, "-l", "exo.dev/model=moved")["items"]
+    assert len(jobs) == 2
+    args = runtime_container(get_json(kubeconfig, "deployment", "moved", "-n", namespace))["args"]
+    assert args[args.index("--model") + 1] == f"/models/{second['cacheKey']}/gemma.gguf"
+
+
+def snapshot_versions(kubeconfig, namespace):
+    """resourceVersion of the ExoModels and every child: any write changes one."""
+    out = {}
+    for kind in ("exom", "deployments", "services", "pvc", "jobs"):
+        for item in get_json(kubeconfig, kind, "-n", namespace)["items"]:
+            out[(kind, item["metadata"]["name"])] = item["metadata"]["resourceVersion"]
+    return out
+
+
+def test_restarting_the_operator_refetches_nothing_and_rolls_nothing(
+    kubeconfig, namespace, operator
+):
+    apply(kubeconfig, namespace, exomodel("steady"))
+    wait_phase(kubeconfig, namespace, "steady", "Ready")
+    time.sleep(3)  # let the last watch events settle
+    before = snapshot_versions(kubeconfig, namespace)
+    operator.stop()
+    operator.start()
+    time.sleep(8)  # the restart's resume handlers and a resync (EXO_RESYNC_SECONDS=5)
+    assert snapshot_versions(kubeconfig, namespace) == before
+
+
 def test_idle_models_see_no_writes(kubeconfig, namespace):
     apply(kubeconfig, namespace, exomodel("idle"))
     wait_phase(kubeconfig, namespace, "idle", "Ready")
     time.sleep(3)  # let the last watch events settle
-
-    def versions():
-        out = {}
-        for kind in ("exom", "deployments", "services", "pvc", "jobs"):
-            for item in get_json(kubeconfig, kind, "-n", namespace)["items"]:
-                out[(kind, item["metadata"]["name"])] = item["metadata"]["resourceVersion"]
-        return out
-
-    before = versions()
+    before = snapshot_versions(kubeconfig, namespace)
     time.sleep(12)  # more than two resyncs (EXO_RESYNC_SECONDS=5)
-    assert versions() == before
+    assert snapshot_versions(kubeconfig, namespace) == before
 
 
 CASES = sorted(CORPUS.glob("*.yaml"))

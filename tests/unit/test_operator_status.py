@@ -121,6 +121,13 @@ def test_every_stuck_state_says_why(pod_status, reason, phase, words):
     assert events and events[0].reason == reason
 
 
+def test_progress_events_are_normal_and_problems_are_warnings():
+    _, partly = aggregate(cached_obs(model(replicas=2), runtime_pods=[pod(True), pod(False)]), NOW)
+    _, stuck = aggregate(cached_obs(runtime_pods=[pod(conditions=[UNSCHEDULABLE])]), NOW)
+    assert [(e.type, e.reason) for e in partly] == [("Normal", "NotAllReady")]
+    assert [(e.type, e.reason) for e in stuck] == [("Warning", "Unschedulable")]
+
+
 def test_running_pods_not_yet_ready_are_loading():
     status, _ = aggregate(cached_obs(runtime_pods=[pod(False, containerStatuses=running())]), NOW)
     assert status["phase"] == "Loading"
