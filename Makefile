@@ -62,3 +62,8 @@ bench-serving: venv ## serving benchmark: exo-runtime vs llama-cpp-python vs lla
 	@.venv/bin/python bench/serving.py
 
 .PHONY: bench-serving
+
+bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500")
+	@bash bench/operator_scale.sh
+
+.PHONY: bench-operator

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs bench/operator_scale.py on a kwok cluster of its own, sized for 500 one-GPU models.
+#   MODELS="100 500" bash bench/operator_scale.sh
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$REPO_ROOT"
+
+MODELS="${MODELS:-100 500}"
+export KWOK_CLUSTER="${KWOK_CLUSTER:-exo-bench}" KWOK_NODES="${KWOK_NODES:-64}"
+export KWOK_GPUS_PER_NODE="${KWOK_GPUS_PER_NODE:-8}" KWOK_CPU_NODES="${KWOK_CPU_NODES:-5}"
+[ -x .venv/bin/python ] || die ".venv is missing: run \`make venv\` first"
+[ -x "$TOOLS_BIN/kubectl" ] || die "kubectl is missing from $TOOLS_BIN: run \`make tools\` first"
+
+log "kwok cluster '$KWOK_CLUSTER': $KWOK_NODES nodes with $KWOK_GPUS_PER_NODE GPUs, $KWOK_CPU_NODES CPU nodes"
+eval "$(bash scripts/kwok.sh up)"
+trap 'bash scripts/kwok.sh down >/dev/null 2>&1 || true' EXIT
+export PATH="$TOOLS_BIN:$PATH"
+args=()
+for n in $MODELS; do args+=(--models "$n"); done
+.venv/bin/python bench/operator_scale.py "${args[@]}"
