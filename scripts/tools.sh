@@ -51,6 +51,18 @@ packages_of() {
   esac
 }
 
+# The upstream module whose release a component builds (its version is the pin).
+module_of() {
+  case "$1" in
+    kubernetes) echo k8s.io/kubernetes ;;
+    etcd) echo go.etcd.io/etcd/server/v3 ;;
+    kind) echo sigs.k8s.io/kind ;;
+    kwok) echo sigs.k8s.io/kwok ;;
+    helm) echo helm.sh/helm/v3 ;;
+    crictl) echo sigs.k8s.io/cri-tools ;;
+  esac
+}
+
 binaries_of() {
   case "$1" in
     etcd) echo etcd ;;
@@ -168,6 +180,13 @@ build_component() {
   local index="$1" name="$2" version dir stamp partial log started
   version="$(version_of "$name")"
   dir="$TOOLS_DIR/$name-$version"
+  # A version bumped in versions.env but not in tools/<name>/go.mod would build the old
+  # release under the new name.
+  local pinned
+  pinned="$(module_version "$name" "$(module_of "$name")")" ||
+    die "cannot read the pin of $name in tools/$name/go.mod (output above); run \`scripts/tools.sh pin $name\`"
+  [ "$pinned" = "$version" ] ||
+    die "tools/$name/go.mod pins $(module_of "$name") $pinned but scripts/versions.env says $version: run \`scripts/tools.sh pin $name\` and commit tools/$name"
   stamp="$(stamp_of "$name")"
   if [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$stamp" ]; then
     log "[$index/${#COMPONENTS[@]}] $name $version cached in $dir"
@@ -202,7 +221,7 @@ build_component() {
 
 # pin: rewrite tools/<component>/go.mod and go.sum for the versions in scripts/versions.env.
 pin_component() {
-  local name="$1" version dir module pkg
+  local name="$1" version dir pkg
   version="$(version_of "$name")"
   dir="$REPO_ROOT/tools/$name"
   mkdir -p "$dir"
