@@ -214,8 +214,11 @@ device_plugin_image() {
 	mkdir -p "$IMAGES_CACHE"
 	WORK=$(mktemp -d "$IMAGES_CACHE/node-build.XXXXXX")
 	trap 'rm -rf "$WORK"' EXIT
+	local previous
+	previous=$(docker_cli image ls -q "$DEVICE_PLUGIN_IMAGE")
 	static_image "$DEVICE_PLUGIN_IMAGE" '["/usr/local/bin/fake-gpu-device-plugin"]' \
 		"$ADDON_BIN/fake-gpu-device-plugin:/usr/local/bin/fake-gpu-device-plugin"
+	[[ -z $previous ]] || docker_cli rmi "$previous" >/dev/null 2>&1 || true
 }
 
 case "${1:-}" in

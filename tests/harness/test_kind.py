@@ -21,6 +21,8 @@ from fixtures.kwok import Kubectl
 pytestmark = pytest.mark.kind
 
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "exo-operator/debian:bookworm")
+# The local-path helper image that scripts/node-image.sh builds: Debian's static busybox.
+BUSYBOX_IMAGE = "docker.io/kindest/local-path-helper:v20241212-8ac705d0"
 NODEPORT = 30080
 NODEPORT_HOST_PORT = int(os.environ.get("EXO_KIND_NODEPORT", "30080"))
 
@@ -53,9 +55,17 @@ def harness_image(kind_kubectl: Kubectl) -> Iterator[tuple[str, str]]:
     the Debian base with busybox (for httpd, nc, wget) and a token file; returns (image, token)."""
     token = uuid.uuid4().hex
     image = f"exo-operator/kind-harness:{token[:12]}"
+    for needed, how in (
+        (BASE_IMAGE, "scripts/base-image.sh"),
+        (BUSYBOX_IMAGE, "scripts/node-image.sh"),
+    ):
+        if subprocess.run(
+            ["/usr/bin/docker", "image", "inspect", needed], capture_output=True
+        ).returncode:
+            pytest.fail(f"local image {needed} is missing: run {how}", pytrace=False)
     dockerfile = (
         f"FROM {BASE_IMAGE}\n"
-        "COPY --from=docker.io/kindest/local-path-helper:v20241212-8ac705d0 /bin/busybox /bin/\n"
+        f"COPY --from={BUSYBOX_IMAGE} /bin/busybox /bin/\n"
         f"RUN echo {token} > /token\n"
     )
     with tempfile.TemporaryDirectory() as context:
