@@ -42,9 +42,13 @@ report_failure() {
 		log "last lines of the node container's own log (its boot):"
 		docker_cli logs --tail 25 "$NODE_CONTAINER" >&2 || true
 	fi
-	log "deleting the half-made cluster so that the next run starts clean"
-	kind delete cluster --name "$KIND_CLUSTER" >/dev/null 2>&1 || true
-	die "$what (logs above); fix the cause and rerun scripts/kind.sh up"
+	# A cluster found running may be in use by another session: only a half-made one of ours goes.
+	if [[ ${CREATED_HERE:-false} == true ]]; then
+		log "deleting the half-made cluster so that the next run starts clean"
+		kind delete cluster --name "$KIND_CLUSTER" >/dev/null 2>&1 || true
+		die "$what (logs above); fix the cause and rerun scripts/kind.sh up"
+	fi
+	die "$what (logs above) on the running cluster '$KIND_CLUSTER'; recreate it with scripts/kind.sh down && scripts/kind.sh up"
 }
 
 check_port_free() {
@@ -77,6 +81,7 @@ create_cluster() {
 	config=$(sed -e "s/\${NODEPORT_HOST_PORT}/$NODEPORT_HOST_PORT/" -e "s/\${DISABLE_DEFAULT_CNI}/$disable_cni/" \
 		"$REPO_ROOT/hack/kind/cluster.yaml")
 	log "creating kind cluster '$KIND_CLUSTER' from $image"
+	CREATED_HERE=true
 	mkdir -p "$(dirname "$KUBECONFIG_PATH")"
 	echo "$config" | kind create cluster --name "$KIND_CLUSTER" --image "$image" --config - \
 		--kubeconfig "$KUBECONFIG_PATH" --retain --wait 0s >&2 ||
