@@ -58,6 +58,18 @@ def children(kubectl, namespace, name):
     return by_kind
 
 
+def wait_for_ready(kubectl, namespace, name, what):
+    """Waits for phase Ready and returns the status; phase Failed fails at once, with its reason."""
+
+    def ready():
+        status = status_of(kubectl, namespace, name)
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"{what}: the ExoModel Failed: {status.get('message')}")
+        return status.get("phase") == "Ready" and status
+
+    return wait_until(ready, READY_TIMEOUT, what, explain(kubectl, namespace, name))
+
+
 def runtime_pods(by_kind):
     """The runtime pods among an ExoModel's children (not its fetch Job's pods)."""
     return [
@@ -130,12 +142,7 @@ def test_cpu_example_goes_downloading_to_ready_with_progress(kubectl, namespace,
     watch = StatusWatch(kubectl, namespace, name)
     try:
         kubectl.apply(cpu_model["manifest"], namespace=namespace)
-        status = wait_until(
-            lambda: (s := status_of(kubectl, namespace, name)).get("phase") == "Ready" and s,
-            READY_TIMEOUT,
-            f"ExoModel {name} becoming Ready",
-            explain(kubectl, namespace, name),
-        )
+        status = wait_for_ready(kubectl, namespace, name, f"ExoModel {name} becoming Ready")
     finally:
         watch.stop()
     phases = watch.phases()
@@ -250,14 +257,14 @@ def test_gpu_example_schedules_on_the_nodes_fake_gpu(kubectl, namespace, model_u
     name = "gpu-one"
     model = exomodel_from(GPU_EXAMPLE, name, model_url)
     model["spec"]["storage"] = {"size": "1Gi"}
+    # The example's engine settings are sized for Llama 8B on a GPU (8 slots of 8192 tokens);
+    # Gemma 270M on the CPU with 1 GiB needs smaller ones. Scheduling is what this test checks.
+    model["spec"]["engineArgs"] = {"contextLength": 2048, "parallel": 2}
     assert model["spec"]["resources"]["gpus"] == 1
     kubectl.apply(model, namespace=namespace)
     try:
-        status = wait_until(
-            lambda: (s := status_of(kubectl, namespace, name)).get("phase") == "Ready" and s,
-            READY_TIMEOUT,
-            f"GPU ExoModel {name} becoming Ready on the fake GPU",
-            explain(kubectl, namespace, name),
+        status = wait_for_ready(
+            kubectl, namespace, name, f"GPU ExoModel {name} becoming Ready on the fake GPU"
         )
         assert status["readyReplicas"] == 1
         (pod,) = runtime_pods(children(kubectl, namespace, name))
