@@ -132,7 +132,7 @@ class Reconciler:
             for o in [*snap.services, *snap.claims, *snap.deployments, *jobs]
             if o["metadata"].get("namespace")
         }
-        apply_error = await self._apply_all(desired.manifests, observed)
+        apply_error, retry = await self._apply_all(desired.manifests, observed)
 
         status, transitions = aggregate(
             Observed(
@@ -140,6 +140,7 @@ class Reconciler:
                     **base.__dict__,
                     "template_hash": desired.template_hash,
                     "apply_error": apply_error,
+                    "apply_retrying": retry,
                 }
             )
         )
@@ -153,6 +154,8 @@ class Reconciler:
             self._written[key] = status
             for t in transitions:
                 await self._post_event(body, t)
+        if apply_error and retry:
+            raise kopf.TemporaryError(apply_error, delay=5)
 
     async def _post_event(self, body: dict[str, Any], transition: Transition) -> None:
         """Events are a courtesy: one that cannot be posted (a namespace going away) is skipped."""
@@ -167,23 +170,35 @@ class Reconciler:
 
     async def _apply_all(
         self, manifests: list[dict[str, Any]], observed: dict[ChildKey, dict[str, Any]]
-    ) -> str | None:
-        """Applies what differs; a refused child (4xx) becomes a status message, not a retry."""
+    ) -> tuple[str | None, bool]:
+        """Applies what differs, each child even when another fails.
+
+        Returns what failed, in the apiserver's words, and whether a retry may help (5xx,
+        throttling, a lost connection) or not (a refused manifest: the user must act).
+        """
+        errors: list[str] = []
+        retryable = False
         for manifest in manifests:
             ck = child_key(manifest)
             seen = observed.get(ck)
             if not needs_apply(manifest, seen, self._applied.get(ck)):
                 continue
             try:
-                await _call(kube.apply, manifest, self.settings.field_manager)
-            except ApiException as error:  # retryable ones arrive as kopf.TemporaryError
-                return f"{manifest['kind']} {ck[2]} was refused: {kube.describe_api_error(error)}"
+                await asyncio.to_thread(kube.apply, manifest, self.settings.field_manager)
+            except ApiException as error:
+                errors.append(f"{ck[0]} {ck[2]} was refused: {kube.describe_api_error(error)}")
+                retryable = retryable or error.status in RETRYABLE_STATUS
+                continue
+            except (HTTPError, OSError) as error:
+                errors.append(f"{ck[0]} {ck[2]} could not be applied: {error}")
+                retryable = True
+                continue
             version = (seen or {}).get("metadata", {}).get("resourceVersion")
             self._applied[ck] = (
                 manifest["metadata"]["annotations"]["exo.dev/applied-hash"],
                 version,
             )
-        return None
+        return "; ".join(errors) or None, retryable
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:

@@ -43,6 +43,7 @@ class Observed:
     template_hash: str | None = None
     fetch_log_tail: str | None = None
     apply_error: str | None = None
+    apply_retrying: bool = False
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,9 @@ def aggregate(
     if cache_why.reason == "Downloading":
         cache_why = Finding("Downloading", _download_message(download))
 
-    if obs.apply_error:
+    if obs.apply_error and obs.apply_retrying:
+        phase, why = "Pending", Finding("ApplyRetrying", f"{obs.apply_error} (retrying)")
+    elif obs.apply_error:
         phase, why = "Failed", Finding("ApplyFailed", obs.apply_error)
     elif not cached:
         if cache_why.reason == "FetchFailed":

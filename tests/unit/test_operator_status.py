@@ -214,5 +214,12 @@ def test_refused_child_is_a_failure_with_the_apiservers_words():
     assert status["phase"] == "Failed" and "was refused" in status["message"]
 
 
+def test_child_the_apiserver_cannot_take_now_is_pending_and_says_so():
+    obs = cached_obs(apply_error="Service gemma was refused: range is full", apply_retrying=True)
+    status, _ = aggregate(obs, NOW)
+    assert status["phase"] == "Pending" and cond(status, "Ready")["reason"] == "ApplyRetrying"
+    assert "range is full" in status["message"]
+
+
 def test_pod_problem_of_a_healthy_pod_is_none():
     assert pod_problem(pod(True, containerStatuses=running())) is None
