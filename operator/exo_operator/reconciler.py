@@ -164,9 +164,9 @@ class Reconciler:
                 kube.post_event, body, transition.type, transition.reason, transition.message
             )
         except (ApiException, HTTPError, OSError) as error:
-            log.info(
-                "event %s on %s not posted: %s", transition.reason, body["metadata"]["name"], error
-            )
+            why = kube.describe_api_error(error) if isinstance(error, ApiException) else error
+            name = body["metadata"]["name"]
+            log.info("event %s on %s not posted: %s", transition.reason, name, why)
 
     async def _apply_all(
         self, manifests: list[dict[str, Any]], observed: dict[ChildKey, dict[str, Any]]
