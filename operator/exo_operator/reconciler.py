@@ -7,7 +7,7 @@ when it changed, so an idle cluster sees no writes.
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kopf
@@ -17,10 +17,23 @@ from urllib3.exceptions import HTTPError
 from exo_operator import kube
 from exo_operator.cache import cache_key
 from exo_operator.model import ExoModel
-from exo_operator.naming import COMPONENT_LABEL, FETCH, RUNTIME, fetch_job_name
+from exo_operator.naming import (
+    COMPONENT_LABEL,
+    FETCH,
+    RUNTIME,
+    cache_claim_name,
+    fetch_job_name,
+)
 from exo_operator.plan import ChildKey, child_key, desired_children, needs_apply
 from exo_operator.settings import OperatorSettings
-from exo_operator.status import Observed, Transition, aggregate, status_changed
+from exo_operator.status import (
+    Observed,
+    Transition,
+    aggregate,
+    is_cached,
+    model_bytes,
+    status_changed,
+)
 
 ModelKey = tuple[str, str]  # (namespace, name)
 log = logging.getLogger(__name__)
@@ -70,6 +83,12 @@ class Reconciler:
         self._locks.pop(key, None)
         self._written.pop(key, None)
         self.fetch_tails.pop(key, None)
+        namespace, name = key
+        self._applied = {
+            ck: seen
+            for ck, seen in self._applied.items()
+            if not (ck[1] == namespace and (ck[2] == name or ck[2].startswith(f"{name}-")))
+        }
 
     async def reconcile(self, key: ModelKey, *, coalesce: bool = True) -> None:
         """Reconciles one ExoModel; with coalesce, a call finding one already queued is dropped."""
@@ -108,7 +127,7 @@ class Reconciler:
             and fetch_job
             and (p["metadata"].get("labels") or {}).get("job-name") == fetch_job["metadata"]["name"]
         ]
-        claim = _by_name(snap.claims, f"{model.name}-cache")
+        claim = _by_name(snap.claims, cache_claim_name(model))
         deployment = _by_name([d for d in snap.deployments if _owned_by(d, uid)], model.name)
         runtime_pods = [p for p in pods if _component(p) == RUNTIME]
 
@@ -123,10 +142,7 @@ class Reconciler:
             runtime_pods=runtime_pods,
             fetch_log_tail=self.fetch_tails.get(key),
         )
-        provisional, _ = aggregate(base)
-        cached = (provisional.get("conditions") or [{}])[0].get("status") == "True"
-        model_bytes = (provisional.get("download") or {}).get("totalBytes")
-        desired = desired_children(model, self.settings, cached, model_bytes)
+        desired = desired_children(model, self.settings, is_cached(base), model_bytes(base))
         observed = {
             child_key(o): o
             for o in [*snap.services, *snap.claims, *snap.deployments, *jobs]
@@ -135,13 +151,11 @@ class Reconciler:
         apply_error, retry = await self._apply_all(desired.manifests, observed)
 
         status, transitions = aggregate(
-            Observed(
-                **{
-                    **base.__dict__,
-                    "template_hash": desired.template_hash,
-                    "apply_error": apply_error,
-                    "apply_retrying": retry,
-                }
+            replace(
+                base,
+                template_hash=desired.template_hash,
+                apply_error=apply_error,
+                apply_retrying=retry,
             )
         )
         if status_changed(previous, status):

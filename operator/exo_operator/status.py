@@ -196,6 +196,19 @@ def _cache_finding(obs: Observed, key: str | None) -> tuple[bool, Finding]:
     return False, Finding("Downloading", "")
 
 
+def is_cached(obs: Observed) -> bool:
+    """Whether the verified model file is in the cache (or on the user's claim) for this spec."""
+    key = None if obs.model.spec.source.pvc else cache_key(obs.model.spec.source)
+    return _cache_finding(obs, key)[0]
+
+
+def model_bytes(obs: Observed) -> int | None:
+    """The model file's size, once a download has said it."""
+    download = _done_download(obs) or obs.previous.get("download") or {}
+    size = download.get("totalBytes")
+    return size if isinstance(size, int) else None
+
+
 def _engine(model: ExoModel) -> str:
     if model.spec.engine != "auto":
         return model.spec.engine

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 from _models import model
 from exo_operator.cache import cache_key
-from exo_operator.status import Observed, aggregate, pod_problem
+from exo_operator.status import Observed, aggregate, is_cached, model_bytes, pod_problem
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 HASH = "tmpl-1"
@@ -223,3 +223,17 @@ def test_child_the_apiserver_cannot_take_now_is_pending_and_says_so():
 
 def test_pod_problem_of_a_healthy_pod_is_none():
     assert pod_problem(pod(True, containerStatuses=running())) is None
+
+
+def test_cached_and_model_size_come_from_the_finished_fetch():
+    m = model()
+    done_pod = {
+        "metadata": {"name": "f"},
+        "status": {"containerStatuses": [{"name": "fetch", "state": {"terminated": {
+            "exitCode": 0, "message": '{"event":"done","bytes":2048,"sha256":"x","seconds":3}'}}}]},
+    }  # fmt: skip
+    obs = Observed(model=m, previous={}, fetch_job=job("Complete"), fetch_pods=[done_pod])
+    assert is_cached(obs) and model_bytes(obs) == 2048
+    status, _ = aggregate(obs, NOW)
+    assert status["timings"]["downloadSeconds"] == 3.0
+    assert not is_cached(Observed(model=m, previous={}, fetch_job=job()))
