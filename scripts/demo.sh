@@ -79,7 +79,7 @@ spec:
 EOF
 	kubectl -n "$NAMESPACE" wait --for=condition=Ready pod/model-server --timeout=180s >/dev/null ||
 		die "the model server pod did not become Ready: kubectl -n $NAMESPACE describe pod model-server"
-	if ! kubectl -n "$NAMESPACE" exec model-server -- test -f "/srv/$filename"; then
+	if ! kubectl -n "$NAMESPACE" exec model-server -- test -f "/srv/$filename" 2>/dev/null; then
 		log "copying $filename ($(du -h "$gguf" | cut -f1)) into the cluster's model server"
 		kubectl -n "$NAMESPACE" exec -i model-server -- python3 -c \
 			'import os, shutil, sys; shutil.copyfileobj(sys.stdin.buffer, open(sys.argv[1] + ".part", "wb")); os.rename(sys.argv[1] + ".part", sys.argv[1])' \
