@@ -58,7 +58,7 @@ stage_wheels() {
 	log "staging the images' wheels in ${STAGE_DIR#"$REPO_ROOT"/} (the project and its runtime and operator dependencies)"
 	python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$STAGE_DIR" \
 		--find-links "$WHEELHOUSE" --find-links "$STAGE_DIR" \
-		"$REPO_ROOT[runtime,operator]" ||
+		"${REPO_ROOT}[runtime,operator]" ||
 		die "staging wheels failed (pip's error above): check that PyPI is reachable and pyproject.toml resolves"
 	if [[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]]; then
 		# runtime-cuda compiles llama-cpp-python from its source, with its build backend.
