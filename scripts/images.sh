@@ -66,7 +66,7 @@ stage_wheels() {
 		python3 -m pip download --quiet --disable-pip-version-check --dest "$STAGE_DIR" \
 			--no-deps --no-binary llama-cpp-python "llama-cpp-python==$llama_version"
 		python3 -m pip download --quiet --disable-pip-version-check --dest "$STAGE_DIR" \
-			--only-binary :all: "scikit-build-core[pyproject]>=0.9.2"
+			--only-binary :all: "scikit-build-core>=0.9.2"
 	fi
 	touch "$stamp"
 	local llama_wheels

@@ -171,3 +171,24 @@ def test_no_stage_trusts_a_build_machine_ca(target):
             assert "ca-certificates.crt" not in args and "SSL_CERT" not in args, (
                 f"{stage.name}: {keyword} {args}"
             )
+
+
+def test_chart_defaults_name_the_images_that_images_sh_builds():
+    # `helm install` with no values must find the images that scripts/images.sh built and loaded.
+    import subprocess
+
+    import yaml
+
+    refs = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "images.sh"), "refs"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    chart = REPO_ROOT / "charts" / "exo-operator"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    app_version = yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"]
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert app_version == pyproject["project"]["version"]
+    assert sorted(refs) == sorted(
+        f"{values[key]['repository']}:{values[key]['tag'] or app_version}"
+        for key in ("image", "runtimeImage")
+    )
