@@ -5,11 +5,13 @@ it from rotting: same packages installed the same way, same user, entrypoint, po
 """
 
 import re
+import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -175,10 +177,6 @@ def test_no_stage_trusts_a_build_machine_ca(target):
 
 def test_chart_defaults_name_the_images_that_images_sh_builds():
     # `helm install` with no values must find the images that scripts/images.sh built and loaded.
-    import subprocess
-
-    import yaml
-
     refs = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "images.sh"), "refs"],
         capture_output=True, text=True, check=True,
