@@ -84,6 +84,8 @@ def test_serve_args_follow_the_spec_and_threads_follow_the_cpu_limit():
     )
     assert flag(args, "--engine") == "auto"
     assert flag(args, "--port") == "8000"
+    # Probes and the Service reach the pod's IP, not its loopback.
+    assert flag(args, "--host") == "0.0.0.0"
     assert flag(args, "--model-name") == "gemma"
     assert flag(args, "--context-length") == "4096"
     assert flag(args, "--tensor-split") == "3,1"

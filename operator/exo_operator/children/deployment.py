@@ -58,6 +58,9 @@ def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
         "serve",
         "--model", model_path(spec.source),
         "--engine", spec.engine,
+        # The runtime listens on loopback by default; in a pod the kubelet's probes and the
+        # Service reach it on the pod's IP.
+        "--host", "0.0.0.0",
         "--port", str(settings.runtime_port),
         "--model-name", model.name,
     ]  # fmt: skip
