@@ -45,6 +45,16 @@ CMAKE_FLAGS = [
     "-DBUILD_SHARED_LIBS=OFF",
 ]
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the base model counts on well past 128 tokens
+# Every request gets its own first words, so no contender answers from a cached prompt
+# (llama-server and llama-cpp-python reuse a matching prefix; our runtime does not): TTFT then
+# measures prefill plus serving overhead for all three alike.
+_request_number = iter(range(1_000_000))
+
+
+def next_prompt() -> str:
+    return f"List {next(_request_number)}: {PROMPT}"
+
+
 THREADS = 2
 CONTEXT_PER_SEQUENCE = 512
 
@@ -156,7 +166,7 @@ class StreamResult:
 
 
 async def stream_once(client: httpx.AsyncClient, base: str, tokens: int) -> StreamResult:
-    body = {"model": "bench", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0,
+    body = {"model": "bench", "prompt": next_prompt(), "max_tokens": tokens, "temperature": 0,
             "stream": True}  # fmt: skip
     started = time.perf_counter()
     first = last = None
@@ -219,7 +229,8 @@ def in_process(model: Path, tokens: int, runs: int = 3) -> LevelResult:
         started = time.perf_counter()
         first = last = None
         count = 0
-        for _chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True):
+        stream = llm.create_completion(next_prompt(), max_tokens=tokens, temperature=0, stream=True)
+        for _chunk in stream:
             now = time.perf_counter()
             first = first or now
             last = now
