@@ -71,7 +71,8 @@ binaries_of() {
   esac
 }
 
-# Rough cold build time on 2 cores, for the progress line.
+# Rough cold build time on 2 idle cores, for the progress line (measured 1.5-5x longer while
+# other builds shared the cores).
 estimate_of() {
   case "$1" in
     kubernetes) echo "about 5 min" ;;
@@ -193,7 +194,7 @@ build_component() {
     link_binaries "$name" "$dir"
     return
   fi
-  log "[$index/${#COMPONENTS[@]}] building $name $version: $(binaries_of "$name" | xargs) ($(estimate_of "$name") cold, seconds when cached)"
+  log "[$index/${#COMPONENTS[@]}] building $name $version: $(binaries_of "$name" | xargs) ($(estimate_of "$name") cold on 2 idle cores, longer on a busy machine; seconds once cached)"
   # Build beside the final folder and rename it into place, so a killed build leaves no
   # half-written component behind; Go's build cache makes the retry resume where it was.
   partial="$dir.partial"
