@@ -144,7 +144,6 @@ EOF
 }
 
 create_cluster() {
-  write_config
   # --kubeconfig "": leave ~/.kube/config alone; the cluster's own kubeconfig is enough.
   local -a args=(--config "$CONFIG_PATH" --kubeconfig "" --wait 60s)
   if [ -n "$APISERVER_PORT" ]; then
@@ -152,6 +151,7 @@ create_cluster() {
       die "port $APISERVER_PORT (KWOK_APISERVER_PORT) is in use: stop what listens there (\`ss -ltnp 'sport = :$APISERVER_PORT'\`) or pick another port"
     args+=(--kube-apiserver-port "$APISERVER_PORT")
   fi
+  write_config
   log "starting kwok control plane '$CLUSTER' (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
   if ! kwokctl create cluster "${args[@]}" >&2 2>&1 9>&-; then
     show_logs

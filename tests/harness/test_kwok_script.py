@@ -67,6 +67,7 @@ def test_apiserver_port_in_use_is_refused_before_anything_starts() -> None:
     assert result.returncode != 0
     assert f"port {port} (KWOK_APISERVER_PORT) is in use" in result.stderr
     assert not (KWOK_WORKDIR / "clusters" / name).exists()
+    assert not (KWOK_WORKDIR / f"{name}.kwokctl.yaml").exists()
 
 
 def component_pids(cluster_dir: Path) -> list[int]:
@@ -126,5 +127,6 @@ def test_up_reuses_recovers_from_a_killed_run_and_down_leaves_nothing() -> None:
     assert down.returncode == 0, down.stderr
     assert component_pids(cluster_dir) == []
     assert not cluster_dir.exists()
+    assert not (KWOK_WORKDIR / f"{name}.kwokctl.yaml").exists()
     assert not listening(port)
     assert kwok_sh("status", **settings).returncode == 1
