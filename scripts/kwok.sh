@@ -57,7 +57,8 @@ validate_settings() {
 
 # One `up` or `down` at a time per cluster: parallel test sessions share it. Every command
 # that may start a long-lived process runs with the lock's descriptor closed (9>&-), or that
-# process would hold the lock for as long as it lives.
+# process would hold the lock for as long as it lives. The empty lock file stays after
+# `down`: removing it while another run waits on it would let two runs in at once.
 lock_cluster() {
   local lock="$KWOK_WORKDIR/locks/$CLUSTER"
   mkdir -p "$KWOK_WORKDIR/locks"
