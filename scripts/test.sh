@@ -47,7 +47,7 @@ has_tier unit && paths+=(tests/unit)
 has_tier fetch && paths+=(tests/fetch)
 has_tier runtime && paths+=(tests/runtime)
 has_tier mlx && paths+=(tests/mlx)
-has_tier kwok && paths+=(tests/harness/test_kwok.py tests/cluster tests/chart)
+has_tier kwok && paths+=(tests/harness/test_kwok.py tests/harness/test_kwok_script.py tests/cluster tests/chart)
 has_tier kind && paths+=(tests/harness/test_kind.py)
 has_tier e2e && paths+=(tests/e2e)
 
