@@ -7,6 +7,7 @@ when it changed, so an idle cluster sees no writes.
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -77,6 +78,11 @@ class Reconciler:
         self._applied: dict[ChildKey, tuple[str, str | None]] = {}
         self._written: dict[ModelKey, dict[str, Any]] = {}
         self.fetch_tails: dict[ModelKey, str] = {}
+        # Status writes get threads of their own: a pod turning Ready is reported at once,
+        # not after the child applies that hundreds of other models have queued.
+        self._status_pool = ThreadPoolExecutor(
+            max(2, settings.api_workers // 2), thread_name_prefix="exo-status"
+        )
 
     def forget(self, key: ModelKey) -> None:
         """Drops what is remembered of a deleted ExoModel."""
@@ -160,7 +166,9 @@ class Reconciler:
         )
         if status_changed(previous, status):
             try:
-                await _call(kube.patch_status, model.namespace, model.name, status)
+                await _call(
+                    kube.patch_status, model.namespace, model.name, status, pool=self._status_pool
+                )
             except ApiException as error:
                 if error.status == 404:
                     return  # deleted meanwhile: nothing left to report on
@@ -215,10 +223,10 @@ class Reconciler:
         return "; ".join(errors) or None, retryable
 
 
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+async def _call(fn: Callable[..., Any], *args: Any, pool: Executor | None = None) -> Any:
     """Runs a blocking API call in a thread; transient failures become kopf.TemporaryError."""
     try:
-        return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
     except ApiException as error:
         if error.status in RETRYABLE_STATUS:
             raise kopf.TemporaryError(

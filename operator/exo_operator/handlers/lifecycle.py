@@ -43,7 +43,8 @@ async def configure(
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(operator_settings.api_workers, thread_name_prefix="exo-api")
     )
-    await asyncio.to_thread(kube.load_credentials, operator_settings.api_workers)
+    # Connections for both the apply and the status threads (see Reconciler).
+    await asyncio.to_thread(kube.load_credentials, 2 * operator_settings.api_workers)
 
     def snapshot(key: tuple[str, str]) -> Snapshot:
         def values(index: kopf.Index) -> list[dict[str, Any]]:
