@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import random
 import sys
 
 import kopf
@@ -46,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="coordinate replicas through the KopfPeering object NAME (high availability)",
     )
-    run.add_argument("--priority", type=int, default=0, help="peering priority; the highest runs")
+    run.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority; the highest runs (default with --peering: a random one per process)",
+    )
     run.add_argument(
         "--liveness",
         metavar="URL",
@@ -56,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     run.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
+
+
+def peering_priority(priority: int | None, peering: str | None) -> int:
+    """The priority given, else a random one when peering.
+
+    kopf freezes every operator of a peering when two share the highest priority, so replicas
+    started from one Deployment (one command line) must not all default to the same value.
+    """
+    if priority is not None:
+        return priority
+    if peering is None:
+        return 0
+    return random.SystemRandom().randint(1, 2**31 - 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=args.namespace or (),
             standalone=not args.peering,
             peering_name=args.peering,
-            priority=args.priority,
+            priority=peering_priority(args.priority, args.peering),
             liveness_endpoint=args.liveness,
             memo=kopf.Memo(),
         )

@@ -1,7 +1,7 @@
 """`exo-operator run`'s command line."""
 
 import pytest
-from exo_operator.cli import build_parser
+from exo_operator.cli import build_parser, peering_priority
 
 
 def test_defaults_are_all_namespaces_standalone_plain_logs():
@@ -28,3 +28,11 @@ def test_contradictions_are_refused(argv, capsys):
         build_parser().parse_args(argv)
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_replicas_of_one_peering_get_distinct_priorities_unless_one_is_given():
+    # kopf freezes every peer when two share the highest priority: identical pods must differ.
+    drawn = {peering_priority(None, "exo-operator") for _ in range(20)}
+    assert len(drawn) == 20 and min(drawn) > 0
+    assert peering_priority(7, "exo-operator") == 7
+    assert peering_priority(None, None) == 0
