@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--priority",
         type=int,
-        help="peering priority; the highest runs (default with --peering: a random one per process)",
+        help="peering priority; the highest runs (with --peering: random per process by default)",
     )
     run.add_argument(
         "--liveness",
