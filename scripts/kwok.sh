@@ -136,6 +136,13 @@ options:
   prometheusPort: 0
   jaegerPort: 0
   quietPull: true
+# The apiserver's default Service range (10.0.0.0/24) holds about 250 Services: too few for
+# the operator's scale benchmark, where every ExoModel has one.
+componentsPatches:
+- name: kube-apiserver
+  extraArgs:
+  - key: service-cluster-ip-range
+    value: 10.96.0.0/16
 EOF
   for stage in "$STAGES_DIR"/*.yaml; do
     [ "$(basename "$stage")" != storage-class.yaml ] || continue
