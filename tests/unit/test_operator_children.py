@@ -117,7 +117,7 @@ def test_user_placement_and_annotations_reach_the_pods():
                 {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
             ],
             affinity={"nodeAffinity": {}},
-            podAnnotations={"prometheus.io/scrape": "true"},
+            podAnnotations={"prometheus.io/scrape": "false", "team": "ml"},
         ),
         SETTINGS,
     )
@@ -125,7 +125,23 @@ def test_user_placement_and_annotations_reach_the_pods():
     assert tpl["spec"]["nodeSelector"] == {"pool": "gpu"}
     assert tpl["spec"]["tolerations"][0]["key"] == "dedicated"
     assert tpl["spec"]["affinity"] == {"nodeAffinity": {}}
-    assert tpl["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
+    assert tpl["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "false",  # the user's annotation wins over the default
+        "prometheus.io/port": "8000",
+        "prometheus.io/path": "/metrics",
+        "team": "ml",
+    }
+
+
+def test_runtime_pods_invite_prometheus_to_scrape_their_metrics():
+    annotations = runtime_deployment_for(model(), SETTINGS)["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8000",
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def test_every_child_is_owned_by_the_model_as_its_controller():

@@ -192,9 +192,17 @@ def runtime_deployment_for(
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.affinity:
         pod_spec["affinity"] = spec.affinity
-    template_metadata: dict[str, Any] = {"labels": component_labels(model, RUNTIME)}
-    if spec.pod_annotations:
-        template_metadata["annotations"] = dict(spec.pod_annotations)
+    template_metadata: dict[str, Any] = {
+        "labels": component_labels(model, RUNTIME),
+        # The usual scrape annotations, so a Prometheus that discovers pods finds /metrics;
+        # the spec's podAnnotations win.
+        "annotations": {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(settings.runtime_port),
+            "prometheus.io/path": "/metrics",
+        }
+        | dict(spec.pod_annotations or {}),
+    }
     # Pods carry the hash of the template they were made from: the status counts as ready only
     # those of the current spec, without waiting for the Deployment controller's bookkeeping.
     template_metadata["labels"][TEMPLATE_HASH_LABEL] = content_hash([template_metadata, pod_spec])
