@@ -17,6 +17,11 @@ done
 
 step() { log "[test] $*"; }
 
+# The tests get clusters of their own, so `make demo`'s cluster (kind `exo`, with an operator
+# that watches every namespace) neither meets the tests' operator nor loses its model.
+export KIND_CLUSTER="${KIND_CLUSTER:-exo-test}" EXO_KIND_NODEPORT="${EXO_KIND_NODEPORT:-30081}"
+export KWOK_CLUSTER="${KWOK_CLUSTER:-exo-test}"
+
 step "python environment"
 bash scripts/venv.sh
 
