@@ -4,7 +4,7 @@ Layout, from pure to effectful:
   model.py, cache.py, naming.py   the spec as typed values; cache keys; child names and labels
   children/                       pure builders: (ExoModel, settings) -> one child's manifest
   plan.py                         which children should exist now, and which need applying
-  status.py, fetch_events.py      pure status aggregation from observed children
+  status.py, runtime_events.py    pure status aggregation from observed children and pod logs
   reconciler.py, kube.py          reads kopf's indexes, applies (server-side apply), writes status
   handlers/                       thin kopf handlers: indexes, model, children, lifecycle
   cli.py, settings.py             `exo-operator run` and its EXO_* settings

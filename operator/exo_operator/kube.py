@@ -9,6 +9,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from exo_operator.model import GROUP, KIND, PLURAL, VERSION
 
@@ -91,7 +92,7 @@ def log_tail(namespace: str, pod: str, lines: int = 5) -> str | None:
         return client.CoreV1Api().read_namespaced_pod_log(
             pod, namespace, tail_lines=lines, _request_timeout=5
         )
-    except (ApiException, OSError):
+    except (ApiException, HTTPError, OSError):
         return None
 
 

@@ -26,6 +26,7 @@ from exo_operator.naming import (
     fetch_job_name,
 )
 from exo_operator.plan import ChildKey, child_key, desired_children, needs_apply
+from exo_operator.ready_logs import ReadyLogs
 from exo_operator.settings import OperatorSettings
 from exo_operator.status import (
     Observed,
@@ -78,6 +79,7 @@ class Reconciler:
         self._applied: dict[ChildKey, tuple[str, str | None]] = {}
         self._written: dict[ModelKey, dict[str, Any]] = {}
         self.fetch_tails: dict[ModelKey, str] = {}
+        self.ready_logs = ReadyLogs(self.reconcile)
         # Status writes get threads of their own: a pod turning Ready is reported at once,
         # not after the child applies that hundreds of other models have queued.
         self._status_pool = ThreadPoolExecutor(
@@ -89,6 +91,7 @@ class Reconciler:
         self._locks.pop(key, None)
         self._written.pop(key, None)
         self.fetch_tails.pop(key, None)
+        self.ready_logs.forget(key)
         namespace, name = key
         self._applied = {
             ck: seen
@@ -147,6 +150,7 @@ class Reconciler:
             deployment=deployment,
             runtime_pods=runtime_pods,
             fetch_log_tail=self.fetch_tails.get(key),
+            ready_events=self.ready_logs.events(key, runtime_pods),
         )
         desired = desired_children(model, self.settings, is_cached(base), model_bytes(base))
         observed = {

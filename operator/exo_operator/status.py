@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exo_operator.cache import cache_key, model_path
-from exo_operator.fetch_events import download_progress, last_fetch_event
 from exo_operator.model import ExoModel
 from exo_operator.naming import TEMPLATE_HASH_LABEL, endpoint, selector_string
+from exo_operator.runtime_events import FETCH_EVENTS, download_progress, last_event, step_seconds
 
 # Container problems a user must act on, as the kubelet names them in `state.waiting.reason`.
 WAITING_PROBLEMS = {
@@ -42,6 +42,8 @@ class Observed:
     runtime_pods: list[dict[str, Any]] = field(default_factory=list)
     template_hash: str | None = None
     fetch_log_tail: str | None = None
+    # Runtime pod name -> the ready event read from its log (absent: not read, or no line).
+    ready_events: dict[str, dict[str, Any]] = field(default_factory=dict)
     apply_error: str | None = None
     apply_retrying: bool = False
 
@@ -124,7 +126,7 @@ def _fetch_failure(obs: Observed) -> Finding | None:
     for pod in sorted(obs.fetch_pods, key=_created, reverse=True):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
-            event = last_fetch_event(message)
+            event = last_event(message, FETCH_EVENTS)
             if event and event["event"] == "failed":
                 reason = event.get("reason") or "Error"
                 return Finding("FetchFailed", f"{reason}: {event.get('error', '')}".strip(": "))
@@ -232,7 +234,7 @@ def _condition(
 
 
 def _load_seconds(pods: list[dict[str, Any]]) -> float | None:
-    """Container start to first readiness of the most recently ready pod: load plus warmup."""
+    """Container start to first readiness of the slowest ready pod: load plus warmup."""
     best = None
     for pod in pods:
         ready = _pod_condition(pod, "Ready") or {}
@@ -244,12 +246,19 @@ def _load_seconds(pods: list[dict[str, Any]]) -> float | None:
     return best
 
 
+def _reported_step_seconds(
+    pods: list[dict[str, Any]], ready_events: dict[str, dict[str, Any]]
+) -> dict[str, float] | None:
+    """Load and warmup seconds as the slowest ready pod's runtime reported them, if any did."""
+    reported = [step_seconds(ready_events.get(p["metadata"]["name"])) for p in pods]
+    return max(filter(None, reported), key=lambda s: s["loadSeconds"], default=None)
+
+
 def _download_seconds(obs: Observed) -> float | None:
     for pod in obs.fetch_pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            event = last_fetch_event(
-                ((cs.get("state") or {}).get("terminated") or {}).get("message")
-            )
+            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+            event = last_event(message, FETCH_EVENTS)
             if event and event["event"] == "done" and isinstance(event.get("seconds"), int | float):
                 return round(float(event["seconds"]), 1)
     job_status = (obs.fetch_job or {}).get("status") or {}
@@ -260,7 +269,7 @@ def _done_download(obs: Observed) -> dict[str, Any] | None:
     for pod in obs.fetch_pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (cs.get("state") or {}).get("terminated") or {}
-            progress = download_progress(last_fetch_event(terminated.get("message")))
+            progress = download_progress(last_event(terminated.get("message"), FETCH_EVENTS))
             if progress:
                 return progress
     return None
@@ -289,7 +298,7 @@ def aggregate(
 
     download = prev.get("download")
     if not cached:
-        tail = download_progress(last_fetch_event(obs.fetch_log_tail))
+        tail = download_progress(last_event(obs.fetch_log_tail, FETCH_EVENTS))
         download = tail or download
     else:
         download = _done_download(obs) or download
@@ -371,9 +380,16 @@ def aggregate(
         seconds = _download_seconds(obs)
         if seconds is not None:
             timings["downloadSeconds"] = seconds
-    load = _load_seconds(ready_current)
-    if load is not None:
-        timings["loadSeconds"] = load
+    reported = _reported_step_seconds(ready_current, obs.ready_events)
+    if reported:
+        timings.update(reported)
+    elif "warmupSeconds" not in timings:
+        # No runtime figures (kwok has no kubelet, so no logs): container start to Ready is
+        # load and warmup together. Figures a runtime reported stay until another replaces
+        # them, so a restarted operator or a rotated log never swaps them for this one.
+        load = _load_seconds(ready_current)
+        if load is not None:
+            timings["loadSeconds"] = load
     if timings:
         status["timings"] = timings
 

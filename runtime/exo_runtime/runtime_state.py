@@ -23,6 +23,8 @@ class RuntimeState:
     engine: Engine | None = None
     scheduler: Scheduler | None = None
     chat_template: ChatTemplate | None = None
+    load_seconds: float | None = None
+    warmup_seconds: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def move_to(self, state: State) -> bool:

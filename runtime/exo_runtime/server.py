@@ -75,10 +75,9 @@ def load_and_warm_up(config: ServeConfig, runtime: RuntimeState, metrics: Runtim
     started = time.perf_counter()
     engine = load_engine(config.model_path, config.engine, config.options, on_progress)
     runtime.engine = engine
-    metrics.load_seconds.set(time.perf_counter() - started)
-    log.info(
-        "loaded %s with %s in %.2fs", config.model_path, engine.name, time.perf_counter() - started
-    )
+    runtime.load_seconds = time.perf_counter() - started
+    metrics.load_seconds.set(runtime.load_seconds)
+    log.info("loaded %s with %s in %.2fs", config.model_path, engine.name, runtime.load_seconds)
     runtime.chat_template = choose_chat_template(
         override=config.chat_template,
         embedded=engine.embedded_chat_template(),
@@ -97,8 +96,23 @@ def load_and_warm_up(config: ServeConfig, runtime: RuntimeState, metrics: Runtim
         return
     started = time.perf_counter()
     engine.warmup(engine.tokenize(config.warmup_prompt, add_special=True), config.warmup_max_tokens)
-    metrics.warmup_seconds.set(time.perf_counter() - started)
-    log.info("warmed up in %.2fs", time.perf_counter() - started)
+    runtime.warmup_seconds = time.perf_counter() - started
+    metrics.warmup_seconds.set(runtime.warmup_seconds)
+    log.info("warmed up in %.2fs", runtime.warmup_seconds)
+
+
+def report_ready(runtime: RuntimeState) -> None:
+    """One JSON line on stdout with the step times, in the shape of `exo-runtime fetch`'s lines.
+
+    The operator reads it from the pod's log once the pod is Ready (exo_operator.runtime_events).
+    """
+    event = {
+        "event": "ready",
+        "loadSeconds": round(runtime.load_seconds, 3),
+        "warmupSeconds": round(runtime.warmup_seconds, 3),
+        "engine": runtime.engine.name,
+    }
+    print(json.dumps(event), flush=True)
 
 
 def report_load_failure(reason: str) -> None:
@@ -150,6 +164,9 @@ class Runtime:
         )
         scheduler.start(self.loop)
         self.state.scheduler = scheduler
+        if self.state.warmup_seconds is not None:
+            # Before /readyz turns 200: whoever sees the pod Ready finds the line in its log.
+            report_ready(self.state)
         if self.state.move_to("ready"):
             log.info(
                 "ready: serving %s on %s:%d",

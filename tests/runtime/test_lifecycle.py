@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from exo_operator.runtime_events import SERVE_EVENTS, parse_event
 from runtime_process import MODEL_NAME, free_port
 
 pytestmark = pytest.mark.runtime
@@ -46,6 +47,38 @@ def test_readiness_is_503_until_loaded_and_warmed_up_then_200(start_runtime) -> 
     assert set(before_ready) <= {"loading"}, states
     warmup_seconds = runtime.metric("exo_runtime_warmup_seconds")
     assert warmup_seconds > 0
+
+
+def test_one_ready_line_gives_load_then_warmup_seconds_before_readiness(start_runtime) -> None:
+    launched = time.monotonic()
+    runtime = start_runtime("--warmup-max-tokens", "40")  # returns at the first /readyz 200
+    until_ready = time.monotonic() - launched
+    # Read at once: whoever sees the runtime ready (the kubelet's probe) finds the line logged.
+    lines = runtime.log().splitlines()
+    # Parsed the way the operator parses it from the pod's log.
+    found = [(i, e) for i, e in enumerate(parse_event(line, SERVE_EVENTS) for line in lines) if e]
+    assert len(found) == 1, runtime.log()
+    ((at, event),) = found
+    assert event["engine"] == "llamacpp"
+    assert event["loadSeconds"] > 0 and event["warmupSeconds"] > 0, event
+    assert event["loadSeconds"] + event["warmupSeconds"] < until_ready, (event, until_ready)
+    assert event["loadSeconds"] == pytest.approx(
+        runtime.metric("exo_runtime_load_seconds"), abs=1e-3
+    )
+    assert event["warmupSeconds"] == pytest.approx(
+        runtime.metric("exo_runtime_warmup_seconds"), abs=1e-3
+    )
+    # The steps in the order they ran: the load, then the warmup, then the line.
+    loaded = next(i for i, line in enumerate(lines) if "exo_runtime: loaded " in line)
+    warmed_up = next(i for i, line in enumerate(lines) if "exo_runtime: warmed up in " in line)
+    assert loaded < warmed_up < at, lines
+    completion = httpx.post(
+        f"{runtime.base_url}/v1/completions",
+        json={"model": MODEL_NAME, "prompt": "a", "max_tokens": 2},
+        timeout=60,
+    )
+    assert completion.status_code == 200, completion.text
+    assert sum(1 for line in runtime.log().splitlines() if parse_event(line, SERVE_EVENTS)) == 1
 
 
 def test_requests_while_not_ready_get_503(start_runtime) -> None:

@@ -5,7 +5,14 @@ from datetime import UTC, datetime
 import pytest
 from _models import model
 from exo_operator.cache import cache_key
-from exo_operator.status import Observed, aggregate, is_cached, model_bytes, pod_problem
+from exo_operator.status import (
+    Observed,
+    aggregate,
+    is_cached,
+    model_bytes,
+    pod_problem,
+    status_changed,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 HASH = "tmpl-1"
@@ -237,3 +244,55 @@ def test_cached_and_model_size_come_from_the_finished_fetch():
     status, _ = aggregate(obs, NOW)
     assert status["timings"]["downloadSeconds"] == 3.0
     assert not is_cached(Observed(model=m, previous={}, fetch_job=job()))
+
+
+def named(name, p):
+    p["metadata"]["name"] = name
+    return p
+
+
+def ready_line(load, warmup):
+    return {"event": "ready", "loadSeconds": load, "warmupSeconds": warmup, "engine": "llamacpp"}
+
+
+def test_step_times_are_the_slowest_replicas_as_its_runtime_reported_them():
+    pods = [named(n, pod(True, containerStatuses=running())) for n in ("a", "b")]
+    events = {"a": ready_line(2.5, 0.25), "b": ready_line(3.125, 0.0634)}
+    status, _ = aggregate(
+        cached_obs(model(replicas=2), runtime_pods=pods, ready_events=events), NOW
+    )
+    assert status["timings"] == {"loadSeconds": 3.125, "warmupSeconds": 0.063}
+
+
+def test_without_a_ready_line_load_is_start_to_ready_and_warmup_is_unset():
+    pods = [named("a", pod(True, containerStatuses=running()))]
+    status, _ = aggregate(cached_obs(runtime_pods=pods, ready_events={"x": ready_line(1, 1)}), NOW)
+    assert status["timings"] == {"loadSeconds": 30.0}
+
+
+def test_a_ready_line_read_after_ready_replaces_the_start_to_ready_figure():
+    pods = [named("a", pod(True, containerStatuses=running()))]
+    first, _ = aggregate(cached_obs(runtime_pods=pods), NOW)
+    obs = cached_obs(runtime_pods=pods, ready_events={"a": ready_line(4.0, 0.5)})
+    second, events = aggregate(Observed(**{**obs.__dict__, "previous": first}), NOW)
+    assert first["timings"] == {"loadSeconds": 30.0}
+    assert second["timings"] == {"loadSeconds": 4.0, "warmupSeconds": 0.5}
+    assert events == []  # the same Ready phase: no second Ready event
+
+
+def test_reported_step_times_stay_when_the_line_cannot_be_read_again():
+    # An operator restarted after the log rotated: the status it wrote before stands, unchanged.
+    pods = [named("a", pod(True, containerStatuses=running()))]
+    obs = cached_obs(runtime_pods=pods, ready_events={"a": ready_line(4.0, 0.5)})
+    first, _ = aggregate(obs, NOW)
+    again, _ = aggregate(Observed(**{**obs.__dict__, "previous": first, "ready_events": {}}), NOW)
+    assert again["timings"] == {"loadSeconds": 4.0, "warmupSeconds": 0.5}
+    assert not status_changed(first, again)
+
+
+def test_ready_lines_of_pods_of_the_old_spec_do_not_count():
+    old = named("old", pod(True, template="old", containerStatuses=running()))
+    new = named("new", pod(True, containerStatuses=running()))
+    events = {"old": ready_line(9.0, 9.0)}
+    status, _ = aggregate(cached_obs(runtime_pods=[old, new], ready_events=events), NOW)
+    assert status["timings"] == {"loadSeconds": 30.0}
