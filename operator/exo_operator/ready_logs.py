@@ -2,7 +2,8 @@
 
 Reading a log never delays the status that says a pod is Ready, nor takes the threads that
 apply children: reads run on threads of their own, and the model is reconciled again when one
-finds a line. A pod whose log cannot be read (kwok has no kubelet) is not read again.
+finds a line. Each pod is read once: a log that cannot be read (kwok has no kubelet, and
+answers 400 at once) is not asked for again.
 """
 
 import asyncio
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 # The runtime prints its ready line just before /readyz turns 200, so when the pod is first
 # seen Ready the line is among the last few; this bounds what one read fetches.
 TAIL_LINES = 50
-READ_ATTEMPTS = 3
-RETRY_DELAY_SECONDS = 2.0
 
 
 class ReadyLogs:
@@ -62,13 +61,7 @@ class ReadyLogs:
 
     async def _read(self, key: ModelKey, pod: str) -> None:
         loop = asyncio.get_running_loop()
-        text = None
-        for attempt in range(READ_ATTEMPTS):
-            if attempt:
-                await asyncio.sleep(RETRY_DELAY_SECONDS)
-            text = await loop.run_in_executor(self._pool, self._read_log, key[0], pod, TAIL_LINES)
-            if text is not None:
-                break
+        text = await loop.run_in_executor(self._pool, self._read_log, key[0], pod, TAIL_LINES)
         event = last_event(text, SERVE_EVENTS)
         known = self._events.get(key)
         if event is None or known is None or pod not in known:

@@ -66,13 +66,11 @@ def test_pods_not_ready_are_not_read():
     assert result == {} and found == [] and logs.reads == []
 
 
-def test_a_log_that_cannot_be_read_is_tried_a_few_times_then_left(monkeypatch):
-    monkeypatch.setattr(ready_logs, "RETRY_DELAY_SECONDS", 0)
+def test_a_log_that_cannot_be_read_is_not_asked_for_again():
     logs = Logs()
     pods = [runtime_pod("a")]
-    results, found = run(logs, pods, pods, pods)
-    assert results == [{}, {}, {}] and found == []
-    assert len(logs.reads) == ready_logs.READ_ATTEMPTS
+    results, found = run(logs, pods, pods)
+    assert results == [{}, {}] and found == [] and len(logs.reads) == 1
 
 
 def test_a_log_without_the_line_is_read_once():
