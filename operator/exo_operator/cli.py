@@ -8,6 +8,7 @@ import sys
 import kopf
 from pydantic import ValidationError
 
+from exo_operator import metrics
 from exo_operator.settings import OperatorSettings
 
 LOG_FORMATS = {
@@ -57,10 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="serve the liveness probe at this URL, e.g. http://0.0.0.0:8080/healthz",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=0,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics; 0 (the default) disables",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 in a pod)",
+    )
     run.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="plain")
     run.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     run.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
 
 
 def peering_priority(priority: int | None, peering: str | None) -> int:
@@ -83,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(f"exo-operator: invalid EXO_* setting:\n{error}", file=sys.stderr)
         return 2
+    if args.metrics_port:
+        try:
+            metrics.serve(args.metrics_port, args.metrics_address)
+        except OSError as error:
+            print(
+                f"exo-operator: cannot serve metrics on "
+                f"{args.metrics_address}:{args.metrics_port}: {error}",
+                file=sys.stderr,
+            )
+            return 2
     kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=LOG_FORMATS[args.log_format])
     # Importing registers the handlers with kopf's default registry.
     import exo_operator.handlers  # noqa: F401

@@ -17,6 +17,7 @@ from urllib3.exceptions import HTTPError
 
 from exo_operator import kube
 from exo_operator.cache import cache_key
+from exo_operator.metrics import METRICS, OperatorMetrics
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
     COMPONENT_LABEL,
@@ -71,9 +72,15 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
 class Reconciler:
     """Serializes reconciles per ExoModel and runs different ExoModels concurrently."""
 
-    def __init__(self, settings: OperatorSettings, snapshot: Callable[[ModelKey], Snapshot]):
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        snapshot: Callable[[ModelKey], Snapshot],
+        metrics: OperatorMetrics = METRICS,
+    ):
         self.settings = settings
         self.snapshot = snapshot
+        self.metrics = metrics
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._waiting: set[ModelKey] = set()
         self._applied: dict[ChildKey, tuple[str, str | None]] = {}
@@ -92,6 +99,7 @@ class Reconciler:
         self._written.pop(key, None)
         self.fetch_tails.pop(key, None)
         self.ready_logs.forget(key)
+        self.metrics.forget_model(key)
         namespace, name = key
         self._applied = {
             ck: seen
@@ -112,6 +120,7 @@ class Reconciler:
     async def _reconcile_once(self, key: ModelKey) -> None:
         snap = self.snapshot(key)
         if snap.body is None or snap.body["metadata"].get("deletionTimestamp"):
+            self.metrics.forget_model(key)  # gone or going: counted in no phase
             return
         body = snap.body
         model = ExoModel.from_body(body)
@@ -168,15 +177,22 @@ class Reconciler:
                 apply_retrying=retry,
             )
         )
+        self.metrics.model_phase(key, status["phase"])
         if status_changed(previous, status):
             try:
                 await _call(
                     kube.patch_status, model.namespace, model.name, status, pool=self._status_pool
                 )
             except ApiException as error:
+                self.metrics.api_error("status")
                 if error.status == 404:
+                    self.metrics.forget_model(key)
                     return  # deleted meanwhile: nothing left to report on
                 raise
+            except kopf.TemporaryError:
+                self.metrics.api_error("status")  # _call's wrapping of a 5xx or lost connection
+                raise
+            self.metrics.status_written()
             self._written[key] = status
             for t in transitions:
                 await self._post_event(body, t)
@@ -212,13 +228,16 @@ class Reconciler:
             try:
                 await asyncio.to_thread(kube.apply, manifest, self.settings.field_manager)
             except ApiException as error:
+                self.metrics.api_error("apply")
                 errors.append(f"{ck[0]} {ck[2]} was refused: {kube.describe_api_error(error)}")
                 retryable = retryable or error.status in RETRYABLE_STATUS
                 continue
             except (HTTPError, OSError) as error:
+                self.metrics.api_error("apply")
                 errors.append(f"{ck[0]} {ck[2]} could not be applied: {error}")
                 retryable = True
                 continue
+            self.metrics.child_applied(manifest["kind"])
             version = (seen or {}).get("metadata", {}).get("resourceVersion")
             self._applied[ck] = (
                 manifest["metadata"]["annotations"]["exo.dev/applied-hash"],

@@ -1,6 +1,7 @@
 """The chart lints clean and renders what each value asks for: the spec of charts/exo-operator."""
 
 import pytest
+import yaml
 from helm_chart import CHART, find, operator_container
 
 pytestmark = pytest.mark.kwok
@@ -174,3 +175,60 @@ def test_operator_pod_is_hardened(helm):
     }
     probe = operator_container(manifests)["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "liveness"}
+
+
+def test_metrics_are_served_on_their_own_port_behind_a_scrapable_service(helm):
+    manifests = helm.template()
+    container = operator_container(manifests)
+    assert "--metrics-port=8081" in container["args"]
+    assert "--metrics-address=0.0.0.0" in container["args"]
+    assert {"name": "metrics", "containerPort": 8081} in container["ports"]
+    (service,) = find(manifests, "Service", "exo-exo-operator-metrics")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    (deployment,) = find(manifests, "Deployment")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    annotations = service["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8081"
+    # The liveness endpoint is untouched.
+    assert {"name": "liveness", "containerPort": 8080} in container["ports"]
+
+
+def test_metrics_port_is_a_value_and_metrics_can_be_turned_off(helm):
+    manifests = helm.template("metrics.port=9100")
+    assert "--metrics-port=9100" in operator_container(manifests)["args"]
+    assert find(manifests, "Service")[0]["spec"]["ports"][0]["port"] == 9100
+    manifests = helm.template("metrics.enabled=false")
+    assert not find(manifests, "Service")
+    container = operator_container(manifests)
+    assert not any(arg.startswith("--metrics") for arg in container["args"])
+    assert [p["name"] for p in container["ports"]] == ["liveness"]
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [("metrics.port=0", "port"), ("metrics.enabled=yes", "enabled"), ("metrics.other=1", "other")],
+)
+def test_bad_metrics_values_are_refused(helm, value, named):
+    result = helm.run("template", "exo", str(CHART), "--set", value, check=False)
+    assert result.returncode != 0, f"--set {value} was accepted"
+    assert named in result.stderr, result.stderr
+
+
+def _service_monitors(helm, *args: str) -> list[dict]:
+    out = helm.run("template", "exo", str(CHART), *args).stdout
+    return find([doc for doc in yaml.safe_load_all(out) if doc], "ServiceMonitor")
+
+
+def test_service_monitor_only_when_asked_and_its_crd_exists(helm):
+    crd = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    on = ("--set", "metrics.serviceMonitor.enabled=true")
+    assert not _service_monitors(helm, *crd), "off by default"
+    assert not _service_monitors(helm, *on), "a cluster without the CRD gets none"
+    (monitor,) = _service_monitors(helm, *on, *crd, "--set", "metrics.serviceMonitor.labels.r=p")
+    endpoint = {"port": "metrics", "path": "/metrics", "interval": "30s"}
+    assert monitor["spec"]["endpoints"] == [endpoint]
+    assert monitor["metadata"]["labels"]["r"] == "p"

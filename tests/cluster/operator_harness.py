@@ -77,9 +77,11 @@ class OperatorProcess:
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.metrics_port = 0
 
     def start(self) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         exe = Path(sys.executable).parent / "exo-operator"
         if not exe.exists():
             raise RuntimeError(f"{exe} is missing: run `make venv` (it installs the project)")
@@ -87,7 +89,8 @@ class OperatorProcess:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [str(exe), "run", "--all-namespaces", "--standalone",
-             "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+             "--liveness", f"http://127.0.0.1:{self.port}/healthz",
+             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_for("the operator's liveness endpoint", self.alive, timeout=60)
@@ -100,6 +103,12 @@ class OperatorProcess:
                 return r.status == 200
         except OSError:
             return False
+
+    def metrics(self) -> str:
+        """The operator's Prometheus exposition text, scraped over loopback."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as when a node dies under it."""

@@ -1,0 +1,79 @@
+"""The operator's Prometheus metrics: models by phase, status writes, child applies, API errors.
+
+The reconciler calls the hooks where each thing happens; `serve` exposes them at /metrics.
+"""
+
+from collections import Counter as Tally
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
+
+ModelKey = tuple[str, str]  # (namespace, name)
+
+# Every phase `status.aggregate` reports; each is exported, at 0 when no model is in it, so a
+# dashboard sees a phase empty out instead of its series vanishing.
+PHASES = ("Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed")
+
+
+class OperatorMetrics:
+    """The operator's metrics in one registry: the process-wide one unless a test passes one."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.models = Gauge(
+            "exo_operator_models",
+            "ExoModels by the phase the operator last derived for them.",
+            ["phase"],
+            registry=registry,
+        )
+        self.status_writes = Counter(
+            "exo_operator_status_writes",
+            "ExoModel status patches the apiserver accepted.",
+            registry=registry,
+        )
+        self.child_applies = Counter(
+            "exo_operator_child_applies",
+            "Server-side applies of children (Deployment, Service, Job, PVC) that succeeded.",
+            ["kind"],
+            registry=registry,
+        )
+        self.api_errors = Counter(
+            "exo_operator_api_errors",
+            "Writes to the apiserver that failed: refused or not answered.",
+            ["operation"],
+            registry=registry,
+        )
+        self._phases: dict[ModelKey, str] = {}
+        for phase in PHASES:
+            self.models.labels(phase=phase).set(0)
+
+    def model_phase(self, key: ModelKey, phase: str) -> None:
+        """Records the phase just derived for one model."""
+        self._phases[key] = phase
+        self._recount()
+
+    def forget_model(self, key: ModelKey) -> None:
+        """Drops a deleted model from the counts."""
+        if self._phases.pop(key, None) is not None:
+            self._recount()
+
+    def status_written(self) -> None:
+        self.status_writes.inc()
+
+    def child_applied(self, kind: str) -> None:
+        self.child_applies.labels(kind=kind).inc()
+
+    def api_error(self, operation: str) -> None:
+        """A failed write; operation is what was attempted (`apply` or `status`)."""
+        self.api_errors.labels(operation=operation).inc()
+
+    def _recount(self) -> None:
+        counts = Tally(self._phases.values())
+        for phase in {*PHASES, *counts}:
+            self.models.labels(phase=phase).set(counts.get(phase, 0))
+
+
+METRICS = OperatorMetrics()
+
+
+def serve(port: int, address: str) -> None:
+    """Serves the process-wide registry at http://address:port/metrics from a daemon thread."""
+    start_http_server(port, addr=address, registry=REGISTRY)
