@@ -1,4 +1,4 @@
-"""Helpers of the e2e tier: helm, an ExoModel status watch, port-forwards, waiting with a reason."""
+"""Helpers of the e2e tier: helm, an ExoModel status watch, port-forwards."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fixtures.kwok import Kubectl, tool_path
+from fixtures.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "exo-operator"
@@ -34,20 +34,6 @@ class Helm:
                 f"`helm {' '.join(args)}` exited {result.returncode}:\n{result.stderr}"
             )
         return result.stdout
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, explain: Callable[[], str] = str
-) -> Any:
-    """Polls condition until it returns a true value (returned); fails naming what and why not."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f} s. {explain()}")
-        time.sleep(1)
 
 
 class StatusWatch:
@@ -118,7 +104,7 @@ def port_forward(kubectl: Kubectl, namespace: str, target: str, port: int) -> It
                 return True
             return False
 
-        wait_until(listening, 30, f"port-forward to {target}")
+        wait_for(listening, f"port-forward to {target}", 30)
         yield local
     finally:
         process.terminate()

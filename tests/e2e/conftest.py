@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cluster import CHART, RESTRICTED_POD_SECURITY, Helm, hardened_container
+from fixtures.cluster_lease import kubeconfig_from_env
 from fixtures.kwok import Kubectl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,12 +45,9 @@ def run_script(*args: str, timeout: float) -> str:
 
 @pytest.fixture(scope="session")
 def e2e_kubeconfig(request) -> Path:
-    given = os.environ.get("EXO_E2E_KUBECONFIG")
+    given = kubeconfig_from_env("EXO_E2E_KUBECONFIG")
     if given:
-        path = Path(given)
-        if not path.is_file():
-            pytest.fail(f"EXO_E2E_KUBECONFIG={given} is not a file", pytrace=False)
-        return path
+        return given
     # The project's kind cluster: build the images and load them into its node.
     lines = run_script("scripts/kind.sh", "up", timeout=1800).splitlines()
     exports = [line for line in lines if line.startswith("export KUBECONFIG=")]

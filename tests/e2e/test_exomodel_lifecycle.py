@@ -18,8 +18,8 @@ from cluster import (
     condition,
     hardened_container,
     port_forward,
-    wait_until,
 )
+from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +67,7 @@ def wait_for_ready(kubectl, namespace, name, what):
             raise AssertionError(f"{what}: the ExoModel Failed: {status.get('message')}")
         return status.get("phase") == "Ready" and status
 
-    return wait_until(ready, READY_TIMEOUT, what, explain(kubectl, namespace, name))
+    return wait_for(ready, what, READY_TIMEOUT, explain(kubectl, namespace, name))
 
 
 def runtime_pods(by_kind):
@@ -122,13 +122,13 @@ def test_runtime_image_runs_as_its_non_root_user_without_a_compiler(kubectl, nam
         },
     }
     kubectl.apply(pod)
-    wait_until(
+    wait_for(
         lambda: (
             kubectl.json("get", "pod", "runtime-image-check", "-n", namespace)["status"]["phase"]
             in ("Succeeded", "Failed")
         ),
-        180,
         "the runtime image check pod finishing",
+        180,
     )
     out = kubectl("logs", "runtime-image-check", "-n", namespace).strip()
     uid, rest = out.split(" ", 1)
@@ -162,10 +162,10 @@ def test_cpu_example_goes_downloading_to_ready_with_progress(kubectl, namespace,
         timings = status_of(kubectl, namespace, name).get("timings") or {}
         return "warmupSeconds" in timings and timings
 
-    timings = wait_until(
+    timings = wait_for(
         reported_timings,
-        30,
         "the runtime's load and warmup seconds in status.timings",
+        30,
         explain(kubectl, namespace, name),
     )
     assert timings.get("downloadSeconds", 0) > 0, timings
@@ -233,28 +233,28 @@ def test_operator_restart_neither_downloads_again_nor_rolls_the_runtime(
 def test_killed_runtime_pod_shows_degraded_then_ready_again(kubectl, namespace, cpu_model):
     name = cpu_model["name"]
     kubectl("scale", "exomodel", name, "-n", namespace, "--replicas=2")
-    wait_until(
+    wait_for(
         lambda: status_of(kubectl, namespace, name).get("readyReplicas") == 2,
-        READY_TIMEOUT,
         f"ExoModel {name} scaled to 2 ready replicas",
+        READY_TIMEOUT,
         explain(kubectl, namespace, name),
     )
     pods = runtime_pods(children(kubectl, namespace, name))
     watch = StatusWatch(kubectl, namespace, name)
     try:
         kubectl("delete", "pod", pods[0]["metadata"]["name"], "-n", namespace, "--wait=false")
-        wait_until(
+        wait_for(
             lambda: "Degraded" in watch.phases(),
-            120,
             f"ExoModel {name} reporting Degraded",
+            120,
             lambda: str(watch.phases()),
         )
-        wait_until(
+        wait_for(
             lambda: (
                 watch.phases()[-1] == "Ready" and (watch.statuses[-1].get("readyReplicas") == 2)
             ),
-            READY_TIMEOUT,
             f"ExoModel {name} Ready again with 2 replicas",
+            READY_TIMEOUT,
             explain(kubectl, namespace, name),
         )
     finally:
@@ -300,10 +300,10 @@ def test_gpu_example_schedules_on_the_nodes_fake_gpu(kubectl, namespace, model_u
             timeout=150,
         )
     # retainOnDelete is off in this example: its cache goes with it.
-    wait_until(
+    wait_for(
         lambda: not children(kubectl, namespace, name),
-        120,
         f"every child of {name} (its cache PVC included) being garbage collected",
+        120,
         lambda: str(
             {
                 k: [i["metadata"]["name"] for i in v]
@@ -326,10 +326,10 @@ def test_deleting_the_exomodel_removes_its_children_but_keeps_the_cache_when_ask
         left = children(kubectl, namespace, name)
         return set(left) == {"PersistentVolumeClaim"} and left
 
-    left = wait_until(
+    left = wait_for(
         only_the_cache_is_left,
-        180,
         f"{name}'s Deployment, Service, Jobs and pods being garbage collected",
+        180,
         lambda: str(
             {
                 k: [i["metadata"]["name"] for i in v]

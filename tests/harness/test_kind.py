@@ -7,16 +7,16 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures.kind import load_image
 from fixtures.kwok import Kubectl
+from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.kind
 
@@ -25,18 +25,6 @@ BASE_IMAGE = os.environ.get("BASE_IMAGE", "exo-operator/debian:bookworm")
 BUSYBOX_IMAGE = "docker.io/kindest/local-path-helper:v20241212-8ac705d0"
 NODEPORT = 30080
 NODEPORT_HOST_PORT = int(os.environ.get("EXO_KIND_NODEPORT", "30080"))
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    """Polls condition until it returns something truthy; fails naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def docker(*args: str, input: str | None = None) -> str:
@@ -124,7 +112,7 @@ def run_to_completion(kubectl: Kubectl, namespace: str, manifest: dict[str, Any]
             pytest.fail(f"pod {name} failed; its log: {log}")
         return current == "Succeeded" and current
 
-    wait_for(finished, f"pod {name} to succeed")
+    wait_for(finished, f"pod {name} to succeed", timeout=120)
     return kubectl("-n", namespace, "logs", name)
 
 
@@ -276,6 +264,7 @@ def test_device_plugin_registers_again_after_a_kubelet_restart(
     wait_for(
         lambda: kind_kubectl(*plugin, check=False).count("registering again") > restarts_before,
         "the device plugin to notice the kubelet restart and register again",
+        timeout=120,
     )
     gpu = {"container": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
     command = "echo $NVIDIA_VISIBLE_DEVICES"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,22 +12,11 @@ from typing import Any
 
 import pytest
 from fixtures.kwok import Kubectl
+from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.kwok
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    """Polls condition until it returns something truthy; fails naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
 
 
 def pod_spec(gpus: int, tolerate_gpu_taint: bool = True) -> dict[str, Any]:
