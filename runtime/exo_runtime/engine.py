@@ -121,3 +121,17 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def warm_up(engine: Engine, prompt_tokens: list[int], max_tokens: int) -> None:
+    """Generates up to `max_tokens` greedily through the engine's own submit/step loop, so every
+    kernel and buffer is touched once; an error chunk raises RuntimeError."""
+    engine.submit(
+        GenerationRequest(
+            "warmup", list(prompt_tokens), SamplingParams(max_tokens=max_tokens, temperature=0)
+        )
+    )
+    while engine.has_work():
+        for chunk in engine.step():
+            if chunk.finish_reason == "error":
+                raise RuntimeError(f"warmup failed: {chunk.error}")

@@ -28,6 +28,7 @@ from exo_runtime.engine import (
     LoadProgress,
     ModelLoadError,
     SamplingParams,
+    warm_up,
 )
 from exo_runtime.stop_strings import StopStringFilter
 
@@ -122,15 +123,7 @@ class MlxEngine:
 
     def warmup(self, prompt_tokens: list[int], max_tokens: int) -> None:
         """Generate up to `max_tokens` greedily so every kernel is compiled and run once."""
-        self.submit(
-            GenerationRequest(
-                "warmup", list(prompt_tokens), SamplingParams(max_tokens=max_tokens, temperature=0)
-            )
-        )
-        while self.has_work():
-            for chunk in self.step():
-                if chunk.finish_reason == "error":
-                    raise RuntimeError(f"warmup failed: {chunk.error}")
+        warm_up(self, prompt_tokens, max_tokens)
 
     def submit(self, request: GenerationRequest) -> None:
         if not request.prompt_tokens:
