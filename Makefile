@@ -61,7 +61,10 @@ e2e: ## end-to-end suite on kind (make e2e KUBECONFIG=path: on your own cluster)
 bench-serving: venv ## serving benchmark: exo-runtime vs llama-cpp-python vs llama-server
 	@.venv/bin/python bench/serving.py
 
-.PHONY: bench-serving
+bench-gpu: ## GPU figures (CPU half without a GPU): exo-runtime vs llama.cpp (CUDA), MLX-CUDA vs mlx-lm
+	@bash bench/gpu.sh
+
+.PHONY: bench-serving bench-gpu
 
 bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500")
 	@bash bench/operator_scale.sh

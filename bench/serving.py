@@ -57,6 +57,8 @@ def next_prompt() -> str:
 
 THREADS = 2
 CONTEXT_PER_SEQUENCE = 512
+# Layers offloaded by both servers: 0 on CPU; bench/gpu.sh passes all of them on a GPU.
+GPU_LAYERS = 0
 
 
 def log(message: str) -> None:
@@ -124,7 +126,8 @@ def start_shim(model: Path, parallel: int) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "exo_runtime", "serve", "--model", str(model), "--port", str(port),
          "--threads", str(THREADS), "--parallel", str(parallel), "--context-length",
-         str(CONTEXT_PER_SEQUENCE), "--model-name", "bench", "--max-queue", "64"],
+         str(CONTEXT_PER_SEQUENCE), "--model-name", "bench", "--max-queue", "64",
+         "--gpu-layers", str(GPU_LAYERS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -137,7 +140,8 @@ def start_llama_server(binary: Path, model: Path, parallel: int) -> tuple[subpro
     proc = subprocess.Popen(
         [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
          "-t", str(THREADS), "-tb", str(THREADS), "--parallel", str(parallel),
-         "-c", str(CONTEXT_PER_SEQUENCE * parallel), "--no-webui", "-a", "bench"],
+         "-c", str(CONTEXT_PER_SEQUENCE * parallel), "--no-webui", "-a", "bench",
+         "-ngl", str(GPU_LAYERS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -222,7 +226,7 @@ def in_process(model: Path, tokens: int, runs: int = 3) -> LevelResult:
     from llama_cpp import Llama
 
     llm = Llama(str(model), n_threads=THREADS, n_threads_batch=THREADS,
-                n_ctx=CONTEXT_PER_SEQUENCE, verbose=False)  # fmt: skip
+                n_ctx=CONTEXT_PER_SEQUENCE, n_gpu_layers=GPU_LAYERS, verbose=False)  # fmt: skip
     llm.create_completion(PROMPT, max_tokens=8, temperature=0)
     ttfts, rates = [], []
     for _ in range(runs):
@@ -246,12 +250,22 @@ def in_process(model: Path, tokens: int, runs: int = 3) -> LevelResult:
 
 
 def main() -> int:
+    global THREADS, GPU_LAYERS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,4,8", help="concurrency levels, e.g. 1,4,8")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per request")
     parser.add_argument("--build-only", action="store_true", help="build llama-server and stop")
+    parser.add_argument("--threads", type=int, default=THREADS, help="CPU threads per server")
+    parser.add_argument("--gpu-layers", type=int, default=GPU_LAYERS, help="layers on the GPU")
+    parser.add_argument("--llama-server", type=Path, help="a llama-server binary to use as is")
+    parser.add_argument(
+        "--llama-server-build",
+        default="x86-64-v3 CPU flags (" + " ".join(CMAKE_FLAGS) + ")",
+        help="how that llama-server was built, printed beside its figures",
+    )
     args = parser.parse_args()
-    binary = llama_server_binary()
+    THREADS, GPU_LAYERS = args.threads, args.gpu_layers
+    binary = args.llama_server or llama_server_binary()
     if args.build_only:
         print(binary)
         return 0
@@ -278,7 +292,8 @@ def main() -> int:
                 stop(proc)
 
     print(f"\nGemma 3 270M Q4_K_M, {args.tokens} tokens, temperature 0, {THREADS} threads, "
-          f"streaming /v1/completions\n")  # fmt: skip
+          f"{GPU_LAYERS} GPU layers, streaming /v1/completions")  # fmt: skip
+    print(f"llama-server: {binary} built with {args.llama_server_build}\n")
     print("| server | clients | decode tok/s per stream | aggregate tok/s | TTFT p50 ms | errors |")
     print("| --- | --- | --- | --- | --- | --- |")
     r = reference
