@@ -34,6 +34,7 @@ from exo_runtime.fetch_download import (
     refuse_https_downgrade,
 )
 from exo_runtime.fetch_progress import ProgressReporter
+from exo_runtime.fetch_prune import prune_siblings, writing
 from exo_runtime.fetch_source import FetchSource, InvalidSource, parse_source
 from exo_runtime.fetch_store import (
     CachePaths,
@@ -94,6 +95,12 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
         "%(default).0f; 0 turns the rule off; env EXO_FETCH_MIN_BYTES_PER_SECOND)",
     )
     parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="after a verified fetch, remove the other cache folders beside DEST that no "
+        "fetch is writing",
+    )
+    parser.add_argument(
         "--termination-log",
         type=Path,
         default=Path(TERMINATION_LOG),
@@ -121,6 +128,8 @@ def run_fetch(args: argparse.Namespace) -> int:
         _finish(args, {"event": "failed", "reason": err.reason, "error": str(err)})
         return 1
     progress.set_state("done")
+    if args.prune:
+        prune_siblings(args.dest)
     _finish(
         args,
         {
@@ -142,11 +151,24 @@ def _fetch(
         print(f"{paths.final} is already verified; nothing to download", file=sys.stderr)
         progress.start(record["size"], record["size"])
         return Downloaded(sha256=record["sha256"], size=record["size"])
-    try:
-        args.dest.mkdir(parents=True, exist_ok=True)
-        validator = prepare_part(paths, source.source)
-    except OSError as err:
-        raise failure_for_os_error(err, args.dest) from err
+    with contextlib.ExitStack() as stack:
+        try:
+            args.dest.mkdir(parents=True, exist_ok=True)
+            # Held until the file is promoted: `--prune` elsewhere leaves this folder alone.
+            stack.enter_context(writing(args.dest))
+            validator = prepare_part(paths, source.source)
+        except OSError as err:
+            raise failure_for_os_error(err, args.dest) from err
+        return _download_and_promote(source, args, paths, validator, progress)
+
+
+def _download_and_promote(
+    source: FetchSource,
+    args: argparse.Namespace,
+    paths: CachePaths,
+    validator: str | None,
+    progress: ProgressReporter,
+) -> Downloaded:
     policy = RetryPolicy(retries=max(args.retries, 0), backoff=args.retry_backoff)
     stall = StallRule(seconds=args.stall_timeout, min_bytes_per_second=args.min_bytes_per_second)
     with httpx.Client(
