@@ -37,6 +37,12 @@ def read_verified(paths: CachePaths) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
+def unverified_reason(paths: CachePaths) -> str | None:
+    """Why the file has no intact record (None when it has one), in words for an operator."""
+    found = _verified_record(paths)
+    return found if isinstance(found, str) else None
+
+
 def _verified_record(paths: CachePaths) -> dict | str:
     """The intact record, or the reason there is none."""
     try:
