@@ -105,8 +105,8 @@ def test_failed_fetch_prunes_nothing(file_server, tmp_path):
 
 def test_a_live_fetch_in_another_cache_dir_is_left_alone(file_server, tmp_path):
     cache = tmp_path / "models"
-    # A real fetch into a sibling that takes a few seconds: 8 chunks of 64 KiB, 0.5 s apart.
-    slow_url = file_server.add("/slow.gguf", BODY, delay_per_chunk=0.5)
+    # A real fetch into a sibling that takes a few seconds: 8 chunks of 64 KiB, 0.75 s apart.
+    slow_url = file_server.add("/slow.gguf", BODY, delay_per_chunk=0.75)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "runtime")}
     live = subprocess.Popen(
         [sys.executable, "-m", "exo_runtime", "fetch", slow_url, "--dest", str(cache / "live")],
