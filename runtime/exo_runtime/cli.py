@@ -92,6 +92,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--warmup-max-tokens", type=_positive_int, default=8, help="warmup length")
     _add(parser, "--max-queue", type=_non_negative_int, default=64, help="most waiting requests")
     _add(parser, "--shutdown-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
+    parser.add_argument(
+        "--require-verified",
+        action="store_true",
+        default=os.environ.get("EXO_REQUIRE_VERIFIED", "").lower() in ("1", "true", "yes"),
+        help="refuse a model file without the intact .verified.json that `exo-runtime fetch` "
+        "writes (env EXO_REQUIRE_VERIFIED=true)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -119,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
         warmup_max_tokens=args.warmup_max_tokens,
         max_queue=args.max_queue,
         shutdown_timeout=args.shutdown_timeout,
+        require_verified=args.require_verified,
     )
     return serve(config)
 

@@ -33,13 +33,33 @@ class CachePaths:
 
 def read_verified(paths: CachePaths) -> dict | None:
     """The record of the verified file, or None when there is no intact one."""
+    found = _verified_record(paths)
+    return found if isinstance(found, dict) else None
+
+
+def unverified_reason(paths: CachePaths) -> str | None:
+    """Why the file has no intact record (None when it has one), in words for an operator."""
+    found = _verified_record(paths)
+    return found if isinstance(found, str) else None
+
+
+def _verified_record(paths: CachePaths) -> dict | str:
+    """The intact record, or the reason there is none."""
+    try:
+        size = paths.final.stat().st_size
+    except OSError as err:
+        return f"cannot read {paths.final} ({err.strerror or err})"
     try:
         record = json.loads(paths.verified.read_text())
-        size = paths.final.stat().st_size
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("size") != size:
-        return None
+    except FileNotFoundError:
+        return f"{paths.final} has no {paths.verified.name} beside it"
+    except (OSError, ValueError) as err:
+        return f"{paths.verified} is not a readable record ({err})"
+    if not isinstance(record, dict):
+        return f"{paths.verified} is not a readable record (not a JSON object)"
+    if record.get("size") != size:
+        recorded = record.get("size")
+        return f"{paths.final} holds {size} bytes but {paths.verified.name} records {recorded}"
     return record
 
 
@@ -53,15 +73,33 @@ def is_already_verified(paths: CachePaths, source: str, sha256: str | None) -> d
     return record
 
 
-def prepare_part(paths: CachePaths, source: str) -> None:
-    """Keep a partial file only if it belongs to `source`; otherwise start a fresh one."""
+def prepare_part(paths: CachePaths, source: str) -> str | None:
+    """Keep a partial file only if it belongs to `source` and its validator is known.
+
+    Returns that validator (the ETag or Last-Modified the server gave for those bytes), which
+    a resume must send as If-Range; without one the part is dropped, as resuming blind could
+    splice two versions of the file.
+    """
     try:
-        owner = json.loads(paths.part_record.read_text()).get("source")
-    except (OSError, ValueError, AttributeError):
-        owner = None
-    if owner != source:
-        paths.part.unlink(missing_ok=True)
-        write_json_atomically(paths.part_record, {"source": source})
+        record = json.loads(paths.part_record.read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        record = {}
+    validator = record.get("validator")
+    if record.get("source") == source and isinstance(validator, str) and validator:
+        return validator
+    paths.part.unlink(missing_ok=True)
+    write_json_atomically(paths.part_record, {"source": source})
+    return None
+
+
+def record_part_validator(paths: CachePaths, source: str, validator: str | None) -> None:
+    """Remember which version of the file the part's bytes come from (None: unknown)."""
+    record: dict = {"source": source}
+    if validator:
+        record["validator"] = validator
+    write_json_atomically(paths.part_record, record)
 
 
 def discard_part(paths: CachePaths) -> None:

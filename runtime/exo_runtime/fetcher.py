@@ -4,6 +4,9 @@ Output contract (the operator relies on it): progress as JSON in the progress fi
 stdout is not a terminal, as `{"event": "progress", ...}` lines; then one summary line,
 `{"event": "done", ...}` or `{"event": "failed", "reason": ..., ...}`, on stdout and in the
 Kubernetes termination log. Exit code 0 on success, 1 on failure, 2 for a bad SOURCE.
+
+https uses the bundled CA list unless SSL_CERT_FILE or SSL_CERT_DIR names another (httpx
+honours both), as a mirror with a private CA needs.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +28,13 @@ from exo_runtime.fetch_download import (
     Downloaded,
     FetchFailed,
     RetryPolicy,
+    StallRule,
     download,
     failure_for_os_error,
+    refuse_https_downgrade,
 )
 from exo_runtime.fetch_progress import ProgressReporter
+from exo_runtime.fetch_prune import prune_siblings, writing
 from exo_runtime.fetch_source import FetchSource, InvalidSource, parse_source
 from exo_runtime.fetch_store import (
     CachePaths,
@@ -38,8 +46,7 @@ from exo_runtime.fetch_store import (
 
 TERMINATION_LOG = "/dev/termination-log"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# Connect fast, but let a slow mirror take its time between chunks.
-HTTP_TIMEOUT = httpx.Timeout(60.0, connect=15.0)
+CONNECT_TIMEOUT_SECONDS = 15.0
 
 
 def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +76,31 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds before the first retry, doubled each time (default 1)",
     )
     parser.add_argument(
+        "--stall-timeout",
+        type=_positive_float,
+        default=_env_default(parser, "EXO_FETCH_STALL_TIMEOUT", _positive_float, StallRule.seconds),
+        help="seconds of silence, or of too slow a transfer, before a try is given up and "
+        "retried (default %(default)s; env EXO_FETCH_STALL_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--min-bytes-per-second",
+        type=_non_negative_float,
+        default=_env_default(
+            parser,
+            "EXO_FETCH_MIN_BYTES_PER_SECOND",
+            _non_negative_float,
+            StallRule.min_bytes_per_second,
+        ),
+        help="slowest rate, averaged over --stall-timeout, that is not a stall (default "
+        "%(default).0f; 0 turns the rule off; env EXO_FETCH_MIN_BYTES_PER_SECOND)",
+    )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="after a verified fetch, remove the other cache folders beside DEST that no "
+        "fetch is writing",
+    )
+    parser.add_argument(
         "--termination-log",
         type=Path,
         default=Path(TERMINATION_LOG),
@@ -96,6 +128,8 @@ def run_fetch(args: argparse.Namespace) -> int:
         _finish(args, {"event": "failed", "reason": err.reason, "error": str(err)})
         return 1
     progress.set_state("done")
+    if args.prune:
+        prune_siblings(args.dest)
     _finish(
         args,
         {
@@ -117,14 +151,33 @@ def _fetch(
         print(f"{paths.final} is already verified; nothing to download", file=sys.stderr)
         progress.start(record["size"], record["size"])
         return Downloaded(sha256=record["sha256"], size=record["size"])
-    try:
-        args.dest.mkdir(parents=True, exist_ok=True)
-        prepare_part(paths, source.source)
-    except OSError as err:
-        raise failure_for_os_error(err, args.dest) from err
+    with contextlib.ExitStack() as stack:
+        try:
+            args.dest.mkdir(parents=True, exist_ok=True)
+            # Held until the file is promoted: `--prune` elsewhere leaves this folder alone.
+            stack.enter_context(writing(args.dest))
+            validator = prepare_part(paths, source.source)
+        except OSError as err:
+            raise failure_for_os_error(err, args.dest) from err
+        return _download_and_promote(source, args, paths, validator, progress)
+
+
+def _download_and_promote(
+    source: FetchSource,
+    args: argparse.Namespace,
+    paths: CachePaths,
+    validator: str | None,
+    progress: ProgressReporter,
+) -> Downloaded:
     policy = RetryPolicy(retries=max(args.retries, 0), backoff=args.retry_backoff)
-    with httpx.Client(follow_redirects=True, timeout=HTTP_TIMEOUT) as client:
-        result = download(client, source, paths.part, progress, policy)
+    stall = StallRule(seconds=args.stall_timeout, min_bytes_per_second=args.min_bytes_per_second)
+    with httpx.Client(
+        follow_redirects=True,
+        # The read timeout is the stall rule's window: a silent server is a stalled one.
+        timeout=httpx.Timeout(stall.seconds, connect=CONNECT_TIMEOUT_SECONDS),
+        event_hooks={"response": [refuse_https_downgrade]},
+    ) as client:
+        result = download(client, source, paths, validator, progress, policy, stall)
     progress.set_state("verifying")
     if args.sha256 is not None and result.sha256 != args.sha256:
         # The bytes are wrong, so resuming from them would be wrong too.
@@ -152,6 +205,33 @@ def _finish(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     if log.exists():
         with contextlib.suppress(OSError):  # the summary is on stdout anyway
             log.write_text(line + "\n")
+
+
+def _env_default(
+    parser: argparse.ArgumentParser, name: str, parse: Callable[[str], float], fallback: float
+) -> float:
+    """A flag's default from its environment variable (pods set those more easily)."""
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return fallback
+    try:
+        return parse(raw)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        parser.error(f"{name}={raw!r} is invalid: {err}")
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
 
 
 def _sha256_arg(value: str) -> str:

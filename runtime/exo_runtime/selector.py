@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from exo_runtime import cache_check
 from exo_runtime.engine import Engine, EngineOptions, LoadProgress, ModelLoadError
 
 ENGINES = ("llamacpp", "mlx")
@@ -86,8 +87,15 @@ def load_engine(
     engine: str,
     options: EngineOptions,
     progress: LoadProgress | None = None,
+    *,
+    require_verified: bool = False,
 ) -> Engine:
-    """Select the engine for `model_path` (engine may be "auto"), import it lazily and load."""
+    """Select the engine for `model_path` (engine may be "auto"), import it lazily and load.
+
+    With `require_verified`, refuse a model that `exo-runtime fetch` did not verify.
+    """
+    if require_verified:
+        cache_check.require_verified(model_path)
     name = select_engine(model_path, engine)
     module_name = _ENGINE_MODULES[name]
     try:

@@ -56,6 +56,7 @@ class ServeConfig:
     warmup_max_tokens: int = 8
     max_queue: int = 64
     shutdown_timeout: float = 30.0
+    require_verified: bool = False  # load only a file `exo-runtime fetch` verified
 
     @property
     def served_name(self) -> str:
@@ -73,7 +74,13 @@ def load_and_warm_up(config: ServeConfig, runtime: RuntimeState, metrics: Runtim
         runtime.load_progress = done / total if total else 0.0
 
     started = time.perf_counter()
-    engine = load_engine(config.model_path, config.engine, config.options, on_progress)
+    engine = load_engine(
+        config.model_path,
+        config.engine,
+        config.options,
+        on_progress,
+        require_verified=config.require_verified,
+    )
     runtime.engine = engine
     runtime.load_seconds = time.perf_counter() - started
     metrics.load_seconds.set(runtime.load_seconds)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import ssl
 import threading
 import time
 from contextlib import contextmanager
@@ -11,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import trustme
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +30,23 @@ class ServedFile:
     chunk: int = 64 * 1024
     delay_per_chunk: float = 0.0
     redirect_to: str | None = None  # answer 302 with this Location, as the Hub does to its CDN
+    # Validators of this version of the file; "auto" derives a strong ETag from the body.
+    etag: str | None = "auto"
+    last_modified: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.etag == "auto":
+            self.etag = f'"{hashlib.sha256(self.body).hexdigest()[:16]}"'
+
+    def change(self, body: bytes, etag: str | None = "auto", **options) -> None:
+        """A new version of the file is published at the same URL."""
+        self.body, self.etag = body, etag
+        for name, value in options.items():
+            setattr(self, name, value)
+        self.__post_init__()
+
+    def matches(self, validator: str) -> bool:
+        return validator in (self.etag, self.last_modified)
 
 
 @dataclass
@@ -66,6 +86,10 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 return
             body, start = served.body, 0
             match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            # If-Range names the version the client holds: another version is sent whole.
+            if_range = self.headers.get("If-Range")
+            if match and if_range is not None and not served.matches(if_range):
+                match = None
             if match and served.honour_range:
                 start = int(match.group(1))
                 if start >= len(body):
@@ -78,6 +102,10 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             else:
                 self.send_response(200)
+            if served.etag:
+                self.send_header("ETag", served.etag)
+            if served.last_modified:
+                self.send_header("Last-Modified", served.last_modified)
             self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
             limit = len(body)
@@ -95,12 +123,21 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that hangs up mid-body (a cut, a stall timeout) is what tests cause
+
+
 @contextmanager
-def _serving():
+def _serving(tls: ssl.SSLContext | None = None):
     state = FileServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd = _QuietServer(("127.0.0.1", 0), _handler(state))
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    scheme = "https" if tls else "http"
+    state.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -120,4 +157,23 @@ def file_server():
 def other_file_server():
     """A second server: another origin (port), like the CDN the Hub redirects downloads to."""
     with _serving() as server:
+        yield server
+
+
+@pytest.fixture
+def tls_ca(tmp_path) -> tuple[trustme.CA, Path]:
+    """A throwaway CA, and its certificate as a PEM file for SSL_CERT_FILE."""
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    return ca, bundle
+
+
+@pytest.fixture
+def https_file_server(tls_ca):
+    """The file server over https, with a certificate for 127.0.0.1 that `tls_ca` signed."""
+    ca, _ = tls_ca
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with _serving(context) as server:
         yield server

@@ -228,14 +228,16 @@ def test_complete_part_left_before_the_rename_is_verified_without_downloading(
     file_server, tmp_path
 ):
     url = file_server.add("/m.gguf", BODY)
+    etag = file_server.files["/m.gguf"].etag
     # A run that was killed after the last byte but before the rename leaves all of it here.
     (tmp_path / "m.gguf.part").write_bytes(BODY)
-    (tmp_path / "m.gguf.part.json").write_text(json.dumps({"source": url}))
+    (tmp_path / "m.gguf.part.json").write_text(json.dumps({"source": url, "validator": etag}))
 
     result = run_fetch(url, "--dest", str(tmp_path), "--sha256", BODY_SHA)
 
     assert result.returncode == 0, result.stderr
     assert file_server.requests[0][1]["Range"] == f"bytes={len(BODY)}-"
+    assert file_server.requests[0][1]["If-Range"] == etag
     assert (tmp_path / "m.gguf").read_bytes() == BODY
     assert not (tmp_path / "m.gguf.part").exists()
 

@@ -1,0 +1,138 @@
+"""`exo-runtime serve --require-verified`: only a model `exo-runtime fetch` verified is loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fetch_runner import REPO_ROOT, run_fetch
+
+PREFIX = "exo-runtime: load failed: cache not verified: "
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command(model: Path, port: int, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "exo_runtime", "serve", "--model", str(model),
+        "--port", str(port), "--threads", "2", *args,
+    ]  # fmt: skip
+
+
+def serve_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT / "runtime"), **extra}
+
+
+def gguf_without_record(tmp_path: Path, gemma_gguf: Path) -> Path:
+    model = tmp_path / "cache" / "m.gguf"
+    model.parent.mkdir()
+    model.symlink_to(gemma_gguf)  # the real model, without the record a fetch writes
+    return model
+
+
+def _no_record(tmp_path: Path, gemma_gguf: Path) -> tuple[Path, str]:
+    model = gguf_without_record(tmp_path, gemma_gguf)
+    return model, f"{model} has no m.gguf.verified.json beside it"
+
+
+def _record_of_another_size(tmp_path: Path, gemma_gguf: Path) -> tuple[Path, str]:
+    model = gguf_without_record(tmp_path, gemma_gguf)
+    record = {"sha256": "0" * 64, "size": 1234, "source": "https://example/m.gguf"}
+    (model.parent / "m.gguf.verified.json").write_text(json.dumps(record))
+    size = gemma_gguf.stat().st_size
+    return model, f"{model} holds {size} bytes but m.gguf.verified.json records 1234"
+
+
+def _broken_record(tmp_path: Path, gemma_gguf: Path) -> tuple[Path, str]:
+    model = gguf_without_record(tmp_path, gemma_gguf)
+    (model.parent / "m.gguf.verified.json").write_text('{"sha256": ')
+    return model, f"{model.parent / 'm.gguf.verified.json'} is not a readable record"
+
+
+def _missing_file(tmp_path: Path, _gemma_gguf: Path) -> tuple[Path, str]:
+    model = tmp_path / "cache" / "m.gguf"
+    return model, f"{model} does not exist"
+
+
+def _folder_with_one_file_unrecorded(tmp_path: Path, _gemma_gguf: Path) -> tuple[Path, str]:
+    folder = tmp_path / "mlx-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "config.json.verified.json").write_text(json.dumps({"size": 2}))
+    (folder / "model.safetensors").write_bytes(b"\0" * 16)
+    return folder, f"{folder / 'model.safetensors'} has no model.safetensors.verified.json"
+
+
+@pytest.mark.parametrize(
+    ("make_model", "switch"),
+    [
+        (_no_record, "flag"),
+        (_no_record, "env"),
+        (_record_of_another_size, "flag"),
+        (_broken_record, "flag"),
+        (_missing_file, "flag"),
+        (_folder_with_one_file_unrecorded, "flag"),
+    ],
+    ids=["no-record", "no-record-env", "other-size", "broken-record", "no-file", "mlx-folder"],
+)
+def test_serve_refuses_a_model_without_an_intact_record(gemma_gguf, tmp_path, make_model, switch):
+    model, reason = make_model(tmp_path, gemma_gguf)
+    flag = ("--require-verified",) if switch == "flag" else ()
+    env = serve_env(EXO_REQUIRE_VERIFIED="true") if switch == "env" else serve_env()
+
+    proc = subprocess.run(
+        serve_command(model, free_port(), *flag),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+    assert proc.returncode == 1, proc.stderr
+    failures = [line for line in proc.stderr.splitlines() if "load failed" in line]
+    assert len(failures) == 1, proc.stderr
+    assert failures[0].startswith(PREFIX + reason), failures[0]
+
+
+@pytest.mark.runtime
+def test_serve_loads_a_model_fetched_from_a_server_and_gets_ready(
+    file_server, gemma_gguf, tmp_path
+):
+    body = gemma_gguf.read_bytes()
+    url = file_server.add("/gemma.gguf", body, chunk=1 << 20)
+    dest = tmp_path / "cache"
+    fetched = run_fetch(url, "--dest", str(dest), "--sha256", hashlib.sha256(body).hexdigest())
+    assert fetched.returncode == 0, fetched.stderr
+    port = free_port()
+    command = serve_command(dest / "gemma.gguf", port, "--require-verified")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=serve_env())
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"not ready in 90 s:\n{log.read_text()}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert "load failed" not in log.read_text()
