@@ -39,6 +39,80 @@ def _patchers() -> dict[str, Any]:
     }
 
 
+def _readers() -> dict[str, Any]:
+    core, apps, batch = client.CoreV1Api(), client.AppsV1Api(), client.BatchV1Api()
+    return {
+        "PersistentVolumeClaim": core.read_namespaced_persistent_volume_claim,
+        "Service": core.read_namespaced_service,
+        "Deployment": apps.read_namespaced_deployment,
+        "Job": batch.read_namespaced_job,
+    }
+
+
+def read(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The object as the apiserver holds it now, or None when there is none."""
+    try:
+        response = _readers()[kind](name, namespace, _preload_content=False)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return json.loads(response.data)
+
+
+def delete_job(namespace: str, name: str, uid: str) -> None:
+    """Deletes one Job (that uid only, never a newer one of the same name) and, after it, its pods.
+
+    A Job already gone is not an error.
+    """
+    options = client.V1DeleteOptions(
+        propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)
+    )
+    try:
+        client.BatchV1Api().delete_namespaced_job(name, namespace, body=options)
+    except ApiException as error:
+        if error.status not in (404, 409):  # gone, or the name is another Job's by now
+            raise
+
+
+def annotate(kind: str, namespace: str, name: str, annotations: dict[str, str], field_manager: str):
+    """Merges annotations into a child (a merge patch: nothing else of it changes)."""
+    patch = _patchers()[kind]
+    patch(
+        name,
+        namespace,
+        {"metadata": {"annotations": annotations}},
+        field_manager=field_manager,
+        _content_type=MERGE,
+        _preload_content=False,
+    )
+
+
+def secret_changed_at(namespace: str, name: str) -> datetime | None:
+    """When the Secret's data last changed (its managers' latest write), None when it is absent."""
+    try:
+        secret = client.CoreV1Api().read_namespaced_secret(name, namespace, _preload_content=False)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    meta = json.loads(secret.data)["metadata"]
+    times = [m.get("time") for m in meta.get("managedFields") or []]
+    times.append(meta.get("creationTimestamp"))
+    return max(datetime.fromisoformat(t.replace("Z", "+00:00")) for t in times if t)
+
+
+def pod_warnings(namespace: str, pod: str, uid: str) -> list[dict[str, Any]]:
+    """The Warning Events of one pod (the kubelet's and the attach controller's words)."""
+    selector = (
+        f"involvedObject.kind=Pod,involvedObject.name={pod},involvedObject.uid={uid},type=Warning"
+    )
+    response = client.CoreV1Api().list_namespaced_event(
+        namespace, field_selector=selector, _preload_content=False, _request_timeout=5
+    )
+    return json.loads(response.data).get("items") or []
+
+
 def apply(manifest: dict[str, Any], field_manager: str) -> None:
     """Server-side apply with one field manager, forcing ownership of the fields it sets."""
     patch = _patchers()[manifest["kind"]]

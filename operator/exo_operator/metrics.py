@@ -35,6 +35,12 @@ class OperatorMetrics:
             ["kind"],
             registry=registry,
         )
+        self.child_deletes = Counter(
+            "exo_operator_child_deletes",
+            "Children the operator deleted: fetch Jobs superseded or not proving the cache.",
+            ["kind"],
+            registry=registry,
+        )
         self.api_errors = Counter(
             "exo_operator_api_errors",
             "Writes to the apiserver that failed: refused or not answered.",
@@ -60,6 +66,9 @@ class OperatorMetrics:
 
     def child_applied(self, kind: str) -> None:
         self.child_applies.labels(kind=kind).inc()
+
+    def child_deleted(self, kind: str) -> None:
+        self.child_deletes.labels(kind=kind).inc()
 
     def api_error(self, operation: str) -> None:
         """A failed write; operation is what was attempted (`apply` or `status`)."""

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -17,14 +18,23 @@ from urllib3.exceptions import HTTPError
 
 from exo_operator import kube
 from exo_operator.cache import cache_key
+from exo_operator.cache_proof import (
+    fetch_jobs_to_delete,
+    job_failed,
+    proof_time,
+    refutation,
+    refuted_since_proof,
+    stamp_wanted,
+)
+from exo_operator.children.fetch_job import fetch_job_for
 from exo_operator.metrics import METRICS, OperatorMetrics
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
     COMPONENT_LABEL,
     FETCH,
+    MODEL_LABEL,
     RUNTIME,
     cache_claim_name,
-    fetch_job_name,
 )
 from exo_operator.plan import ChildKey, child_key, desired_children, needs_apply
 from exo_operator.ready_logs import ReadyLogs
@@ -37,6 +47,7 @@ from exo_operator.status import (
     model_bytes,
     status_changed,
 )
+from exo_operator.volume_events import VolumeEvents
 
 ModelKey = tuple[str, str]  # (namespace, name)
 log = logging.getLogger(__name__)
@@ -69,6 +80,33 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
 
 
+def is_ours(kind: str, obj: dict[str, Any], model: ExoModel) -> bool:
+    """Whether the model may apply to this object: it owns it, or it is the model's own cache
+    claim kept by storage.retainOnDelete (no owner; the operator's labels name the model)."""
+    meta = obj["metadata"]
+    if _owned_by(obj, model.uid):
+        return True
+    labels = meta.get("labels") or {}
+    return (
+        kind == "PersistentVolumeClaim"
+        and not meta.get("ownerReferences")
+        and labels.get(MODEL_LABEL) == model.name
+        and labels.get("app.kubernetes.io/managed-by") == "exo-operator"
+    )
+
+
+# Children that run pods on the others: never applied while a sibling is someone else's
+# (a fetch into a user's claim would write, and prune, their data).
+WORKLOADS = {"Job", "Deployment"}
+
+
+@dataclass
+class ApplyOutcome:
+    error: str | None = None
+    retryable: bool = False
+    conflicts: list[str] = field(default_factory=list)
+
+
 class Reconciler:
     """Serializes reconciles per ExoModel and runs different ExoModels concurrently."""
 
@@ -86,7 +124,10 @@ class Reconciler:
         self._applied: dict[ChildKey, tuple[str, str | None]] = {}
         self._written: dict[ModelKey, dict[str, Any]] = {}
         self.fetch_tails: dict[ModelKey, str] = {}
+        # Jobs this operator deleted, by uid, until the watch shows them gone.
+        self._deleted_jobs: dict[ModelKey, set[str]] = {}
         self.ready_logs = ReadyLogs(self.reconcile)
+        self.volume_events = VolumeEvents(self.reconcile)
         # Status writes get threads of their own: a pod turning Ready is reported at once,
         # not after the child applies that hundreds of other models have queued.
         self._status_pool = ThreadPoolExecutor(
@@ -98,7 +139,9 @@ class Reconciler:
         self._locks.pop(key, None)
         self._written.pop(key, None)
         self.fetch_tails.pop(key, None)
+        self._deleted_jobs.pop(key, None)
         self.ready_logs.forget(key)
+        self.volume_events.forget(key)
         self.metrics.forget_model(key)
         namespace, name = key
         self._applied = {
@@ -132,42 +175,51 @@ class Reconciler:
             # The watch may not have shown our last status write yet.
             previous = {**previous, **self._written[key]}
         uid = model.uid
-        # Pods are owned by ReplicaSets and Jobs, so the index finds them by the model's label.
-        pods = snap.pods
-        jobs = [j for j in snap.jobs if _owned_by(j, uid)]
-        fetch_job = None
-        if not model.spec.source.pvc:
-            fetch_job = _by_name(jobs, fetch_job_name(model, cache_key(model.spec.source)))
-        fetch_pods = [
-            p
-            for p in pods
-            if _component(p) == FETCH
-            and fetch_job
-            and (p["metadata"].get("labels") or {}).get("job-name") == fetch_job["metadata"]["name"]
-        ]
+        gone = self._deleted_jobs.setdefault(key, set())
+        gone &= {j["metadata"]["uid"] for j in snap.jobs}  # deleted for good: forget
+        jobs = [j for j in snap.jobs if j["metadata"]["uid"] not in gone]
         claim = _by_name(snap.claims, cache_claim_name(model))
-        deployment = _by_name([d for d in snap.deployments if _owned_by(d, uid)], model.name)
-        runtime_pods = [p for p in pods if _component(p) == RUNTIME]
+        if claim and not is_ours("PersistentVolumeClaim", claim, model):
+            claim = None  # not ours: proves nothing (and the apply reports the conflict)
+        desired_fetch = fetch_job_for(model, self.settings)
+        fetch_name = desired_fetch["metadata"]["name"] if desired_fetch else None
 
-        base = Observed(
-            model=model,
-            previous=previous,
-            runtime_port=self.settings.runtime_port,
-            claim=claim,
-            fetch_job=fetch_job,
-            fetch_pods=fetch_pods,
-            deployment=deployment,
-            runtime_pods=runtime_pods,
-            fetch_log_tail=self.fetch_tails.get(key),
-            ready_events=self.ready_logs.events(key, runtime_pods),
+        base = self._observe(key, model, previous, snap, jobs, claim, fetch_name)
+        fetch_jobs = [
+            j
+            for j in jobs
+            if _owned_by(j, uid)
+            and (j["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == FETCH
+        ]
+        doomed = fetch_jobs_to_delete(
+            fetch_jobs, fetch_name, claim, is_cached(base), self._refuted(base, key)
         )
-        desired = desired_children(model, self.settings, is_cached(base), model_bytes(base))
+        if doomed:
+            await self._delete_jobs(key, doomed)
+            jobs = [j for j in jobs if j["metadata"]["uid"] not in gone]
+            base = self._observe(key, model, previous, snap, jobs, claim, fetch_name)
+        cached = is_cached(base)
+        if not model.spec.source.pvc and claim:
+            stamp = stamp_wanted(
+                cache_key(model.spec.source), claim, base.fetch_job, base.deployment, cached
+            )
+            if stamp:
+                await self._stamp_claim(claim, stamp)
+
+        desired = desired_children(model, self.settings, cached, model_bytes(base))
         observed = {
-            child_key(o): o
-            for o in [*snap.services, *snap.claims, *snap.deployments, *jobs]
+            child_key({"kind": kind, **o}): o
+            for kind, objects in (
+                ("Service", snap.services),
+                ("PersistentVolumeClaim", snap.claims),
+                ("Deployment", snap.deployments),
+                ("Job", jobs),
+            )
+            for o in objects
             if o["metadata"].get("namespace")
         }
-        apply_error, retry = await self._apply_all(desired.manifests, observed)
+        outcome = await self._apply_all(model, desired.manifests, observed)
+        apply_error, retry = outcome.error, outcome.retryable
 
         status, transitions = aggregate(
             replace(
@@ -175,6 +227,7 @@ class Reconciler:
                 template_hash=desired.template_hash,
                 apply_error=apply_error,
                 apply_retrying=retry,
+                name_conflicts=tuple(outcome.conflicts),
             )
         )
         self.metrics.model_phase(key, status["phase"])
@@ -210,32 +263,158 @@ class Reconciler:
             name = body["metadata"]["name"]
             log.info("event %s on %s not posted: %s", transition.reason, name, why)
 
-    async def _apply_all(
-        self, manifests: list[dict[str, Any]], observed: dict[ChildKey, dict[str, Any]]
-    ) -> tuple[str | None, bool]:
-        """Applies what differs, each child even when another fails.
+    def _observe(
+        self,
+        key: ModelKey,
+        model: ExoModel,
+        previous: dict[str, Any],
+        snap: Snapshot,
+        jobs: list[dict[str, Any]],
+        claim: dict[str, Any] | None,
+        fetch_name: str | None,
+    ) -> Observed:
+        """What the indexes show of the model's children, as status aggregation reads it."""
+        uid = model.uid
+        pods = snap.pods  # owned by ReplicaSets and Jobs: the index finds them by label
+        fetch_job = (
+            _by_name([j for j in jobs if _owned_by(j, uid)], fetch_name) if fetch_name else None
+        )
+        # By the Job's uid: a retried Job reuses its name while the old one's pods linger.
+        fetch_pods = [
+            p
+            for p in pods
+            if _component(p) == FETCH and fetch_job and _owned_by(p, fetch_job["metadata"]["uid"])
+        ]
+        deployment = _by_name([d for d in snap.deployments if _owned_by(d, uid)], model.name)
+        runtime_pods = [p for p in pods if _component(p) == RUNTIME]
+        return Observed(
+            model=model,
+            previous=previous,
+            runtime_port=self.settings.runtime_port,
+            claim=claim,
+            fetch_job=fetch_job,
+            fetch_pods=fetch_pods,
+            deployment=deployment,
+            runtime_pods=runtime_pods,
+            fetch_log_tail=self.fetch_tails.get(key),
+            ready_events=self.ready_logs.events(key, runtime_pods),
+            volume_problems=self.volume_events.problems(key, [*fetch_pods, *runtime_pods]),
+        )
 
-        Returns what failed, in the apiserver's words, and whether a retry may help (5xx,
-        throttling, a lost connection) or not (a refused manifest: the user must act).
+    @staticmethod
+    def _refuted(obs: Observed, key: ModelKey) -> bool:
+        """Whether a runtime pod found the cache unverified since it was last proven."""
+        if obs.model.spec.source.pvc:
+            return False
+        cache = cache_key(obs.model.spec.source)
+        return refuted_since_proof(
+            refutation(obs.runtime_pods), proof_time(cache, obs.claim, obs.fetch_job)
+        )
+
+    async def _delete_jobs(self, key: ModelKey, jobs: list[dict[str, Any]]) -> None:
+        """Deletes fetch Jobs whose work is unwanted; the next apply makes the current one anew."""
+        for job in jobs:
+            meta = job["metadata"]
+            await _call(kube.delete_job, meta["namespace"], meta["name"], meta["uid"])
+            self.metrics.child_deleted("Job")
+            log.info(
+                "deleted fetch Job %s/%s: superseded or not proving the cache",
+                *key[:1],
+                meta["name"],
+            )
+            self._deleted_jobs.setdefault(key, set()).add(meta["uid"])
+            self._applied.pop(("Job", meta["namespace"], meta["name"]), None)
+
+    async def _stamp_claim(self, claim: dict[str, Any], stamp: dict[str, str]) -> None:
+        meta = claim["metadata"]
+        await _call(
+            kube.annotate,
+            "PersistentVolumeClaim",
+            meta["namespace"],
+            meta["name"],
+            stamp,
+            self.settings.field_manager,
+        )
+
+    async def retry_fetch_if_secret_changed(self, key: ModelKey, secret: str) -> bool:
+        """Deletes the model's failed fetch Job when `secret` changed after it was made, so that a
+        new try starts now rather than after the Job's TTL. Returns whether it did."""
+        snap = self.snapshot(key)
+        if snap.body is None:
+            return False
+        model = ExoModel.from_body(snap.body)
+        desired = fetch_job_for(model, self.settings)
+        gone = self._deleted_jobs.get(key, set())
+        job = next(
+            (
+                j
+                for j in snap.jobs
+                if desired
+                and j["metadata"]["name"] == desired["metadata"]["name"]
+                and _owned_by(j, model.uid)
+                and j["metadata"]["uid"] not in gone
+            ),
+            None,
+        )
+        if not job or not job_failed(job):
+            return False
+        changed = await _call(kube.secret_changed_at, model.namespace, secret)
+        created = _parse_time(job["metadata"].get("creationTimestamp"))
+        if changed is None or created is None or changed < created:
+            return False
+        log.info(
+            "Secret %s/%s changed since fetch Job %s failed: fetching again",
+            model.namespace,
+            secret,
+            job["metadata"]["name"],
+        )
+        await self._delete_jobs(key, [job])
+        await self.reconcile(key)
+        return True
+
+    async def _apply_all(
+        self,
+        model: ExoModel,
+        manifests: list[dict[str, Any]],
+        observed: dict[ChildKey, dict[str, Any]],
+    ) -> ApplyOutcome:
+        """Applies what differs, each child even when another fails; never one it does not own.
+
+        A child missing from the indexes (which see only labelled children) is read first: a
+        user's object of that name is reported as a conflict and left untouched. Only a child
+        about to be created costs that read, so a steady state costs nothing.
+        Errors come in the apiserver's words, with whether a retry may help (5xx, throttling,
+        a lost connection) or not (a refused manifest: the user must act).
         """
+        outcome = ApplyOutcome()
         errors: list[str] = []
-        retryable = False
         for manifest in manifests:
             ck = child_key(manifest)
+            kind, _, name = ck
+            if outcome.conflicts and kind in WORKLOADS:
+                continue
             seen = observed.get(ck)
+            if seen is not None and not is_ours(kind, seen, model):
+                outcome.conflicts.append(f"{kind} {name}")
+                continue
             if not needs_apply(manifest, seen, self._applied.get(ck)):
                 continue
             try:
+                if seen is None:
+                    found = await asyncio.to_thread(kube.read, kind, ck[1], name)
+                    if found is not None and not is_ours(kind, found, model):
+                        outcome.conflicts.append(f"{kind} {name}")
+                        continue
                 await asyncio.to_thread(kube.apply, manifest, self.settings.field_manager)
             except ApiException as error:
                 self.metrics.api_error("apply")
-                errors.append(f"{ck[0]} {ck[2]} was refused: {kube.describe_api_error(error)}")
-                retryable = retryable or error.status in RETRYABLE_STATUS
+                errors.append(f"{kind} {name} was refused: {kube.describe_api_error(error)}")
+                outcome.retryable = outcome.retryable or error.status in RETRYABLE_STATUS
                 continue
             except (HTTPError, OSError) as error:
                 self.metrics.api_error("apply")
-                errors.append(f"{ck[0]} {ck[2]} could not be applied: {error}")
-                retryable = True
+                errors.append(f"{kind} {name} could not be applied: {error}")
+                outcome.retryable = True
                 continue
             self.metrics.child_applied(manifest["kind"])
             version = (seen or {}).get("metadata", {}).get("resourceVersion")
@@ -243,7 +422,12 @@ class Reconciler:
                 manifest["metadata"]["annotations"]["exo.dev/applied-hash"],
                 version,
             )
-        return "; ".join(errors) or None, retryable
+        outcome.error = "; ".join(errors) or None
+        return outcome
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 async def _call(fn: Callable[..., Any], *args: Any, pool: Executor | None = None) -> Any:

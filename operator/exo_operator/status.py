@@ -5,6 +5,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exo_operator.cache import cache_key, model_path
+from exo_operator.cache_proof import (
+    CACHE_NOT_VERIFIED_MARK,
+    job_complete,
+    proof_time,
+    proven,
+    refutation,
+    refuted_since_proof,
+)
 from exo_operator.model import ExoModel
 from exo_operator.naming import TEMPLATE_HASH_LABEL, endpoint, selector_string
 from exo_operator.runtime_events import FETCH_EVENTS, download_progress, last_event, step_seconds
@@ -25,6 +33,8 @@ PROGRESS_REASONS = {
     "FetchPending", "Downloading", "Cached", "ExistingClaim", "CreatingPods", "Loading",
     "NotAllReady", "Ready", "ScaledToZero",
 }  # fmt: skip
+# Not-cached reasons under which a fetch is on its way: the phase is Downloading.
+DOWNLOADING_REASONS = {"Downloading", "CacheNotVerified"}
 LOAD_FAILED_MARK = "load failed"
 
 
@@ -46,6 +56,10 @@ class Observed:
     ready_events: dict[str, dict[str, Any]] = field(default_factory=dict)
     apply_error: str | None = None
     apply_retrying: bool = False
+    # Children the operator would create but may not touch: "Kind name" of each.
+    name_conflicts: tuple[str, ...] = ()
+    # Pod name -> why its volumes are not attached or mounted (the pod's own Events).
+    volume_problems: dict[str, "Finding"] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,8 +99,27 @@ def pod_is_ready(pod: dict[str, Any]) -> bool:
     return bool(cond and cond.get("status") == "True") and not _is_terminating(pod)
 
 
-def pod_problem(pod: dict[str, Any]) -> Finding | None:
-    """Why a pod is not running its container, or None when it is (or is on its way)."""
+def containers_creating(pod: dict[str, Any]) -> bool:
+    """Whether the pod is on a node and its containers wait to be created (volumes, image)."""
+    status = pod.get("status") or {}
+    scheduled = _pod_condition(pod, "PodScheduled")
+    if status.get("phase") != "Pending" or not scheduled or scheduled.get("status") != "True":
+        return False
+    waiting = [
+        ((cs.get("state") or {}).get("waiting") or {}).get("reason")
+        for cs in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]
+    ]
+    return all(reason in (None, "ContainerCreating", "PodInitializing") for reason in waiting)
+
+
+def pod_problem(pod: dict[str, Any], volume_problem: Finding | None = None) -> Finding | None:
+    """Why a pod is not running its container, or None when it is (or is on its way).
+
+    `volume_problem` is what the pod's Events say of its volumes, if they were read.
+    """
     scheduled = _pod_condition(pod, "PodScheduled")
     if scheduled and scheduled.get("status") == "False":
         return Finding("Unschedulable", scheduled.get("message") or "the scheduler found no node")
@@ -95,6 +128,9 @@ def pod_problem(pod: dict[str, Any]) -> Finding | None:
         state = cs.get("state") or {}
         terminated = state.get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
         message = (terminated.get("message") or "").strip()
+        unverified = [x for x in message.splitlines() if x.startswith(CACHE_NOT_VERIFIED_MARK)]
+        if unverified:
+            return Finding("CacheNotVerified", unverified[-1])
         if LOAD_FAILED_MARK in message:
             return Finding("LoadFailed", message.splitlines()[-1])
         if terminated.get("reason") == "OOMKilled":
@@ -108,6 +144,8 @@ def pod_problem(pod: dict[str, Any]) -> Finding | None:
             return Finding(waiting["reason"], detail)
     if status.get("phase") == "Failed":
         return Finding("PodFailed", status.get("message") or status.get("reason") or "pod failed")
+    if volume_problem and containers_creating(pod):
+        return volume_problem
     return None
 
 
@@ -134,6 +172,10 @@ def _fetch_failure(obs: Observed) -> Finding | None:
     return Finding(
         "FetchFailed", cond.get("message") or cond.get("reason") or "the fetch Job failed"
     )
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return (obj.get("metadata") or {}).get("name", "")
 
 
 def _created(obj: dict[str, Any]) -> str:
@@ -176,21 +218,28 @@ def _cache_finding(obs: Observed, key: str | None) -> tuple[bool, Finding]:
     spec = obs.model.spec
     if spec.source.pvc:
         return True, Finding("ExistingClaim", f"served from claim {spec.source.pvc.claim_name}")
-    if obs.previous.get("cacheKey") == key or (
-        obs.fetch_job and _job_condition(obs.fetch_job, "Complete")
-    ):
+    assert key is not None
+    refuted = refutation(obs.runtime_pods)
+    if refuted_since_proof(refuted, proof_time(key, obs.claim, obs.fetch_job)):
+        assert refuted is not None
+        if not obs.fetch_job or job_complete(obs.fetch_job):
+            return False, Finding(
+                "CacheNotVerified", f"pod {refuted.pod}: {refuted.message}; fetching again"
+            )
+        # else the new fetch is on its way: report it like any other
+    elif proven(key, obs.claim, obs.fetch_job, obs.previous.get("cacheKey"), obs.deployment):
         return True, Finding("Cached", f"verified model cached under /models/{key}")
     failure = _fetch_failure(obs)
     if failure:
         return False, failure
     if obs.claim and (obs.claim.get("status") or {}).get("phase") == "Pending":
-        pending = [pod_problem(p) for p in obs.fetch_pods]
+        pending = [pod_problem(p, obs.volume_problems.get(_name(p))) for p in obs.fetch_pods]
         why = next((f.message for f in pending if f), "waiting for a volume")
         return False, Finding(
             "PVCPending", f"claim {obs.claim['metadata']['name']} is Pending: {why}"
         )
     for pod in obs.fetch_pods:
-        problem = pod_problem(pod)
+        problem = pod_problem(pod, obs.volume_problems.get(_name(pod)))
         if problem and not _is_terminating(pod):
             return False, Finding(problem.reason, f"fetch pod: {problem.message}")
     if not obs.fetch_job:
@@ -294,7 +343,15 @@ def aggregate(
     ]
     ready_current = [p for p in current if pod_is_ready(p)]
     ready_any = [p for p in live_pods if pod_is_ready(p)]
-    problems = [f for f in (pod_problem(p) for p in live_pods if not pod_is_ready(p)) if f]
+    problems = [
+        f
+        for f in (
+            pod_problem(p, obs.volume_problems.get(_name(p)))
+            for p in live_pods
+            if not pod_is_ready(p)
+        )
+        if f
+    ]
 
     download = prev.get("download")
     if not cached:
@@ -305,14 +362,16 @@ def aggregate(
     if cache_why.reason == "Downloading":
         cache_why = Finding("Downloading", _download_message(download))
 
-    if obs.apply_error and obs.apply_retrying:
+    if obs.name_conflicts:
+        phase, why = "Failed", name_conflict(obs.model, obs.name_conflicts)
+    elif obs.apply_error and obs.apply_retrying:
         phase, why = "Pending", Finding("ApplyRetrying", f"{obs.apply_error} (retrying)")
     elif obs.apply_error:
         phase, why = "Failed", Finding("ApplyFailed", obs.apply_error)
     elif not cached:
         if cache_why.reason == "FetchFailed":
             phase = "Failed"
-        elif cache_why.reason == "Downloading":
+        elif cache_why.reason in DOWNLOADING_REASONS:
             phase = "Downloading"
         else:
             phase = "Pending"
@@ -370,8 +429,10 @@ def aggregate(
     }
     if cached and key:
         status["cacheKey"] = key
+    elif prev.get("cacheKey") == key:
+        status["cacheKey"] = None  # no longer proven on this claim: merge patch removes it
     elif prev.get("cacheKey"):
-        status["cacheKey"] = prev["cacheKey"]
+        status["cacheKey"] = prev["cacheKey"]  # the old source's, until the new one is cached
     if download:
         status["download"] = download
     timings = dict(prev.get("timings") or {})
@@ -399,6 +460,16 @@ def aggregate(
         kind = "Normal" if why.reason in PROGRESS_REASONS else "Warning"
         events.append(Transition(kind, why.reason, f"{phase}: {why.message}"))
     return status, events
+
+
+def name_conflict(model: ExoModel, conflicts: tuple[str, ...]) -> Finding:
+    """NameConflict, naming each object the operator found in the way and does not own."""
+    names = ", ".join(conflicts)
+    return Finding(
+        "NameConflict",
+        f"{names} already exists and is not owned by ExoModel {model.name}; the operator leaves "
+        f"it alone: rename the ExoModel or remove that object",
+    )
 
 
 def status_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:

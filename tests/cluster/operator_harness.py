@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "exo.dev_exomodels.yaml"
 
@@ -128,3 +130,41 @@ class OperatorProcess:
         if not self.log_path.exists():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+URL = "https://models.example/gemma-3-270m-Q4_K_M.gguf"
+
+
+def exomodel(name: str, **spec) -> str:
+    body = {
+        "apiVersion": "exo.dev/v1alpha1",
+        "kind": "ExoModel",
+        "metadata": {"name": name},
+        "spec": {"source": {"url": URL}, **spec},
+    }
+    return yaml.safe_dump(body)
+
+
+def apply(kubeconfig, namespace, manifest):
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=manifest)
+
+
+def model_status(kubeconfig, namespace, name):
+    return (get_json(kubeconfig, "exom", name, "-n", namespace) or {}).get("status") or {}
+
+
+def condition(status, kind):
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def wait_phase(kubeconfig, namespace, name, phase, timeout=60):
+    def probe():
+        status = model_status(kubeconfig, namespace, name)
+        return status if status.get("phase") == phase else None
+
+    try:
+        return wait_for(f"ExoModel {name} phase {phase}", probe, timeout)
+    except AssertionError as error:
+        raise AssertionError(
+            f"{error}\nstatus: {model_status(kubeconfig, namespace, name)}"
+        ) from None

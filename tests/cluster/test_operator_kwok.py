@@ -9,48 +9,21 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from operator_harness import get_json, kubectl, wait_for
+from operator_harness import (
+    URL,
+    apply,
+    condition,
+    exomodel,
+    get_json,
+    kubectl,
+    model_status,
+    wait_for,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.kwok
 
 CORPUS = Path(__file__).resolve().parents[1] / "crd_invalid"
-URL = "https://models.example/gemma-3-270m-Q4_K_M.gguf"
-
-
-def exomodel(name: str, **spec) -> str:
-    body = {
-        "apiVersion": "exo.dev/v1alpha1",
-        "kind": "ExoModel",
-        "metadata": {"name": name},
-        "spec": {"source": {"url": URL}, **spec},
-    }
-    return yaml.safe_dump(body)
-
-
-def apply(kubeconfig, namespace, manifest):
-    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=manifest)
-
-
-def model_status(kubeconfig, namespace, name):
-    return (get_json(kubeconfig, "exom", name, "-n", namespace) or {}).get("status") or {}
-
-
-def condition(status, kind):
-    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
-
-
-def wait_phase(kubeconfig, namespace, name, phase, timeout=60):
-    def probe():
-        status = model_status(kubeconfig, namespace, name)
-        return status if status.get("phase") == phase else None
-
-    try:
-        return wait_for(f"ExoModel {name} phase {phase}", probe, timeout)
-    except AssertionError as error:
-        raise AssertionError(
-            f"{error}\nstatus: {model_status(kubeconfig, namespace, name)}"
-        ) from None
 
 
 def runtime_container(deployment):

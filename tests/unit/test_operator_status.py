@@ -5,7 +5,9 @@ from datetime import UTC, datetime
 import pytest
 from _models import model
 from exo_operator.cache import cache_key
+from exo_operator.cache_proof import VERIFIED_AT_ANNOTATION, VERIFIED_KEY_ANNOTATION
 from exo_operator.status import (
+    Finding,
     Observed,
     aggregate,
     is_cached,
@@ -31,20 +33,32 @@ def running(started="2026-01-01T11:00:00Z"):
     return [{"name": "runtime", "state": {"running": {"startedAt": started}}}]
 
 
-def job(condition=None, **status):
+def job(condition=None, created="2026-01-01T11:00:00Z", **status):
     conds = (
         [{"type": condition, "status": "True", "message": "BackoffLimitExceeded"}]
         if condition
         else []
     )
-    return {"metadata": {"name": "gemma-fetch"}, "status": {"conditions": conds, **status}}
+    return {
+        "metadata": {"name": "gemma-fetch", "uid": "job-1", "creationTimestamp": created},
+        "status": {"conditions": conds, **status},
+    }
+
+
+def claim(created="2026-01-01T10:00:00Z", stamp=None, **status):
+    """The cache claim; stamp=(key, at) is the proof a completed fetch left on it."""
+    annotations = {}
+    if stamp:
+        annotations = {VERIFIED_KEY_ANNOTATION: stamp[0], VERIFIED_AT_ANNOTATION: stamp[1]}
+    meta = {"name": "gemma-cache", "uid": "claim-1", "creationTimestamp": created}
+    return {"metadata": {**meta, "annotations": annotations}, "status": status}
 
 
 def cached_obs(m=None, **kw):
     m = m or model()
-    return Observed(
-        model=m, previous={"cacheKey": cache_key(m.spec.source)}, template_hash=HASH, **kw
-    )
+    key = cache_key(m.spec.source)
+    kw.setdefault("claim", claim(stamp=(key, "2026-01-01T11:01:00Z")))
+    return Observed(model=m, previous={"cacheKey": key}, template_hash=HASH, **kw)
 
 
 def cond(status, kind):
@@ -179,20 +193,24 @@ def test_fetch_failure_reports_the_runtime_reason():
 def test_completed_fetch_records_the_cache_key_and_download_time():
     m = model()
     done = job("Complete", startTime="2026-01-01T11:00:00Z", completionTime="2026-01-01T11:01:05Z")
-    status, _ = aggregate(Observed(model=m, previous={}, fetch_job=done, template_hash=HASH), NOW)
+    obs = Observed(model=m, previous={}, claim=claim(), fetch_job=done, template_hash=HASH)
+    status, _ = aggregate(obs, NOW)
     assert status["cacheKey"] == cache_key(m.spec.source)
     assert status["timings"]["downloadSeconds"] == 65.0
     assert cond(status, "ModelCached")["status"] == "True"
-    # Once recorded, a restart with the Job gone (its TTL) still knows the model is cached.
-    again, _ = aggregate(Observed(model=m, previous=status, template_hash=HASH), NOW)
+    # With the Job gone (its TTL), the claim's stamp still says the model is cached.
+    stamped = claim(stamp=(cache_key(m.spec.source), "2026-01-01T11:01:05Z"))
+    again, _ = aggregate(Observed(model=m, previous=status, claim=stamped, template_hash=HASH), NOW)
     assert cond(again, "ModelCached")["status"] == "True"
 
 
 def test_pending_claim_says_so_with_the_schedulers_words():
-    claim = {"metadata": {"name": "gemma-cache"}, "status": {"phase": "Pending"}}
+    pending = claim(phase="Pending")
     fetch_pod = pod(conditions=[UNSCHEDULABLE])
     status, _ = aggregate(
-        Observed(model=model(), previous={}, claim=claim, fetch_job=job(), fetch_pods=[fetch_pod]),
+        Observed(
+            model=model(), previous={}, claim=pending, fetch_job=job(), fetch_pods=[fetch_pod]
+        ),
         NOW,
     )
     assert status["phase"] == "Pending"
@@ -239,7 +257,9 @@ def test_cached_and_model_size_come_from_the_finished_fetch():
         "status": {"containerStatuses": [{"name": "fetch", "state": {"terminated": {
             "exitCode": 0, "message": '{"event":"done","bytes":2048,"sha256":"x","seconds":3}'}}}]},
     }  # fmt: skip
-    obs = Observed(model=m, previous={}, fetch_job=job("Complete"), fetch_pods=[done_pod])
+    obs = Observed(
+        model=m, previous={}, claim=claim(), fetch_job=job("Complete"), fetch_pods=[done_pod]
+    )
     assert is_cached(obs) and model_bytes(obs) == 2048
     status, _ = aggregate(obs, NOW)
     assert status["timings"]["downloadSeconds"] == 3.0
@@ -296,3 +316,69 @@ def test_ready_lines_of_pods_of_the_old_spec_do_not_count():
     events = {"old": ready_line(9.0, 9.0)}
     status, _ = aggregate(cached_obs(runtime_pods=[old, new], ready_events=events), NOW)
     assert status["timings"] == {"loadSeconds": 30.0}
+
+
+def test_a_child_name_taken_by_someone_else_fails_with_name_conflict_naming_it():
+    obs = cached_obs(name_conflicts=("Service gemma", "PersistentVolumeClaim gemma-cache"))
+    status, events = aggregate(obs, NOW)
+    assert status["phase"] == "Failed"
+    assert cond(status, "Ready")["reason"] == "NameConflict"
+    assert "Service gemma, PersistentVolumeClaim gemma-cache" in status["message"]
+    assert "not owned by ExoModel gemma" in status["message"]
+    assert [(e.type, e.reason) for e in events] == [("Warning", "NameConflict")]
+
+
+SCHEDULED = {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T11:00:00Z"}
+CREATING = {"containerStatuses": [{"name": "runtime", "state": {"waiting": {
+    "reason": "ContainerCreating"}}}]}  # fmt: skip
+STUCK = {"phase": "Pending", "conditions": [SCHEDULED], **CREATING}
+MULTI_ATTACH = Finding(
+    "FailedAttachVolume",
+    'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) gemma-abc',
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "pod_status", "volume", "reason"),
+    [
+        ("creating, its Events name the volume", STUCK, MULTI_ATTACH, "FailedAttachVolume"),
+        ("creating, nothing read yet", STUCK, None, None),
+        ("running since: old Events no longer apply",
+            {"phase": "Running", "conditions": [SCHEDULED], "containerStatuses": running()},
+            MULTI_ATTACH, None),
+        ("an image problem outranks the volume words",
+            {"phase": "Pending", "conditions": [SCHEDULED], "containerStatuses": [{
+                "name": "runtime", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]},
+            MULTI_ATTACH, "ImagePullBackOff"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)  # fmt: skip
+def test_a_pod_stuck_on_its_volumes_says_so_in_the_words_of_its_events(
+    case, pod_status, volume, reason
+):
+    problem = pod_problem(pod(**pod_status), volume)
+    assert (problem.reason if problem else None) == reason, case
+
+
+def test_volume_trouble_of_the_runtime_pods_is_the_models_reason():
+    stuck = named("r1", pod(phase="Pending", conditions=[SCHEDULED], **CREATING))
+    status, _ = aggregate(cached_obs(runtime_pods=[stuck], volume_problems={"r1": MULTI_ATTACH}))
+    assert status["phase"] == "Pending"
+    assert cond(status, "Ready")["reason"] == "FailedAttachVolume"
+    assert "Multi-Attach error" in status["message"]
+
+
+def test_volume_trouble_of_the_fetch_pod_is_the_caches_reason():
+    stuck = named("f1", pod(phase="Pending", conditions=[SCHEDULED], **CREATING))
+    mount = Finding("FailedMount", "MountVolume.SetUp failed for volume pvc-1: timed out")
+    obs = Observed(
+        model=model(),
+        previous={},
+        claim=claim(phase="Bound"),
+        fetch_job=job(),
+        fetch_pods=[stuck],
+        volume_problems={"f1": mount},
+    )
+    status, _ = aggregate(obs, NOW)
+    assert cond(status, "ModelCached")["reason"] == "FailedMount"
+    assert "timed out" in status["message"]

@@ -14,6 +14,10 @@ from exo_operator.reconciler import Reconciler, Snapshot
 from exo_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
+# How `exo-runtime fetch` names a refused download (401/403) in the FetchFailed message.
+AUTH_FAILURE = "Unauthorized"
+# A user who fixed the token expects the next try within seconds.
+SECRET_CHECK_SECONDS = 3.0
 
 
 @kopf.on.startup()
@@ -66,6 +70,7 @@ async def configure(
     memo.loops = [
         asyncio.create_task(_follow_downloads(memo, exomodels, model_pods)),
         asyncio.create_task(_resync(memo, exomodels)),
+        asyncio.create_task(_watch_fetch_secrets(memo, exomodels)),
     ]
 
 
@@ -111,6 +116,41 @@ async def _follow_downloads(memo: kopf.Memo, exomodels: kopf.Index, model_pods: 
                 if tail and tail != reconciler.fetch_tails.get(key):
                     reconciler.fetch_tails[key] = tail
                     await _quietly(reconciler, key)
+
+
+def _unauthorized_fetch_secret(body: dict[str, Any]) -> str | None:
+    """The token Secret of a model whose fetch failed for lack of access, else None."""
+    status = body.get("status") or {}
+    if status.get("phase") != "Failed":
+        return None
+    cached = next((c for c in status.get("conditions") or [] if c.get("type") == "ModelCached"), {})
+    if cached.get("reason") != "FetchFailed" or not str(cached.get("message", "")).startswith(
+        AUTH_FAILURE
+    ):
+        return None
+    hf = ((body.get("spec") or {}).get("source") or {}).get("huggingFace") or {}
+    return (hf.get("tokenSecretRef") or {}).get("name")
+
+
+async def _watch_fetch_secrets(memo: kopf.Memo, exomodels: kopf.Index) -> None:
+    """Retries a fetch that failed for lack of access as soon as its token Secret changes.
+
+    Only models in that state cost anything: one read of their Secret every few seconds. A
+    watch on Secrets would hold every Secret of the cluster in the operator's memory.
+    """
+    await memo.ready.wait()
+    reconciler: Reconciler = memo.reconciler
+    while True:
+        await asyncio.sleep(SECRET_CHECK_SECONDS)
+        for key, store in list(exomodels.items()):
+            for body in store:
+                secret = _unauthorized_fetch_secret(body)
+                if not secret:
+                    continue
+                try:
+                    await reconciler.retry_fetch_if_secret_changed(key, secret)
+                except Exception as error:  # one model's trouble never stops the others
+                    log.warning("token Secret of %s/%s not checked: %s", *key, error)
 
 
 async def _resync(memo: kopf.Memo, exomodels: kopf.Index) -> None:
