@@ -150,6 +150,59 @@ def test_serve_refuses_a_model_without_an_intact_record(gemma_gguf, tmp_path, ma
     assert failures[0].startswith(PREFIX + reason), failures[0]
 
 
+def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"not ready in 90 s:\n{log.read_text()}"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def split_gemma(gemma_gguf, tmp_path_factory) -> list[Path]:
+    """The real model split in 3 parts (about 40 s of the gguf package's parsing, once)."""
+    from gguf_split import split_gguf
+
+    return split_gguf(gemma_gguf, tmp_path_factory.mktemp("split") / "gemma.gguf", 3)
+
+
+@pytest.mark.runtime
+def test_serve_loads_a_split_gguf_fetched_from_its_first_part_and_answers(
+    file_server, split_gemma, tmp_path
+):
+    urls = [
+        file_server.add(f"/q4/{part.name}", part.read_bytes(), chunk=1 << 20)
+        for part in split_gemma
+    ]
+    dest = tmp_path / "cache"
+    fetched = run_fetch(urls[0], "--dest", str(dest))
+    assert fetched.returncode == 0, fetched.stderr
+    assert sorted(p.name for p in dest.glob("*.gguf")) == [p.name for p in split_gemma]
+    port = free_port()
+    model = dest / split_gemma[0].name
+    command = serve_command(model, port, "--require-verified", "--model-name", "gemma")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=serve_env())
+    try:
+        wait_ready(proc, port, log)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/completions",
+            json={"model": "gemma", "prompt": "The capital of France is", "max_tokens": 8},
+            timeout=60,
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["text"].strip(), "llama.cpp loaded every part and answers"
+
+
 @pytest.mark.runtime
 def test_serve_loads_a_model_fetched_from_a_server_and_gets_ready(
     file_server, gemma_gguf, tmp_path
@@ -165,16 +218,7 @@ def test_serve_loads_a_model_fetched_from_a_server_and_gets_ready(
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=serve_env())
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not ready in 90 s:\n{log.read_text()}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_ready(proc, port, log)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
