@@ -14,36 +14,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import httpx
 
-from exo_runtime.fetch_progress import ProgressReporter
+from exo_runtime.fetch_errors import HF_TOKEN_HINT, FetchFailed
+from exo_runtime.fetch_progress import Progress
 from exo_runtime.fetch_source import FetchSource
 from exo_runtime.fetch_store import CachePaths, record_part_validator
-
-FailureReason = Literal[
-    "ChecksumMismatch",
-    "NotFound",
-    "DiskFull",
-    "ReadOnly",
-    "Unauthorized",
-    "NetworkError",
-    "InvalidSource",
-    "InsecureRedirect",
-]
 
 CHUNK_BYTES = 1 << 20
 BACKOFF_CAP_SECONDS = 30.0
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-class FetchFailed(Exception):
-    """The fetch cannot succeed; `reason` is the machine-readable cause the operator reports."""
-
-    def __init__(self, reason: FailureReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class _Transient(Exception):
@@ -138,7 +119,7 @@ def download(
     source: FetchSource,
     paths: CachePaths,
     validator: str | None,
-    progress: ProgressReporter,
+    progress: Progress,
     policy: RetryPolicy,
     stall: StallRule,
 ) -> Downloaded:
@@ -181,7 +162,7 @@ def download(
 
 
 def _hash_existing(
-    paths: CachePaths, source: str, validator: str | None, progress: ProgressReporter
+    paths: CachePaths, source: str, validator: str | None, progress: Progress
 ) -> _Part:
     """Hash a partial file left by an earlier run, so the final digest covers every byte."""
     part = _Part(paths, source, validator)
@@ -201,7 +182,7 @@ def _transfer(
     client: httpx.Client,
     source: FetchSource,
     part: _Part,
-    progress: ProgressReporter,
+    progress: Progress,
     stall: StallRule,
 ) -> None:
     if part.size and part.validator is None:
@@ -303,17 +284,26 @@ def refuse_https_downgrade(response: httpx.Response) -> None:
         )
 
 
+def hub_unauthorized(url: str, response: httpx.Response) -> FetchFailed:
+    """A 401/403 of the Hub, with its own explanation (X-Error-Message) when it gives one."""
+    said = response.headers.get("X-Error-Message", "").strip()
+    said = f" ({said})" if said else ""
+    return FetchFailed(
+        "Unauthorized",
+        f"{url} answered {response.status_code} {response.reason_phrase}{said}: {HF_TOKEN_HINT}",
+    )
+
+
 def _check_status(response: httpx.Response, source: FetchSource) -> int | None:
     """Raise for an unusable answer; return the file's total size when the server says it."""
     status = response.status_code
     if status in (401, 403):
-        hint = (
-            "set HF_TOKEN to a token that can read it" if source.source.startswith("hf://") else ""
-        )
+        if source.source.startswith("hf://"):
+            raise hub_unauthorized(source.url, response)
         raise FetchFailed(
             "Unauthorized",
-            f"{source.url} answered {status} {response.reason_phrase}: "
-            f"{hint or 'the server refuses access to this file'}",
+            f"{source.url} answered {status} {response.reason_phrase}: the server refuses "
+            "access to this file",
         )
     if status in (404, 410):
         raise FetchFailed(

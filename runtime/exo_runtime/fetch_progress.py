@@ -13,7 +13,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 from tqdm import tqdm
 
@@ -32,6 +32,14 @@ def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class Progress(Protocol):
+    """What a download reports to: one file's bytes, or its share of a fetch of many."""
+
+    def start(self, offset: int, total: int | None) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def set_state(self, state: State, error: str | None = None) -> None: ...
 
 
 class ProgressReporter:

@@ -127,3 +127,59 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# The folder's record: written once every file of the fetch is verified, removed before a
+# fetch changes anything, so that a folder with it is whole.
+FOLDER_RECORD = ".verified.json"
+
+
+def folder_record_path(dest: Path) -> Path:
+    return dest / FOLDER_RECORD
+
+
+def read_folder_record(dest: Path) -> dict | None:
+    """The folder's record when it is intact and every file it lists has its recorded size."""
+    found = _folder_record(dest)
+    return found if isinstance(found, dict) else None
+
+
+def folder_unverified_reason(dest: Path) -> str | None:
+    """Why the folder is not a finished fetch (None when it is), in words for an operator."""
+    found = _folder_record(dest)
+    return found if isinstance(found, str) else None
+
+
+def _folder_record(dest: Path) -> dict | str:
+    record_path = folder_record_path(dest)
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        return f"{dest} has no {FOLDER_RECORD}: its fetch has not finished"
+    except (OSError, ValueError) as err:
+        return f"{record_path} is not a readable record ({err})"
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, list) or not files:
+        return f"{record_path} is not a readable record (no list of files)"
+    for entry in files:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str):
+            return f"{record_path} is not a readable record (a file without a path)"
+        file = dest / path
+        try:
+            size = file.stat().st_size
+        except OSError as err:
+            return f"cannot read {file} ({err.strerror or err}), which {FOLDER_RECORD} lists"
+        if size != entry.get("size"):
+            return f"{file} holds {size} bytes but {FOLDER_RECORD} records {entry.get('size')}"
+    return record
+
+
+def write_folder_record(dest: Path, record: dict) -> None:
+    write_json_atomically(folder_record_path(dest), record)
+    _fsync_dir(dest)
+
+
+def drop_folder_record(dest: Path) -> None:
+    """Before a fetch changes a file: the folder is no longer known to be whole."""
+    folder_record_path(dest).unlink(missing_ok=True)

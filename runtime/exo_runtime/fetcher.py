@@ -1,9 +1,16 @@
-"""`exo-runtime fetch SOURCE --dest DIR`: put a verified model file in the model cache.
+"""`exo-runtime fetch`: put a verified model, of one file or several, in the model cache.
+
+SOURCE is an http(s) URL, `hf://ORG/REPO/FILE[@REVISION]` (one file of a Hugging Face
+repository) or `hf://ORG/REPO[@REVISION]` (its files, or those `--include` selects); or, instead
+of SOURCE, a list of `--file URL=SHA256`. A split GGUF (`*-00001-of-0000N.gguf`) brings all its
+parts. Each file is verified and renamed on its own; once all are, DEST/.verified.json lists
+them, and only a folder with that record is whole (`serve --require-verified`).
 
 Output contract (the operator relies on it): progress as JSON in the progress file and, when
-stdout is not a terminal, as `{"event": "progress", ...}` lines; then one summary line,
-`{"event": "done", ...}` or `{"event": "failed", "reason": ..., ...}`, on stdout and in the
-Kubernetes termination log. Exit code 0 on success, 1 on failure, 2 for a bad SOURCE.
+stdout is not a terminal, as `{"event": "progress", ...}` lines, bytes counted over all files;
+then one summary line, `{"event": "done", ...}` or `{"event": "failed", "reason": ..., ...}`,
+on stdout and in the Kubernetes termination log. Exit code 0 on success, 1 on failure, 2 for
+a bad SOURCE.
 
 https uses the bundled CA list unless SSL_CERT_FILE or SSL_CERT_DIR names another (httpx
 honours both), as a mirror with a private CA needs.
@@ -19,46 +26,88 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from exo_runtime.fetch_download import (
-    Downloaded,
-    FetchFailed,
     RetryPolicy,
     StallRule,
-    download,
     failure_for_os_error,
     refuse_https_downgrade,
 )
+from exo_runtime.fetch_errors import FetchFailed
+from exo_runtime.fetch_files import fetch_plan_files
+from exo_runtime.fetch_hub import list_revision, plan_hub
+from exo_runtime.fetch_plan import (
+    WHOLE_FOLDER,
+    FetchPlan,
+    PlannedFile,
+    model_entry,
+    split_gguf_parts,
+)
 from exo_runtime.fetch_progress import ProgressReporter
 from exo_runtime.fetch_prune import prune_siblings, writing
-from exo_runtime.fetch_source import FetchSource, InvalidSource, parse_source
-from exo_runtime.fetch_store import (
-    CachePaths,
-    discard_part,
-    is_already_verified,
-    prepare_part,
-    promote_part,
+from exo_runtime.fetch_source import (
+    FetchSource,
+    HubSource,
+    InvalidSource,
+    is_hub_source,
+    parse_file_entry,
+    parse_hub,
+    parse_url,
+    url_file_name,
+    url_with_last_segment,
 )
+from exo_runtime.fetch_store import drop_folder_record, read_folder_record, write_folder_record
 
 TERMINATION_LOG = "/dev/termination-log"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 CONNECT_TIMEOUT_SECONDS = 15.0
+# The progress file of a fetch of several files (one file's is DEST/.FILE.progress.json).
+FOLDER_PROGRESS = ".fetch.progress.json"
 
 
 def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `fetch` subcommand's arguments to `parser`."""
-    parser.add_argument("source", help="http(s)://URL or hf://ORG/REPO/FILE[@REVISION]")
+    parser.add_argument(
+        "source",
+        nargs="?",
+        help="http(s)://URL, hf://ORG/REPO/FILE[@REVISION] (one file) or hf://ORG/REPO[@REVISION] "
+        "(the repository's files); omitted with --file",
+    )
     parser.add_argument("--dest", required=True, type=Path, help="folder of the model cache")
-    parser.add_argument("--sha256", type=_sha256_arg, help="expected sha256 of the file (hex)")
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="with hf://ORG/REPO: fetch only the files matching GLOB ('*.safetensors', "
+        "'config.json', 'tokenizer*'); repeatable (default: every file of the revision)",
+    )
+    parser.add_argument(
+        "--file",
+        dest="files",
+        action="append",
+        default=[],
+        type=_file_entry_arg,
+        metavar="URL=SHA256",
+        help="one file of a model made of several, with its sha256; repeatable, instead of SOURCE",
+    )
+    parser.add_argument(
+        "--sha256",
+        type=_sha256_arg,
+        help="expected sha256 of the SOURCE file (hex); a Hub file is also checked against the "
+        "sha256 the Hub lists",
+    )
     parser.add_argument("--filename", help="file name in DEST (default: from the SOURCE)")
     parser.add_argument(
         "--progress-file",
         type=Path,
-        help="JSON progress file (default: DEST/.FILENAME.progress.json)",
+        help="JSON progress file (default: DEST/.FILENAME.progress.json, or "
+        f"DEST/{FOLDER_PROGRESS} for several files)",
     )
     parser.add_argument(
         "--progress-interval",
@@ -109,20 +158,20 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    """Fetch `args.source` into `args.dest`; print the summary line and return the exit code."""
+    """Fetch what `args` asks into `args.dest`; print the summary line and return the exit code."""
     started = time.monotonic()
     try:
-        source = parse_source(args.source, args.filename)
+        request = _request_for(args)
     except InvalidSource as err:
         _finish(args, {"event": "failed", "reason": "InvalidSource", "error": str(err)})
         return 2
-    paths = CachePaths.for_file(args.dest, source.filename)
-    progress_file = args.progress_file or args.dest / f".{source.filename}.progress.json"
     progress = ProgressReporter(
-        progress_file, line_interval=args.progress_interval, label=source.filename
+        args.progress_file or args.dest / request.progress_name,
+        line_interval=args.progress_interval,
+        label=request.label,
     )
     try:
-        result = _fetch(source, args, paths, progress)
+        record = _fetch(request, args, progress)
     except FetchFailed as err:
         progress.set_state("failed", str(err))
         _finish(args, {"event": "failed", "reason": err.reason, "error": str(err)})
@@ -130,69 +179,174 @@ def run_fetch(args: argparse.Namespace) -> int:
     progress.set_state("done")
     if args.prune:
         prune_siblings(args.dest)
-    _finish(
-        args,
-        {
-            "event": "done",
-            "sha256": result.sha256,
-            "bytes": result.size,
-            "seconds": round(time.monotonic() - started, 3),
-            "path": str(paths.final),
-        },
-    )
+    _finish(args, _done_summary(args.dest, record, time.monotonic() - started))
     return 0
 
 
-def _fetch(
-    source: FetchSource, args: argparse.Namespace, paths: CachePaths, progress: ProgressReporter
-) -> Downloaded:
-    record = is_already_verified(paths, source.source, args.sha256)
-    if record is not None:
-        print(f"{paths.final} is already verified; nothing to download", file=sys.stderr)
-        progress.start(record["size"], record["size"])
-        return Downloaded(sha256=record["sha256"], size=record["size"])
-    with contextlib.ExitStack() as stack:
-        try:
-            args.dest.mkdir(parents=True, exist_ok=True)
-            # Held until the file is promoted: `--prune` elsewhere leaves this folder alone.
-            stack.enter_context(writing(args.dest))
-            validator = prepare_part(paths, source.source)
-        except OSError as err:
-            raise failure_for_os_error(err, args.dest) from err
-        return _download_and_promote(source, args, paths, validator, progress)
+@dataclass(frozen=True)
+class _Request:
+    """What was asked, before any network: its identity and how to plan it."""
+
+    identity: dict[str, Any]  # recorded in DEST/.verified.json; a later run must match it
+    progress_name: str
+    label: str
+    # Makes the plan; a Hub source lists the revision with the client.
+    plan: Callable[[httpx.Client, RetryPolicy], FetchPlan]
 
 
-def _download_and_promote(
-    source: FetchSource,
-    args: argparse.Namespace,
-    paths: CachePaths,
-    validator: str | None,
-    progress: ProgressReporter,
-) -> Downloaded:
+def _request_for(args: argparse.Namespace) -> _Request:
+    if args.files:
+        if args.source or args.sha256 or args.filename or args.include:
+            raise InvalidSource(
+                "--file lists every file with its sha256: give no SOURCE, --sha256, --filename "
+                "or --include with it"
+            )
+        return _url_list_request(args.files)
+    if not args.source:
+        raise InvalidSource("give a SOURCE, or the model's files as --file URL=SHA256")
+    if is_hub_source(args.source):
+        return _hub_request(args)
+    if args.include:
+        raise InvalidSource("--include selects files of a Hub repository (hf://ORG/REPO)")
+    return _url_request(parse_url(args.source, args.filename), args.sha256)
+
+
+def _url_request(source: FetchSource, sha256: str | None) -> _Request:
+    names = split_gguf_parts(url_file_name(source.url))
+    if names and source.filename != url_file_name(source.url):
+        raise InvalidSource(
+            f"--filename cannot rename {source.url}, a part of a split GGUF: llama.cpp finds "
+            "the other parts by their names"
+        )
+    names = names or [source.filename]
+    files = []
+    for index, name in enumerate(names):
+        named = name == source.filename
+        url = source.url if named else url_with_last_segment(source.url, name)
+        files.append(
+            PlannedFile(
+                path=name,
+                url=url,
+                source=url,
+                # --sha256 is the SOURCE file's; the other parts of a split GGUF have none.
+                sha256=sha256 if named else None,
+                split_part=f"{index + 1} of {len(names)}" if index else None,
+            )
+        )
+    identity = {"source": source.url, "filename": source.filename, "sha256": sha256}
+    plan = FetchPlan(request=identity, files=tuple(files), model=names[0])
+    return _Request(
+        identity=identity,
+        progress_name=f".{source.filename}.progress.json",
+        label=source.filename,
+        plan=lambda _client, _policy: plan,
+    )
+
+
+def _url_list_request(entries: list[tuple[str, str]]) -> _Request:
+    files = []
+    for url, digest in entries:
+        name = parse_url(url).filename
+        if any(f.path == name for f in files):
+            raise InvalidSource(f"two --file URLs end in the same file name, {name}")
+        files.append(PlannedFile(path=name, url=url, source=url, sha256=digest))
+    identity = {"files": [{"url": url, "sha256": digest} for url, digest in entries]}
+
+    def plan(_client: httpx.Client, _policy: RetryPolicy) -> FetchPlan:
+        model = model_entry([f.path for f in files], "the --file list")
+        return FetchPlan(request=identity, files=tuple(files), model=model)
+
+    return _Request(
+        identity=identity, progress_name=FOLDER_PROGRESS, label=f"{len(files)} files", plan=plan
+    )
+
+
+def _hub_request(args: argparse.Namespace) -> _Request:
+    hub: HubSource = parse_hub(args.source)
+    if hub.file is None and (args.sha256 or args.filename):
+        raise InvalidSource(
+            "--sha256 and --filename name one file: a snapshot (hf://ORG/REPO) is verified "
+            "against the sha256 the Hub lists for each file"
+        )
+    if hub.file is not None and args.include:
+        raise InvalidSource(
+            "--include selects files of a snapshot: give hf://ORG/REPO[@REVISION] with it"
+        )
+    identity: dict[str, Any] = {"source": args.source}
+    if hub.file is None:
+        identity["include"] = sorted(set(args.include))
+    else:
+        identity.update(filename=args.filename, sha256=args.sha256)
+
+    def plan(client: httpx.Client, policy: RetryPolicy) -> FetchPlan:
+        listing = list_revision(client, hub, policy)
+        return plan_hub(hub, listing, args.include, args.sha256, args.filename, identity)
+
+    single = hub.file is not None and split_gguf_parts(hub.file) is None
+    name = args.filename or (hub.file.rpartition("/")[2] if hub.file else "")
+    return _Request(
+        identity=identity,
+        progress_name=f".{name}.progress.json" if single else FOLDER_PROGRESS,
+        label=name if single else hub.repo,
+        plan=plan,
+    )
+
+
+def _fetch(request: _Request, args: argparse.Namespace, progress: ProgressReporter) -> dict:
+    """Fetch what `request` asks, unless DEST already holds it whole; return the folder record."""
+    record = read_folder_record(args.dest)
+    if record is not None and record.get("request") == request.identity:
+        print(f"{args.dest} is already verified; nothing to download", file=sys.stderr)
+        size = sum(f["size"] for f in record["files"])
+        progress.start(size, size)
+        return record
     policy = RetryPolicy(retries=max(args.retries, 0), backoff=args.retry_backoff)
     stall = StallRule(seconds=args.stall_timeout, min_bytes_per_second=args.min_bytes_per_second)
-    with httpx.Client(
-        follow_redirects=True,
-        # The read timeout is the stall rule's window: a silent server is a stalled one.
-        timeout=httpx.Timeout(stall.seconds, connect=CONNECT_TIMEOUT_SECONDS),
-        event_hooks={"response": [refuse_https_downgrade]},
-    ) as client:
-        result = download(client, source, paths, validator, progress, policy, stall)
-    progress.set_state("verifying")
-    if args.sha256 is not None and result.sha256 != args.sha256:
-        # The bytes are wrong, so resuming from them would be wrong too.
-        discard_part(paths)
-        raise FetchFailed(
-            "ChecksumMismatch",
-            f"sha256 of {source.url} is {result.sha256}, expected {args.sha256}: the file "
-            "changed upstream or the expected sha256 is wrong; nothing was kept",
-        )
-    record = {"sha256": result.sha256, "size": result.size, "source": source.source}
-    try:
-        promote_part(paths, record)
-    except OSError as err:
-        raise failure_for_os_error(err, paths.final) from err
-    return result
+    with (
+        httpx.Client(
+            follow_redirects=True,
+            # The read timeout is the stall rule's window: a silent server is a stalled one.
+            timeout=httpx.Timeout(stall.seconds, connect=CONNECT_TIMEOUT_SECONDS),
+            event_hooks={"response": [refuse_https_downgrade]},
+        ) as client,
+        contextlib.ExitStack() as stack,
+    ):
+        # Planned before DEST is touched: a selection that makes no model changes nothing.
+        plan = request.plan(client, policy)
+        try:
+            args.dest.mkdir(parents=True, exist_ok=True)
+            # Held until the record is written: `--prune` elsewhere leaves this folder alone.
+            stack.enter_context(writing(args.dest))
+            drop_folder_record(args.dest)
+        except OSError as err:
+            raise failure_for_os_error(err, args.dest) from err
+        files = fetch_plan_files(client, plan, args.dest, progress, policy, stall, _log)
+        record = {"request": plan.request, "model": plan.model, "revision": plan.revision}
+        record["files"] = files
+        try:
+            write_folder_record(args.dest, record)
+        except OSError as err:
+            raise failure_for_os_error(err, args.dest) from err
+    return record
+
+
+def _done_summary(dest: Path, record: dict, seconds: float) -> dict[str, Any]:
+    files = record["files"]
+    model = record["model"]
+    summary: dict[str, Any] = {"event": "done"}
+    if len(files) == 1:
+        summary["sha256"] = files[0]["sha256"]
+    summary["bytes"] = sum(f["size"] for f in files)
+    summary["files"] = len(files)
+    if record.get("revision"):
+        summary["revision"] = record["revision"]
+    summary["seconds"] = round(seconds, 3)
+    summary["path"] = str(dest if model == WHOLE_FOLDER else dest / model)
+    return summary
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _finish(args: argparse.Namespace, summary: dict[str, Any]) -> None:
@@ -232,6 +386,13 @@ def _non_negative_float(value: str) -> float:
     if not number >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return number
+
+
+def _file_entry_arg(value: str) -> tuple[str, str]:
+    try:
+        return parse_file_entry(value)
+    except InvalidSource as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _sha256_arg(value: str) -> str:

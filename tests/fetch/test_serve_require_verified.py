@@ -67,13 +67,43 @@ def _missing_file(tmp_path: Path, _gemma_gguf: Path) -> tuple[Path, str]:
     return model, f"{model} does not exist"
 
 
-def _folder_with_one_file_unrecorded(tmp_path: Path, _gemma_gguf: Path) -> tuple[Path, str]:
+def _mlx_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "mlx-model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    (folder / "config.json.verified.json").write_text(json.dumps({"size": 2}))
     (folder / "model.safetensors").write_bytes(b"\0" * 16)
-    return folder, f"{folder / 'model.safetensors'} has no model.safetensors.verified.json"
+    return folder
+
+
+def _folder_with_records_of_each_file_only(tmp_path: Path, _gemma_gguf: Path) -> tuple[Path, str]:
+    # What a fetch stopped half way leaves: each finished file has its record, not the folder.
+    folder = _mlx_folder(tmp_path)
+    for name, size in (("config.json", 2), ("model.safetensors", 16)):
+        (folder / f"{name}.verified.json").write_text(json.dumps({"size": size}))
+    return folder, f"{folder} has no .verified.json: its fetch has not finished"
+
+
+def _folder_record_of_a_file_cut_short(tmp_path: Path, _gemma_gguf: Path) -> tuple[Path, str]:
+    folder = _mlx_folder(tmp_path)
+    files = [{"path": "config.json", "size": 2}, {"path": "model.safetensors", "size": 32}]
+    (folder / ".verified.json").write_text(json.dumps({"files": files}))
+    return folder, f"{folder / 'model.safetensors'} holds 16 bytes but .verified.json records 32"
+
+
+def _split_gguf_without_the_folder_record(tmp_path: Path, gemma_gguf: Path) -> tuple[Path, str]:
+    model = gguf_without_record(tmp_path, gemma_gguf).with_name("m-00001-of-00002.gguf")
+    (model.parent / "m.gguf").rename(model)
+    record = {"sha256": "0" * 64, "size": gemma_gguf.stat().st_size, "source": "https://h/m"}
+    (model.parent / f"{model.name}.verified.json").write_text(json.dumps(record))
+    return model, f"{model.parent} has no .verified.json"
+
+
+def _split_gguf_part_not_in_the_record(tmp_path: Path, gemma_gguf: Path) -> tuple[Path, str]:
+    model = gguf_without_record(tmp_path, gemma_gguf).with_name("m-00001-of-00002.gguf")
+    (model.parent / "m.gguf").rename(model)
+    files = [{"path": model.name, "size": gemma_gguf.stat().st_size}]
+    (model.parent / ".verified.json").write_text(json.dumps({"files": files}))
+    return model, f"{model.parent / '.verified.json'} does not list m-00002-of-00002.gguf"
 
 
 @pytest.mark.parametrize(
@@ -84,9 +114,22 @@ def _folder_with_one_file_unrecorded(tmp_path: Path, _gemma_gguf: Path) -> tuple
         (_record_of_another_size, "flag"),
         (_broken_record, "flag"),
         (_missing_file, "flag"),
-        (_folder_with_one_file_unrecorded, "flag"),
+        (_folder_with_records_of_each_file_only, "flag"),
+        (_folder_record_of_a_file_cut_short, "flag"),
+        (_split_gguf_without_the_folder_record, "flag"),
+        (_split_gguf_part_not_in_the_record, "flag"),
     ],
-    ids=["no-record", "no-record-env", "other-size", "broken-record", "no-file", "mlx-folder"],
+    ids=[
+        "no-record",
+        "no-record-env",
+        "other-size",
+        "broken-record",
+        "no-file",
+        "folder-unfinished",
+        "folder-file-cut",
+        "split-unfinished",
+        "split-part-unlisted",
+    ],
 )
 def test_serve_refuses_a_model_without_an_intact_record(gemma_gguf, tmp_path, make_model, switch):
     model, reason = make_model(tmp_path, gemma_gguf)
@@ -107,6 +150,59 @@ def test_serve_refuses_a_model_without_an_intact_record(gemma_gguf, tmp_path, ma
     assert failures[0].startswith(PREFIX + reason), failures[0]
 
 
+def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"not ready in 90 s:\n{log.read_text()}"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def split_gemma(gemma_gguf, tmp_path_factory) -> list[Path]:
+    """The real model split in 3 parts (about 40 s of the gguf package's parsing, once)."""
+    from gguf_split import split_gguf
+
+    return split_gguf(gemma_gguf, tmp_path_factory.mktemp("split") / "gemma.gguf", 3)
+
+
+@pytest.mark.runtime
+def test_serve_loads_a_split_gguf_fetched_from_its_first_part_and_answers(
+    file_server, split_gemma, tmp_path
+):
+    urls = [
+        file_server.add(f"/q4/{part.name}", part.read_bytes(), chunk=1 << 20)
+        for part in split_gemma
+    ]
+    dest = tmp_path / "cache"
+    fetched = run_fetch(urls[0], "--dest", str(dest))
+    assert fetched.returncode == 0, fetched.stderr
+    assert sorted(p.name for p in dest.glob("*.gguf")) == [p.name for p in split_gemma]
+    port = free_port()
+    model = dest / split_gemma[0].name
+    command = serve_command(model, port, "--require-verified", "--model-name", "gemma")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=serve_env())
+    try:
+        wait_ready(proc, port, log)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/completions",
+            json={"model": "gemma", "prompt": "The capital of France is", "max_tokens": 8},
+            timeout=60,
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["text"].strip(), "llama.cpp loaded every part and answers"
+
+
 @pytest.mark.runtime
 def test_serve_loads_a_model_fetched_from_a_server_and_gets_ready(
     file_server, gemma_gguf, tmp_path
@@ -122,16 +218,7 @@ def test_serve_loads_a_model_fetched_from_a_server_and_gets_ready(
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=serve_env())
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not ready in 90 s:\n{log.read_text()}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_ready(proc, port, log)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
