@@ -88,8 +88,12 @@ class ChatTemplate:
             )
         except ChatTemplateError:
             raise
-        except jinja2.TemplateError as err:
-            raise ChatTemplateError(f"chat template ({self.source}) failed: {err}") from err
+        except Exception as err:
+            # A model's own template may trip on messages it did not expect (a TypeError, a
+            # missing key): that is these messages refused, not a server fault.
+            raise ChatTemplateError(
+                f"chat template ({self.source}) failed: {type(err).__name__}: {err}"
+            ) from err
 
 
 def _raise_exception(message: str) -> None:
@@ -152,12 +156,3 @@ def choose_chat_template(
         return None
     _compile(chosen.text)  # a template that does not parse is refused at start, not per request
     return chosen
-
-
-def message_text(content: Any) -> str:
-    """OpenAI message content is a string or a list of parts; templates want the text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if part.get("type") == "text")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from exo_runtime.engine import EngineOptions
+from exo_runtime.limits import Limits
 
 
 def _env_name(flag: str) -> str:
@@ -99,6 +100,36 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse a model file without the intact .verified.json that `exo-runtime fetch` "
         "writes (env EXO_REQUIRE_VERIFIED=true)",
     )
+    limits = Limits()
+    _add(
+        parser,
+        "--max-body-bytes",
+        type=_positive_int,
+        default=limits.max_body_bytes,
+        help="largest request body; larger ones get 413",
+    )
+    _add(
+        parser,
+        "--max-prompt-bytes",
+        type=_positive_int,
+        default=limits.max_prompt_bytes,
+        help="largest prompt (or chat text) before tokenizing; larger ones get 413",
+    )
+    _add(
+        parser,
+        "--max-concurrent-requests",
+        type=_positive_int,
+        default=limits.max_concurrent_requests,
+        help="most /v1 requests handled at once; more get 503 (probes are never refused)",
+    )
+    _add(
+        parser,
+        "--max-failed-steps",
+        type=_positive_int,
+        default=3,
+        help="engine steps failing in a row before /healthz answers 503",
+    )
+    _add(parser, "--api-key", help="when set, /v1 requests need 'Authorization: Bearer KEY'")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -127,6 +158,13 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         shutdown_timeout=args.shutdown_timeout,
         require_verified=args.require_verified,
+        limits=Limits(
+            max_body_bytes=args.max_body_bytes,
+            max_prompt_bytes=args.max_prompt_bytes,
+            max_concurrent_requests=args.max_concurrent_requests,
+        ),
+        api_key=args.api_key or None,
+        max_failed_steps=args.max_failed_steps,
     )
     return serve(config)
 

@@ -83,6 +83,7 @@ class Engine(Protocol):
     name: str  # "llamacpp" or "mlx"
     model_path: str
     context_length: int
+    vocab_size: int  # valid token ids are 0 .. vocab_size - 1
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
 
@@ -108,7 +109,10 @@ class Engine(Protocol):
         """Run one short generation synchronously, before the scheduler starts."""
         ...
 
-    def submit(self, request: GenerationRequest) -> None: ...
+    def submit(self, request: GenerationRequest) -> None:
+        """Queue `request`; raise ValueError (refusing only it) if it cannot be served, e.g. a
+        token id outside the vocabulary, which must never reach the model."""
+        ...
 
     def cancel(self, request_id: str) -> None:
         """Free the sequence at the next step; its last chunk says "cancelled"."""
@@ -117,7 +121,18 @@ class Engine(Protocol):
     def has_work(self) -> bool: ...
 
     def step(self) -> list[Chunk]:
-        """Advance every active sequence by one token (prefilling new ones first)."""
+        """Advance every active sequence by one token (prefilling new ones first).
+
+        A batch that fails ends its own sequences (released, with an error chunk each) and
+        no others; raising is for bugs, which the scheduler answers with `abort_active`.
+        """
+        ...
+
+    def abort_active(self) -> list[str]:
+        """Release every admitted sequence after a step raised; return their request ids.
+
+        Waiting requests stay queued: they were in no batch.
+        """
         ...
 
     def close(self) -> None: ...
@@ -135,3 +150,14 @@ def warm_up(engine: Engine, prompt_tokens: list[int], max_tokens: int) -> None:
         for chunk in engine.step():
             if chunk.finish_reason == "error":
                 raise RuntimeError(f"warmup failed: {chunk.error}")
+
+
+def check_prompt_tokens(request: GenerationRequest, vocab_size: int) -> None:
+    """Raise ValueError unless the prompt is non-empty and every id is in the vocabulary."""
+    if not request.prompt_tokens:
+        raise ValueError("a generation request needs at least one prompt token")
+    for i, token in enumerate(request.prompt_tokens):
+        if not 0 <= token < vocab_size:
+            raise ValueError(
+                f"prompt token {i} is id {token}, outside the vocabulary (0 to {vocab_size - 1})"
+            )

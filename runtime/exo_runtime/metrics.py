@@ -35,6 +35,19 @@ class RuntimeMetrics:
         self.active_sequences = Gauge(
             "exo_runtime_active_sequences", "Sequences being generated", registry=r
         )
+        self.internal_errors = Counter(
+            "exo_runtime_internal_errors",
+            "Requests answered 500 because of an unexpected error (a bug)",
+            registry=r,
+        )
+        self.failed_steps = Counter(
+            "exo_runtime_failed_engine_steps", "Engine steps that failed", registry=r
+        )
+        self.engine_failing = Gauge(
+            "exo_runtime_engine_failing",
+            "1 while the engine has failed --max-failed-steps steps in a row (/healthz 503)",
+            registry=r,
+        )
         self.load_seconds = Gauge("exo_runtime_load_seconds", "Time to load the model", registry=r)
         self.warmup_seconds = Gauge(
             "exo_runtime_warmup_seconds", "Time to warm the model up", registry=r

@@ -1,4 +1,9 @@
-"""OpenAI-compatible request bodies (pydantic) and the OpenAI error shape."""
+"""OpenAI-compatible request bodies (pydantic) and the OpenAI error shape.
+
+Every field OpenAI's API takes is declared, so `/openapi.json` describes the whole request and
+each field is either honoured or refused by name (`unsupported.py`); any other field is refused
+("Unrecognized request argument supplied"), as OpenAI does.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# OpenAI's seeds are 64-bit integers; MLX's generator takes no more.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class OpenAIError(Exception):
@@ -29,8 +37,8 @@ class OpenAIError(Exception):
         self.code = code
         self.headers = headers
 
-    def response(self) -> JSONResponse:
-        body = {
+    def body(self) -> dict[str, Any]:
+        return {
             "error": {
                 "message": self.message,
                 "type": self.type,
@@ -38,7 +46,9 @@ class OpenAIError(Exception):
                 "code": self.code,
             }
         }
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class StreamOptions(BaseModel):
@@ -46,20 +56,24 @@ class StreamOptions(BaseModel):
 
 
 class _GenerationBody(BaseModel):
-    # Unknown OpenAI fields (user, logit_bias, ...) are accepted and ignored, as other
-    # OpenAI-compatible servers do, so clients written for OpenAI keep working.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None  # vLLM's extension: ids that end the answer
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1)
+    n: int | None = Field(default=None, ge=1)
+    # Accepted and not acted on: they ask for nothing that changes the answer.
+    user: str | None = None
+    # Refused when they ask for something (see unsupported.py).
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, int] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -80,14 +94,51 @@ class _GenerationBody(BaseModel):
 
 class CompletionBody(_GenerationBody):
     prompt: str | list[str] | list[int]
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=0, le=20)
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content; only text parts are served (request_checks.py)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # name, refusal, ...: nothing a template needs
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatCompletionBody(_GenerationBody):
     messages: list[ChatMessage]
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    moderation: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None

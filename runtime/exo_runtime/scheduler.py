@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 # Clients told to come back later wait about this long; a slot frees every few seconds at most
 # once the queue is full.
 RETRY_AFTER_SECONDS = 1
+# After a failed step the thread waits before the next, doubling up to the cap: a failure that
+# repeats must not spin a core and flood the log.
+FAILED_STEP_BACKOFF = (0.01, 1.0)
 
 
 class QueueFullError(RuntimeError):
@@ -46,9 +49,17 @@ class Scheduler:
     """Runs `engine.step()` in a loop on its own thread while any sequence has work."""
 
     def __init__(
-        self, engine: Engine, *, parallel: int, max_queue: int, metrics: RuntimeMetrics
+        self,
+        engine: Engine,
+        *,
+        parallel: int,
+        max_queue: int,
+        metrics: RuntimeMetrics,
+        max_failed_steps: int = 3,
     ) -> None:
         self.engine = engine
+        self.max_failed_steps = max_failed_steps
+        self.failed_steps = 0  # consecutive; written by the scheduler thread only
         self._parallel = parallel
         self._max_queue = max_queue
         self._metrics = metrics
@@ -65,6 +76,11 @@ class Scheduler:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def failing(self) -> bool:
+        """The engine failed `max_failed_steps` steps in a row: /healthz says so."""
+        return self.failed_steps >= self.max_failed_steps
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -156,14 +172,51 @@ class Scheduler:
         self._loop.call_soon_threadsafe(_deliver, [(stream.chunks, chunk)])
 
     def _step(self) -> None:
+        failure: str | None = None
         try:
             chunks = self.engine.step()
         except Exception as err:  # an engine bug must not leave clients waiting forever
+            chunks = self._abort_after(err)
+            failure = f"{type(err).__name__}: {err}"
+        produced = any(c.token_id is not None for c in chunks)
+        if failure is None and not produced:
+            failure = next((c.error for c in chunks if c.finish_reason == "error"), None)
+        if failure is not None:
+            self._note_failed_step(failure)
+        elif produced and self.failed_steps:
+            log.warning("engine recovered after %d failed steps", self.failed_steps)
+            self.failed_steps = 0
+            self._metrics.engine_failing.set(0)
+        self._deliver(chunks)
+        if failure is not None:
+            low, high = FAILED_STEP_BACKOFF
+            time.sleep(min(low * 2 ** min(self.failed_steps - 1, 16), high))
+
+    def _abort_after(self, err: Exception) -> list[Chunk]:
+        """Fail the sequences the engine had admitted, releasing them so the loop can rest."""
+        if self.failed_steps == 0:  # once per run of failures, with its traceback
             log.exception("engine step failed")
-            chunks = [
-                Chunk(rid, "", finish_reason="error", error=f"engine step failed: {err}")
-                for rid in self._streams
-            ]
+        reason = f"engine step failed: {type(err).__name__}: {err}"
+        # Releasing them empties the engine, so the loop blocks instead of failing in a spin.
+        try:
+            request_ids = self.engine.abort_active()
+        except Exception:
+            log.exception("releasing the failed sequences failed too: ending every request")
+            request_ids = list(self._streams)
+        return [Chunk(rid, "", finish_reason="error", error=reason) for rid in request_ids]
+
+    def _note_failed_step(self, reason: str) -> None:
+        self.failed_steps += 1
+        self._metrics.failed_steps.inc()
+        n = self.failed_steps
+        if n & (n - 1) == 0:  # 1, 2, 4, 8...: a repeating failure is logged with its count
+            log.error("engine step failed (%d in a row): %s", n, reason)
+        if n == self.max_failed_steps:
+            log.error("%d engine steps failed in a row: /healthz now answers 503", n)
+        if self.failing:
+            self._metrics.engine_failing.set(1)
+
+    def _deliver(self, chunks: list[Chunk]) -> None:
         deliveries: list[tuple[asyncio.Queue[Chunk], Chunk]] = []
         finished = 0
         now = time.perf_counter()

@@ -1,4 +1,6 @@
-"""The OpenAI-compatible HTTP shim: FastAPI routes over the scheduler, and the process's life.
+"""The runtime process: its settings, loading and warmup on a thread, the drain on SIGTERM.
+
+The HTTP routes live in app.py, the serving path in serving.py.
 
 The server listens before the model loads, so /healthz and /readyz answer during a long load
 (the Kubernetes startup probe relies on it); /readyz turns 200 only after warmup.
@@ -13,32 +15,23 @@ import logging
 import sys
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from exo_runtime.chat_template import ChatTemplateError, choose_chat_template, message_text
-from exo_runtime.engine import Chunk, Engine, EngineOptions, GenerationRequest, SamplingParams
+from exo_runtime.chat_template import choose_chat_template
+from exo_runtime.engine import EngineOptions
+from exo_runtime.limits import Limits
 from exo_runtime.metrics import RuntimeMetrics
-from exo_runtime.openai_api import ChatCompletionBody, CompletionBody, OpenAIError
 from exo_runtime.runtime_state import RuntimeState
-from exo_runtime.scheduler import QueueFullError, Scheduler
+from exo_runtime.scheduler import Scheduler
 
 log = logging.getLogger("exo_runtime")
 
 TERMINATION_LOG = "/dev/termination-log"
-# OpenAI's legacy completions default; chat defaults to the room left in the context.
-DEFAULT_COMPLETION_MAX_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -57,6 +50,10 @@ class ServeConfig:
     max_queue: int = 64
     shutdown_timeout: float = 30.0
     require_verified: bool = False  # load only a file `exo-runtime fetch` verified
+    limits: Limits = field(default_factory=Limits)
+    api_key: str | None = None  # when set, /v1 requests need it as a bearer token
+    # Consecutive failed engine steps after which /healthz answers 503 (the pod is restarted).
+    max_failed_steps: int = 3
 
     @property
     def served_name(self) -> str:
@@ -168,6 +165,7 @@ class Runtime:
             parallel=self.config.options.parallel,
             max_queue=self.config.max_queue,
             metrics=self.metrics,
+            max_failed_steps=self.config.max_failed_steps,
         )
         scheduler.start(self.loop)
         self.state.scheduler = scheduler
@@ -204,351 +202,6 @@ class Runtime:
         self.request_exit()
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    """The FastAPI app; its lifespan starts loading the model in the background."""
-    config, state, metrics = runtime.config, runtime.state, runtime.metrics
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        runtime.start_loading(asyncio.get_running_loop())
-        yield
-        if state.scheduler is not None:
-            await asyncio.to_thread(state.scheduler.stop)
-
-    app = FastAPI(title="exo-runtime", lifespan=lifespan, docs_url=None, redoc_url=None)
-
-    @app.exception_handler(OpenAIError)
-    async def _openai_error(_request: Request, err: OpenAIError) -> JSONResponse:
-        if err.status == 429:
-            metrics.requests.labels("rejected").inc()
-        elif 400 <= err.status < 500:
-            metrics.requests.labels("invalid").inc()
-        return err.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_body(_request: Request, err: RequestValidationError) -> JSONResponse:
-        metrics.requests.labels("invalid").inc()
-        return _validation_error(err).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return OpenAIError(
-            err.status_code, str(err.detail), code=_http_code(err.status_code)
-        ).response()
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        return JSONResponse(state.readiness(), status_code=200 if state.ready else 503)
-
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": config.served_name,
-                    "object": "model",
-                    "created": int(time.time()),
-                    "owned_by": "exo-operator",
-                }
-            ],
-        }
-
-    @app.post("/v1/completions")
-    async def completions(body: CompletionBody, request: Request) -> Response:
-        engine = _ready_engine(runtime, body.model)
-        prompt_tokens = _completion_prompt_tokens(engine, body.prompt)
-        max_tokens = body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
-        return await _generate(runtime, request, body, prompt_tokens, max_tokens, chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionBody, request: Request) -> Response:
-        engine = _ready_engine(runtime, body.model)
-        if not body.messages:
-            raise OpenAIError(400, "messages must hold at least one message", param="messages")
-        template = state.chat_template
-        if template is None:
-            raise OpenAIError(
-                400,
-                f"model {config.served_name} has no chat template (none in the model, none "
-                "built in for its architecture): start the runtime with --chat-template, or "
-                "use /v1/completions",
-                param="messages",
-                code="no_chat_template",
-            )
-        messages = [{"role": m.role, "content": message_text(m.content)} for m in body.messages]
-        try:
-            prompt = template.render(messages, add_generation_prompt=True)
-        except ChatTemplateError as err:
-            raise OpenAIError(400, str(err), param="messages") from err
-        # Tokenizing reads the vocabulary only, never the context the scheduler thread drives.
-        prompt_tokens = engine.tokenize(prompt, add_special=False)
-        max_tokens = body.max_tokens or max(1, engine.context_length - len(prompt_tokens))
-        return await _generate(runtime, request, body, prompt_tokens, max_tokens, chat=True)
-
-    return app
-
-
-def _http_code(status: int) -> str:
-    return {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
-
-
-def _validation_error(err: RequestValidationError) -> OpenAIError:
-    first = err.errors()[0] if err.errors() else {}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    if first.get("type") == "json_invalid":
-        return OpenAIError(400, "the request body is not valid JSON", code="invalid_json")
-    param = ".".join(loc) or None
-    message = first.get("msg", "invalid request")
-    return OpenAIError(
-        400, f"{param}: {message}" if param else message, param=param, code="invalid_value"
-    )
-
-
-def _ready_engine(runtime: Runtime, model: str) -> Engine:
-    state = runtime.state
-    if model != runtime.config.served_name:
-        raise OpenAIError(
-            404,
-            f"the model {model!r} does not exist: this server serves "
-            f"{runtime.config.served_name!r}",
-            param="model",
-            code="model_not_found",
-        )
-    if not state.ready:
-        raise OpenAIError(
-            503,
-            f"the model is not ready (state: {state.state}); retry once /readyz answers 200",
-            type="server_error",
-            code="not_ready",
-            headers={"Retry-After": "1"},
-        )
-    return state.engine
-
-
-def _completion_prompt_tokens(engine: Engine, prompt: str | list[str] | list[int]) -> list[int]:
-    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-        return list(prompt)
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise OpenAIError(
-                400,
-                "give exactly one prompt (batches of prompts are not supported)",
-                param="prompt",
-            )
-        prompt = prompt[0]
-    if not prompt:
-        raise OpenAIError(400, "prompt is empty", param="prompt")
-    return engine.tokenize(prompt, add_special=True)
-
-
-async def _generate(
-    runtime: Runtime,
-    request: Request,
-    body: CompletionBody | ChatCompletionBody,
-    prompt_tokens: list[int],
-    max_tokens: int,
-    *,
-    chat: bool,
-) -> Response:
-    engine, scheduler = runtime.state.engine, runtime.state.scheduler
-    if body.n != 1:
-        raise OpenAIError(400, "only n=1 is supported", param="n")
-    context = engine.context_length
-    if len(prompt_tokens) >= context:
-        raise OpenAIError(
-            400,
-            f"the prompt is {len(prompt_tokens)} tokens, but the context holds {context}: "
-            "shorten it",
-            param="messages" if chat else "prompt",
-            code="context_length_exceeded",
-        )
-    if len(prompt_tokens) + max_tokens > context:
-        raise OpenAIError(
-            400,
-            f"the context holds {context} tokens, but the prompt ({len(prompt_tokens)}) plus "
-            f"max_tokens ({max_tokens}) needs {len(prompt_tokens) + max_tokens}: lower max_tokens",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-    params = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=body.stop_strings(),
-        stop_token_ids=tuple(body.stop_token_ids or ()),
-    )
-    try:
-        chunks = scheduler.submit(GenerationRequest(request_id, prompt_tokens, params))
-    except QueueFullError as err:
-        raise OpenAIError(
-            429,
-            f"the server is busy: {err}; retry later",
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(err.retry_after)},
-        ) from err
-    reply = _Reply(request_id, body.model, chat, len(prompt_tokens))
-    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
-    if body.stream:
-        events = _stream_events(reply, chunks, disconnected, scheduler, body.include_usage)
-        return StreamingResponse(
-            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
-    received = _chunks_until_disconnect(chunks, disconnected, scheduler, request_id)
-    try:
-        async for chunk in received:
-            reply.add(chunk)
-    finally:
-        # Closing the generator now (not at garbage collection) cancels an unfinished sequence.
-        await received.aclose()
-        disconnected.cancel()
-    if reply.error:
-        raise OpenAIError(500, f"generation failed: {reply.error}", type="server_error")
-    return JSONResponse(reply.whole())
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _chunks_until_disconnect(
-    chunks: asyncio.Queue[Chunk],
-    disconnected: asyncio.Future,
-    scheduler: Scheduler,
-    request_id: str,
-) -> AsyncIterator[Chunk]:
-    """The request's chunks up to its last; a client gone mid-way cancels its sequence at once."""
-    finished = False
-    try:
-        while True:
-            if chunks.empty():
-                getter = asyncio.ensure_future(chunks.get())
-                await asyncio.wait((getter, disconnected), return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    return
-                chunk = getter.result()
-            else:
-                chunk = chunks.get_nowait()
-            finished = chunk.finish_reason is not None
-            yield chunk
-            if finished:
-                return
-    finally:
-        if not finished:
-            scheduler.cancel(request_id)
-
-
-async def _stream_events(
-    reply: _Reply,
-    chunks: asyncio.Queue[Chunk],
-    disconnected: asyncio.Future,
-    scheduler: Scheduler,
-    include_usage: bool,
-) -> AsyncIterator[str]:
-    received = _chunks_until_disconnect(chunks, disconnected, scheduler, reply.id)
-    try:
-        if reply.chat:
-            yield _sse(reply.event({"role": "assistant", "content": ""}, None))
-        async for chunk in received:
-            reply.add(chunk)
-            if chunk.token_id is not None or chunk.text:
-                yield _sse(reply.event(chunk.text, None))
-            if chunk.finish_reason is not None:
-                if reply.error:
-                    yield _sse({"error": {"message": reply.error, "type": "server_error"}})
-                else:
-                    yield _sse(reply.event("" if not reply.chat else {}, reply.finish_reason))
-                if include_usage:
-                    yield _sse(reply.usage_event())
-                yield "data: [DONE]\n\n"
-    finally:
-        await received.aclose()
-        disconnected.cancel()
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-class _Reply:
-    """Accumulates one request's chunks and shapes OpenAI's response objects."""
-
-    def __init__(self, request_id: str, model: str, chat: bool, prompt_tokens: int) -> None:
-        self.id = request_id
-        self.model = model
-        self.chat = chat
-        self.created = int(time.time())
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = 0
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.error: str | None = None
-
-    def add(self, chunk: Chunk) -> None:
-        if chunk.token_id is not None:
-            self.completion_tokens += 1
-        if chunk.text:
-            self.parts.append(chunk.text)
-        if chunk.finish_reason is not None:
-            self.finish_reason = chunk.finish_reason
-            self.error = chunk.error if chunk.finish_reason == "error" else None
-
-    def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-
-    def _envelope(self, streaming: bool) -> dict[str, Any]:
-        if self.chat:
-            kind = "chat.completion.chunk" if streaming else "chat.completion"
-        else:
-            kind = "text_completion"
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def event(self, delta: str | dict[str, str], finish_reason: str | None) -> dict[str, Any]:
-        if self.chat:
-            delta = {"content": delta} if isinstance(delta, str) else delta
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {**self._envelope(True), "choices": [choice]}
-
-    def usage_event(self) -> dict[str, Any]:
-        return {**self._envelope(True), "choices": [], "usage": self.usage()}
-
-    def whole(self) -> dict[str, Any]:
-        text = "".join(self.parts)
-        if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": self.finish_reason,
-            }
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": self.finish_reason,
-            }
-        return {**self._envelope(False), "choices": [choice], "usage": self.usage()}
-
-
 # -- the process ---------------------------------------------------------------------------
 
 
@@ -577,6 +230,8 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(config: ServeConfig) -> int:
     """Run the server until drained or the load fails; return the process exit code."""
+    from exo_runtime.app import create_app
+
     runtime = Runtime(config)
     app = create_app(runtime)
     uv_config = uvicorn.Config(

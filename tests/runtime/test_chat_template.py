@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pytest
 from exo_runtime.chat_template import (
+    BUILTIN_TEMPLATES,
+    CHATML_TEMPLATE,
+    ChatTemplate,
     ChatTemplateError,
     choose_chat_template,
-    message_text,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.runtime
 
@@ -105,7 +109,34 @@ def test_unknown_architecture_without_template_has_none() -> None:
     assert choose(architecture="mamba") is None
 
 
-def test_message_content_parts_are_joined_as_text() -> None:
-    parts = [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]
-    assert message_text(parts) == "ab"
-    assert message_text(None) == ""
+ROLES = st.sampled_from(["system", "developer", "user", "assistant", "tool", "function"])
+MESSAGES = st.lists(st.fixed_dictionaries({"role": ROLES, "content": st.text()}), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(template=st.sampled_from(sorted(set(BUILTIN_TEMPLATES.values()))), messages=MESSAGES)
+def test_rendering_any_messages_returns_text_or_raises_chat_template_error(
+    template: str, messages: list[dict]
+) -> None:
+    try:
+        rendered = ChatTemplate("builtin", template, "<bos>", "<eos>").render(messages)
+    except ChatTemplateError:
+        return
+    assert isinstance(rendered, str)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=MESSAGES)
+def test_message_text_is_never_evaluated_as_a_template(messages: list[dict]) -> None:
+    rendered = ChatTemplate("builtin:chatml", CHATML_TEMPLATE).render(messages)
+    for message in messages:
+        assert f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>" in rendered
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages=MESSAGES, broken=st.sampled_from(["{{ messages[99]['x'] + 1 }}", "{{ 1 / 0 }}"]))
+def test_a_template_that_trips_on_the_messages_raises_chat_template_error(
+    messages: list[dict], broken: str
+) -> None:
+    with pytest.raises(ChatTemplateError):
+        ChatTemplate("model", broken).render(messages)

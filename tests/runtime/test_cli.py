@@ -20,6 +20,18 @@ def test_environment_variables_set_defaults_and_flags_win(monkeypatch) -> None:
     assert args.parallel == 2
 
 
+def test_limits_and_the_api_key_read_their_environment_variables(monkeypatch) -> None:
+    monkeypatch.setenv("EXO_MAX_BODY_BYTES", "2048")
+    monkeypatch.setenv("EXO_MAX_PROMPT_BYTES", "1024")
+    monkeypatch.setenv("EXO_MAX_CONCURRENT_REQUESTS", "7")
+    monkeypatch.setenv("EXO_MAX_FAILED_STEPS", "5")
+    monkeypatch.setenv("EXO_API_KEY", "k3y")
+    args = build_parser().parse_args(["serve", "--max-prompt-bytes", "512"])
+    assert (args.max_body_bytes, args.max_prompt_bytes) == (2048, 512)
+    assert (args.max_concurrent_requests, args.max_failed_steps) == (7, 5)
+    assert args.api_key == "k3y"
+
+
 def test_defaults_without_environment() -> None:
     args = build_parser().parse_args(["serve", "--model", "m.gguf"])
     assert (args.port, args.engine, args.gpu_layers, args.max_queue) == (8000, "auto", None, 64)
@@ -32,6 +44,8 @@ def test_defaults_without_environment() -> None:
         (["--tensor-split=-1,2"], "non-negative"),
         (["--parallel", "0"], "at least 1"),
         (["--max-queue", "-1"], "0 or more"),
+        (["--max-body-bytes", "0"], "at least 1"),
+        (["--max-concurrent-requests", "0"], "at least 1"),
         (["--engine", "vllm"], "invalid choice"),
     ],
 )

@@ -27,6 +27,7 @@ from exo_runtime.engine import (
     LoadProgress,
     ModelLoadError,
     SamplingParams,
+    check_prompt_tokens,
     warm_up,
 )
 from exo_runtime.stop_strings import StopStringFilter
@@ -119,6 +120,7 @@ class LlamaCppEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.vocab_size = self._n_vocab
         self._batch_size = options.batch_size
         self._parallel = options.parallel
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
@@ -214,8 +216,9 @@ class LlamaCppEngine:
         warm_up(self, prompt_tokens, max_tokens)
 
     def submit(self, request: GenerationRequest) -> None:
-        if not request.prompt_tokens:
-            raise ValueError("a generation request needs at least one prompt token")
+        # An id outside the vocabulary makes llama_decode fail the whole batch (or, past the
+        # int32 range, cannot even be put in it): it must never get that far.
+        check_prompt_tokens(request, self._n_vocab)
         if len(request.prompt_tokens) >= self.context_length:
             raise ValueError(
                 f"the prompt is {len(request.prompt_tokens)} tokens; the context holds "
@@ -232,16 +235,27 @@ class LlamaCppEngine:
     def step(self) -> list[Chunk]:
         chunks = self._drop_cancelled()
         self._admit_waiting()
-        n_tokens, outputs = self._fill_batch()
-        if n_tokens == 0:
-            return chunks
-        self._batch.n_tokens = n_tokens
-        status = llama_cpp.llama_decode(self._ctx, self._batch)
-        if status != 0:
-            return chunks + self._fail_all(f"llama_decode returned {status}")
+        members: list[_Sequence] = []  # the sequences with tokens in this batch
+        try:
+            n_tokens, outputs = self._fill_batch(members)
+            if n_tokens == 0:
+                return chunks
+            self._batch.n_tokens = n_tokens
+            status = llama_cpp.llama_decode(self._ctx, self._batch)
+            if status != 0:
+                raise RuntimeError(f"llama_decode returned {status}")
+        except Exception as err:
+            # One batch failed: its sequences end (their KV cells freed), every other goes on.
+            return chunks + self._fail(members, f"{type(err).__name__}: {err}")
         for batch_index, seq in outputs:
-            chunks.append(self._sample(seq, batch_index))
+            try:
+                chunks.append(self._sample(seq, batch_index))
+            except Exception as err:
+                chunks += self._fail([seq], f"{type(err).__name__}: {err}")
         return chunks
+
+    def abort_active(self) -> list[str]:
+        return [chunk.request_id for chunk in self._fail(list(self._active.values()), "aborted")]
 
     def _drop_cancelled(self) -> list[Chunk]:
         if not self._cancelled:
@@ -274,7 +288,7 @@ class LlamaCppEngine:
                 greedy=params.temperature <= 0,
             )
 
-    def _fill_batch(self) -> tuple[int, list[tuple[int, _Sequence]]]:
+    def _fill_batch(self, members: list[_Sequence]) -> tuple[int, list[tuple[int, _Sequence]]]:
         """Next token of every decoding sequence first, then prompt chunks in the room left."""
         batch, n = self._batch, 0
         outputs: list[tuple[int, _Sequence]] = []
@@ -282,6 +296,7 @@ class LlamaCppEngine:
         for seq in self._active.values():
             if seq.next_token is None:
                 continue
+            members.append(seq)
             tokens[n] = seq.next_token
             positions[n] = seq.n_past
             batch.seq_id[n][0] = seq.seq_id
@@ -296,6 +311,7 @@ class LlamaCppEngine:
                 break
             if seq.prompt_done:
                 continue
+            members.append(seq)
             prompt = seq.request.prompt_tokens
             take = min(room, len(prompt) - seq.prefilled)
             tokens[n : n + take] = prompt[seq.prefilled : seq.prefilled + take]
@@ -346,11 +362,12 @@ class LlamaCppEngine:
         self._free_seq_ids.append(seq.seq_id)
         del self._active[seq.request.request_id]
 
-    def _fail_all(self, reason: str) -> list[Chunk]:
-        log.error("decode failed, ending %d sequences: %s", len(self._active), reason)
+    def _fail(self, seqs: list[_Sequence], reason: str) -> list[Chunk]:
+        """End `seqs` with an error chunk each, freeing their slots and KV cells."""
         chunks = []
-        for seq in list(self._active.values()):
-            self._release(seq)
+        for seq in seqs:
+            if seq.request.request_id in self._active:
+                self._release(seq)
             chunks.append(Chunk(seq.request.request_id, "", finish_reason="error", error=reason))
         return chunks
 

@@ -28,6 +28,7 @@ from exo_runtime.engine import (
     LoadProgress,
     ModelLoadError,
     SamplingParams,
+    check_prompt_tokens,
     warm_up,
 )
 from exo_runtime.stop_strings import StopStringFilter
@@ -69,6 +70,7 @@ class MlxEngine:
         # mlx-lm's TokenizerWrapper passes every other attribute on to the Hugging Face
         # tokenizer it wraps (encode, decode, get_vocab, chat_template, ...).
         self._hf = tokenizer
+        self.vocab_size = len(tokenizer.get_vocab())
         self._control_ids = {
             token_id
             for token_id, added in tokenizer.backend_tokenizer.get_added_tokens_decoder().items()
@@ -126,8 +128,7 @@ class MlxEngine:
         warm_up(self, prompt_tokens, max_tokens)
 
     def submit(self, request: GenerationRequest) -> None:
-        if not request.prompt_tokens:
-            raise ValueError("a generation request needs at least one prompt token")
+        check_prompt_tokens(request, self.vocab_size)
         self._waiting.append(request)
 
     def cancel(self, request_id: str) -> None:
@@ -225,6 +226,12 @@ class MlxEngine:
             self._release(seq)
             chunks.append(Chunk(seq.request.request_id, "", finish_reason="error", error=reason))
         return chunks
+
+    def abort_active(self) -> list[str]:
+        ids = [seq.request.request_id for seq in self._active.values()]
+        for seq in list(self._active.values()):
+            self._release(seq)
+        return ids
 
     def close(self) -> None:
         for seq in list(self._active.values()):
