@@ -114,6 +114,10 @@ def create_app(runtime: Runtime) -> FastAPI:
                     "object": "model",
                     "created": int(time.time()),
                     "owned_by": "exo-operator",
+                    # What a router needs to place a request: the engine and the room per
+                    # sequence (vLLM calls the latter max_model_len).
+                    "engine": state.engine.name if state.engine else None,
+                    "context_length": state.engine.context_length if state.engine else None,
                 }
             ],
         }

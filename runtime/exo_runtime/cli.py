@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from exo_runtime.engine import EngineOptions
+from exo_runtime.engine import DEFAULT_MAX_CONTEXT_LENGTH, EngineOptions
 from exo_runtime.limits import Limits
 
 
@@ -75,7 +75,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--host", default="127.0.0.1", help="address to listen on")
     _add(parser, "--port", type=_positive_int, default=8000, help="port to listen on")
     _add(parser, "--model-name", help="model id in the API (default: the file name)")
-    _add(parser, "--context-length", type=_positive_int, default=4096, help="tokens per sequence")
+    _add(
+        parser,
+        "--context-length",
+        type=_positive_int,
+        help="tokens per sequence (default: the model's trained context, capped at "
+        "--max-context-length)",
+    )
+    _add(
+        parser,
+        "--max-context-length",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONTEXT_LENGTH,
+        help="cap on the model's trained context when --context-length is not given",
+    )
     _add(
         parser,
         "--gpu-layers",
@@ -146,6 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         options=EngineOptions(
             context_length=args.context_length,
+            max_context_length=args.max_context_length,
             gpu_layers=args.gpu_layers,
             tensor_split=args.tensor_split,
             threads=args.threads,

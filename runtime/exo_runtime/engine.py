@@ -19,11 +19,28 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 LoadProgress = Callable[[int, int], None]
 
 
+# The cap on a model's trained context when no context length is given: 4096 tokens per
+# sequence keeps the KV cache of 8 parallel sequences of a small model within a few hundred MiB.
+DEFAULT_MAX_CONTEXT_LENGTH = 4096
+
+
+def context_length_in_use(options: EngineOptions, trained: int | None) -> int:
+    """The context a sequence gets: the one asked for, else the trained one within the cap."""
+    if options.context_length is not None:
+        return options.context_length
+    if not trained or trained <= 0:
+        return options.max_context_length
+    return min(trained, options.max_context_length)
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Engine tuning from the CLI (and so from the ExoModel's `engineArgs`)."""
 
-    context_length: int = 4096
+    # Tokens per sequence. None: the model's trained context, capped at `max_context_length`
+    # (each of `parallel` sequences gets a KV cache this long, so the cap bounds the memory).
+    context_length: int | None = None
+    max_context_length: int = DEFAULT_MAX_CONTEXT_LENGTH
     gpu_layers: int | None = None  # None: all layers when a GPU is present, else 0
     tensor_split: tuple[float, ...] = ()  # share of the model per GPU, for several GPUs
     threads: int | None = None  # None: the CPUs this process may use

@@ -115,6 +115,7 @@ def report_ready(runtime: RuntimeState) -> None:
         "loadSeconds": round(runtime.load_seconds, 3),
         "warmupSeconds": round(runtime.warmup_seconds, 3),
         "engine": runtime.engine.name,
+        "contextLength": runtime.engine.context_length,
     }
     print(json.dumps(event), flush=True)
 

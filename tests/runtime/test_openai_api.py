@@ -26,6 +26,22 @@ def test_models_lists_the_served_model(shared_runtime: RuntimeProcess) -> None:
     assert [m.id for m in models.data] == [MODEL_NAME]
 
 
+def test_models_reports_the_engine_and_the_context_in_use(shared_runtime: RuntimeProcess) -> None:
+    (model,) = httpx.get(f"{shared_runtime.base_url}/v1/models").json()["data"]
+    assert (model["engine"], model["context_length"]) == ("llamacpp", 512)
+
+
+def test_an_unset_context_is_the_trained_one_capped(start_runtime) -> None:
+    # Gemma 3 270M was trained on 32768 tokens: without --context-length the cap applies.
+    runtime = start_runtime("--max-context-length", "1024", "--parallel", "2")
+    (model,) = httpx.get(f"{runtime.base_url}/v1/models").json()["data"]
+    assert model["context_length"] == 1024
+    too_long = {"model": MODEL_NAME, "prompt": "word " * 1100, "max_tokens": 1}
+    response = httpx.post(f"{runtime.base_url}/v1/completions", json=too_long, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
 def test_chat_answer_is_non_empty_and_shows_no_template_tokens(
     shared_runtime: RuntimeProcess,
 ) -> None:

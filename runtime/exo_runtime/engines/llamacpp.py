@@ -28,6 +28,7 @@ from exo_runtime.engine import (
     ModelLoadError,
     SamplingParams,
     check_prompt_tokens,
+    context_length_in_use,
     warm_up,
 )
 from exo_runtime.stop_strings import StopStringFilter
@@ -112,9 +113,10 @@ class LlamaCppEngine:
         model: llama_cpp.llama_model_p,
         ctx: llama_cpp.llama_context_p,
         options: EngineOptions,
+        context_length: int,
     ) -> None:
         self.model_path = model_path
-        self.context_length = options.context_length
+        self.context_length = context_length
         self._model = model
         self._ctx = ctx
         self._vocab = llama_cpp.llama_model_get_vocab(model)
@@ -465,10 +467,11 @@ def load(
         )
 
     threads = options.threads or _default_threads()
+    context_length = context_length_in_use(options, llama_cpp.llama_model_n_ctx_train(model))
     ctx_params = llama_cpp.llama_context_default_params()
     # One KV stream per sequence, each `context_length` long: a request never runs out of
     # room because of its neighbours (llama-server's layout with --parallel N).
-    ctx_params.n_ctx = options.context_length * options.parallel
+    ctx_params.n_ctx = context_length * options.parallel
     ctx_params.n_seq_max = options.parallel
     ctx_params.kv_unified = False
     ctx_params.n_batch = options.batch_size
@@ -481,7 +484,7 @@ def load(
         llama_cpp.llama_model_free(model)
         raise ModelLoadError(
             f"llama.cpp loaded {model_path} but could not create a context of "
-            f"{ctx_params.n_ctx} tokens ({options.parallel} x {options.context_length}): lower "
+            f"{ctx_params.n_ctx} tokens ({options.parallel} x {context_length}): lower "
             "--context-length or --parallel, or give the pod more memory"
         )
-    return LlamaCppEngine(model_path, model, ctx, options)
+    return LlamaCppEngine(model_path, model, ctx, options, context_length)

@@ -29,6 +29,7 @@ from exo_runtime.engine import (
     ModelLoadError,
     SamplingParams,
     check_prompt_tokens,
+    context_length_in_use,
     warm_up,
 )
 from exo_runtime.stop_strings import StopStringFilter
@@ -60,9 +61,10 @@ class MlxEngine:
         self, model_path: str, model: Any, tokenizer: Any, config: dict, options: EngineOptions
     ) -> None:
         self.model_path = model_path
-        self.context_length = min(
-            options.context_length, config.get("max_position_embeddings") or options.context_length
-        )
+        trained = config.get("max_position_embeddings")
+        self.context_length = context_length_in_use(options, trained)
+        if trained and self.context_length > trained:
+            self.context_length = trained  # positions past the trained ones mean nothing
         self._model = model
         self._tokenizer = tokenizer
         self._config = config
