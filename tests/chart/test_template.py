@@ -56,15 +56,21 @@ def test_cluster_role_is_least_privilege(helm):
     }
     assert not any("*" in entry for entry in granted), "no wildcards"
     assert not any(resource == "secrets" for _, resource, _ in granted)
-    assert not any(
-        verb in ("delete", "deletecollection", "escalate", "bind") for *_, verb in granted
-    )
+    assert not any(verb in ("deletecollection", "escalate", "bind") for *_, verb in granted)
+    # Deleting only what the operator makes and must retire: superseded fetch Jobs and the
+    # disruption budget of a model scaled to one replica.
+    assert {(group, resource) for group, resource, verb in granted if verb == "delete"} == {
+        ("batch", "jobs"),
+        ("policy", "poddisruptionbudgets"),
+    }
     # What kopf and the operator do need, all namespaces (kwok's RBAC tests check it for real).
     for needed in [
         ("exo.dev", "exomodels", "watch"),
         ("exo.dev", "exomodels/status", "patch"),
         ("apps", "deployments", "patch"),
         ("batch", "jobs", "create"),
+        ("policy", "poddisruptionbudgets", "watch"),
+        ("policy", "poddisruptionbudgets", "patch"),
         ("", "persistentvolumeclaims", "patch"),
         ("", "services", "patch"),
         ("", "pods", "watch"),
