@@ -67,9 +67,10 @@ def obsolete_children(
     """Children of this model that its plan no longer holds, to delete.
 
     A disruption budget once the replicas drop to one; a fetch Job of an older try (a changed
-    source, cache size or token). The current try's Job stays even once the model is cached:
-    its log is the user's until its TTL. Only what the model controls is ever named; delete a
-    Job with propagationPolicy Background, or its pods stay behind.
+    source, cache size or token) while it still runs, so that two fetches never write into
+    one cache. A finished Job stays, as does the current try's once the model is cached: its
+    log is the user's until its TTL. Only what the model controls is ever named; delete a Job
+    with propagationPolicy Background, or its pods stay behind.
     """
     wanted = {child_key(m) for m in desired.manifests}
     current_job = None if model.spec.source.pvc else fetch_job_name(model)
@@ -78,10 +79,15 @@ def obsolete_children(
         key = child_key(obj)
         if key[0] not in PRUNED_KINDS or key in wanted or not _controlled_by(obj, model.uid):
             continue
-        if key[0] == "Job" and key[2] == current_job:
+        if key[0] == "Job" and (key[2] == current_job or _finished(obj)):
             continue
         obsolete.append(key)
     return obsolete
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions)
 
 
 def _controlled_by(obj: dict[str, Any], uid: str) -> bool:

@@ -92,15 +92,28 @@ def test_scaling_down_to_one_replica_deletes_the_disruption_budget():
     assert obsolete_children(scaled, desired, [owned("PodDisruptionBudget", "gemma")]) == []
 
 
-def test_a_superseded_fetch_job_is_deleted_and_the_current_one_kept_once_cached():
+def finished(job, condition):
+    return job | {"status": {"conditions": [{"type": condition, "status": "True"}]}}
+
+
+def test_a_superseded_fetch_job_still_running_is_deleted():
     old = desired_children(model(), SETTINGS, cached=False, model_bytes=None).manifests[-1]
+    old_name = old["metadata"]["name"]
     grown = model(storage={"size": "50Gi"})
     new = desired_children(grown, SETTINGS, cached=False, model_bytes=None)
     current = new.manifests[-1]["metadata"]["name"]
-    observed = [owned("Job", old["metadata"]["name"]), owned("Job", current)]
-    assert obsolete_children(grown, new, observed) == [("Job", "ml", old["metadata"]["name"])]
-    cached = desired_children(grown, SETTINGS, cached=True, model_bytes=None)
-    assert obsolete_children(grown, cached, [owned("Job", current)]) == []
+    observed = [owned("Job", old_name), owned("Job", current)]
+    assert obsolete_children(grown, new, observed) == [("Job", "ml", old_name)]
+    # Finished, it writes nothing more: its log stays readable until its TTL.
+    for condition in ("Complete", "Failed"):
+        observed = [finished(owned("Job", old_name), condition), owned("Job", current)]
+        assert obsolete_children(grown, new, observed) == []
+
+
+def test_the_current_fetch_job_is_kept_once_the_model_is_cached():
+    cached = desired_children(model(), SETTINGS, cached=True, model_bytes=None)
+    current = desired_children(model(), SETTINGS, cached=False, model_bytes=None).manifests[-1]
+    assert obsolete_children(model(), cached, [owned("Job", current["metadata"]["name"])]) == []
 
 
 def test_what_the_model_does_not_control_is_never_deleted():
