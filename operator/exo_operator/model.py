@@ -24,6 +24,11 @@ class SecretKeyRef(_Spec):
     key: str = "token"
 
 
+class ApiKeySecretRef(_Spec):
+    name: str
+    key: str = "api-key"
+
+
 class HuggingFaceSource(_Spec):
     repo: str
     file: str
@@ -53,8 +58,12 @@ class Resources(_Spec):
 class Storage(_Spec):
     size: str = "10Gi"
     storage_class_name: str | None = None
-    access_mode: str = "ReadWriteOnce"
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
     retain_on_delete: bool = False
+
+
+class Fetch(_Spec):
+    active_deadline_seconds: int | None = None
 
 
 class EngineArgs(_Spec):
@@ -78,6 +87,7 @@ class ExoModelSpec(_Spec):
     replicas: int = 1
     resources: Resources = Field(default_factory=Resources)
     storage: Storage = Field(default_factory=Storage)
+    fetch: Fetch = Field(default_factory=Fetch)
     engine_args: EngineArgs = Field(default_factory=EngineArgs)
     chat_template: str | None = None
     warmup: Warmup = Field(default_factory=Warmup)
@@ -86,6 +96,7 @@ class ExoModelSpec(_Spec):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] | None = None
     pod_annotations: dict[str, str] = Field(default_factory=dict)
+    api_key_secret_ref: ApiKeySecretRef | None = None
 
 
 class ExoModel(BaseModel):

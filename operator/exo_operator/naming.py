@@ -1,5 +1,9 @@
 """Names and labels of an ExoModel's children, all derived from the ExoModel's name."""
 
+import hashlib
+import json
+
+from exo_operator.cache import cache_key
 from exo_operator.model import ExoModel
 
 MODEL_LABEL = "exo.dev/model"
@@ -16,9 +20,24 @@ def cache_claim_name(model: ExoModel) -> str:
     return f"{model.name}-cache"
 
 
-def fetch_job_name(model: ExoModel, key: str) -> str:
-    """One Job per cache key: a new source fetches in a new Job, never reusing a finished one."""
-    return f"{model.name}-fetch-{key[:10]}"
+def fetch_job_name(model: ExoModel, key: str | None = None) -> str:
+    """One Job per try: a change that could make a failed fetch succeed gets a new Job.
+
+    That is the source and its checksum (`key`, the cache key, computed when not given), the
+    cache's size (a full disk), the token's Secret (a gated repository) and the deadline. A
+    Job's template is immutable and a failed Job stays failed, so only a new name retries;
+    anything else (an operator restart, the replicas, the engine) keeps the name.
+    """
+    spec = model.spec
+    token = spec.source.hugging_face.token_secret_ref if spec.source.hugging_face else None
+    inputs = {
+        "key": key or cache_key(spec.source),
+        "size": spec.storage.size,
+        "token": token.model_dump() if token else None,
+        "deadline": spec.fetch.active_deadline_seconds,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return f"{model.name}-fetch-{digest[:10]}"
 
 
 def runtime_name(model: ExoModel) -> str:

@@ -1,15 +1,17 @@
 """Plan apart from action: which children an ExoModel should have, and which need applying now."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from exo_operator.children import applied_hash, stamp_applied_hash
 from exo_operator.children.deployment import runtime_deployment_for
+from exo_operator.children.disruption_budget import runtime_pdb_for
 from exo_operator.children.fetch_job import fetch_job_for
 from exo_operator.children.pvc import cache_pvc_for
 from exo_operator.children.service import runtime_service_for
 from exo_operator.model import ExoModel
-from exo_operator.naming import TEMPLATE_HASH_LABEL
+from exo_operator.naming import TEMPLATE_HASH_LABEL, fetch_job_name
 from exo_operator.settings import OperatorSettings
 
 ChildKey = tuple[str, str, str]  # (kind, namespace, name)
@@ -33,10 +35,14 @@ def desired_children(
 ) -> Desired:
     """The cache claim and the fetch Job until the model is cached; then the Deployment.
 
-    The Service comes first of all, so that the endpoint exists before the pods do.
+    The Service comes first of all, so that the endpoint exists before the pods do; the
+    disruption budget (more than one replica) before the pods too.
     """
     deployment = runtime_deployment_for(model, settings, model_bytes)
     manifests = [runtime_service_for(model, settings)]
+    pdb = runtime_pdb_for(model)
+    if pdb:
+        manifests.append(pdb)
     pvc = cache_pvc_for(model)
     if pvc:
         manifests.append(pvc)
@@ -48,6 +54,45 @@ def desired_children(
             manifests.append(job)
     template_hash = deployment["spec"]["template"]["metadata"]["labels"][TEMPLATE_HASH_LABEL]
     return Desired([stamp_applied_hash(m) for m in manifests], template_hash)
+
+
+# Kinds whose absence from the plan means "delete it": a Service, claim or Deployment is never
+# dropped from a live model's plan (a Deployment waits, unapplied, while a fetch retries).
+PRUNED_KINDS = ("PodDisruptionBudget", "Job")
+
+
+def obsolete_children(
+    model: ExoModel, desired: Desired, observed: Iterable[dict[str, Any]]
+) -> list[ChildKey]:
+    """Children of this model that its plan no longer holds, to delete.
+
+    A disruption budget once the replicas drop to one; a fetch Job of an older try (a changed
+    source, cache size or token) while it still runs, so that two fetches never write into
+    one cache. A finished Job stays, as does the current try's once the model is cached: its
+    log is the user's until its TTL. Only what the model controls is ever named; delete a Job
+    with propagationPolicy Background, or its pods stay behind.
+    """
+    wanted = {child_key(m) for m in desired.manifests}
+    current_job = None if model.spec.source.pvc else fetch_job_name(model)
+    obsolete = []
+    for obj in observed:
+        key = child_key(obj)
+        if key[0] not in PRUNED_KINDS or key in wanted or not _controlled_by(obj, model.uid):
+            continue
+        if key[0] == "Job" and (key[2] == current_job or _finished(obj)):
+            continue
+        obsolete.append(key)
+    return obsolete
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions)
+
+
+def _controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
 def needs_apply(

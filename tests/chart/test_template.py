@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from exo_operator.settings import OperatorSettings
 from helm_chart import CHART, find, operator_container
 
 pytestmark = pytest.mark.kwok
@@ -29,6 +30,9 @@ def test_helm_lint_is_clean(helm, values):
         ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("surprise=1", "surprise"),
+        ("fetch.activeDeadlineSeconds=10", "activeDeadlineSeconds"),
+        ("fetch.resources.limits.memory=lots", "memory"),
+        ("runtimeShutdown.drainSeconds=0", "drainSeconds"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(helm, value, named):
@@ -56,15 +60,21 @@ def test_cluster_role_is_least_privilege(helm):
     }
     assert not any("*" in entry for entry in granted), "no wildcards"
     assert not any(resource == "secrets" for _, resource, _ in granted)
-    assert not any(
-        verb in ("delete", "deletecollection", "escalate", "bind") for *_, verb in granted
-    )
+    assert not any(verb in ("deletecollection", "escalate", "bind") for *_, verb in granted)
+    # Deleting only what the operator makes and must retire: superseded fetch Jobs and the
+    # disruption budget of a model scaled to one replica.
+    assert {(group, resource) for group, resource, verb in granted if verb == "delete"} == {
+        ("batch", "jobs"),
+        ("policy", "poddisruptionbudgets"),
+    }
     # What kopf and the operator do need, all namespaces (kwok's RBAC tests check it for real).
     for needed in [
         ("exo.dev", "exomodels", "watch"),
         ("exo.dev", "exomodels/status", "patch"),
         ("apps", "deployments", "patch"),
         ("batch", "jobs", "create"),
+        ("policy", "poddisruptionbudgets", "watch"),
+        ("policy", "poddisruptionbudgets", "patch"),
         ("", "persistentvolumeclaims", "patch"),
         ("", "services", "patch"),
         ("", "pods", "watch"),
@@ -232,3 +242,44 @@ def test_service_monitor_only_when_asked_and_its_crd_exists(helm):
     endpoint = {"port": "metrics", "path": "/metrics", "interval": "30s"}
     assert monitor["spec"]["endpoints"] == [endpoint]
     assert monitor["metadata"]["labels"]["r"] == "p"
+
+
+SETTINGS_FROM_VALUES = {
+    "EXO_FETCH_ACTIVE_DEADLINE_SECONDS": "fetch_active_deadline_seconds",
+    "EXO_FETCH_CPU_REQUEST": "fetch_cpu_request",
+    "EXO_FETCH_MEMORY_REQUEST": "fetch_memory_request",
+    "EXO_FETCH_CPU_LIMIT": "fetch_cpu_limit",
+    "EXO_FETCH_MEMORY_LIMIT": "fetch_memory_limit",
+    "EXO_RUNTIME_PRESTOP_SECONDS": "runtime_prestop_seconds",
+    "EXO_RUNTIME_DRAIN_SECONDS": "runtime_drain_seconds",
+}
+
+
+def operator_env(manifests):
+    return {e["name"]: e.get("value") for e in operator_container(manifests)["env"]}
+
+
+def test_fetch_and_shutdown_defaults_are_the_operators_own(helm):
+    env = operator_env(helm.template())
+    defaults = OperatorSettings.model_fields
+    for name, field in SETTINGS_FROM_VALUES.items():
+        assert env[name] == str(defaults[field].default), name
+
+
+def test_fetch_and_shutdown_values_reach_the_operator(helm):
+    env = operator_env(
+        helm.template(
+            "fetch.activeDeadlineSeconds=86400",
+            "fetch.resources.limits.memory=2Gi",
+            "runtimeShutdown.drainSeconds=300",
+        )
+    )
+    assert env["EXO_FETCH_ACTIVE_DEADLINE_SECONDS"] == "86400"
+    assert env["EXO_FETCH_MEMORY_LIMIT"] == "2Gi"
+    assert env["EXO_FETCH_CPU_LIMIT"] == "1"  # the rest keep their defaults
+    assert env["EXO_RUNTIME_DRAIN_SECONDS"] == "300"
+    # What the operator makes of them: its settings parse the chart's strings.
+    settings = OperatorSettings(
+        **{field: env[name] for name, field in SETTINGS_FROM_VALUES.items()}
+    )
+    assert settings.fetch_active_deadline_seconds == 86400

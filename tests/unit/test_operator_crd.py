@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
+from exo_operator.model import ExoModelSpec
+from pydantic import BaseModel
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "exo.dev_exomodels.yaml"
 
@@ -50,3 +53,60 @@ def test_every_validation_message_names_its_field():
     for path, node in walk(root, ""):
         for rule in node.get("x-kubernetes-validations") or []:
             assert "spec." in rule["message"] or "metadata.name" in rule["message"], (path, rule)
+
+
+def spec_schema():
+    return load()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def nested_model(annotation):
+    """The pydantic model a field holds, through `X | None`."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def paired_fields(schema, model_cls, path="spec"):
+    """(path, schema node, pydantic field) for every schema property the model reads."""
+    by_alias = {f.alias or name: f for name, f in model_cls.model_fields.items()}
+    for name, node in (schema.get("properties") or {}).items():
+        field = by_alias.get(name)
+        if field is None:
+            continue
+        yield f"{path}.{name}", node, field
+        sub = nested_model(field.annotation)
+        if sub is not None:
+            yield from paired_fields(node, sub, f"{path}.{name}")
+
+
+PAIRS = list(paired_fields(spec_schema(), ExoModelSpec))
+
+
+def test_the_operator_model_reads_every_spec_field():
+    def paths(schema, path="spec"):
+        for name, node in (schema.get("properties") or {}).items():
+            yield f"{path}.{name}"
+            if node.get("properties"):
+                yield from paths(node, f"{path}.{name}")
+
+    assert sorted(paths(spec_schema())) == sorted(path for path, _, _ in PAIRS)
+
+
+@pytest.mark.parametrize(("path", "node", "field"), PAIRS, ids=[p for p, _, _ in PAIRS])
+def test_schema_and_operator_model_default_alike(path, node, field):
+    """The apiserver fills the schema's defaults; builders given a spec by hand, the model's."""
+    if field.default_factory is not None:
+        made = field.default_factory()
+        if isinstance(made, BaseModel):
+            made = made.model_dump(by_alias=True, exclude_none=True)
+        python_default = made
+    else:
+        python_default = None if field.is_required() else field.default
+    if "default" not in node:
+        assert python_default in (None, {}, []), f"{path}: model defaults to {python_default!r}"
+    elif isinstance(python_default, dict) and node["default"] == {}:
+        # An object defaulted to {} has its own fields defaulted inside, checked field by field.
+        assert nested_model(field.annotation) is not None, path
+    else:
+        assert node["default"] == python_default, path

@@ -60,9 +60,14 @@ secrets: a Hugging Face token reaches the fetch pod through the pod's own secret
 - apiGroups: [""]
   resources: [persistentvolumeclaims, services]
   verbs: [get, list, watch, create, patch]
+# delete: a fetch Job superseded by a new try, or one to run again.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+# delete: the budget goes when a model drops to one replica.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]

@@ -7,6 +7,7 @@ from kubernetes.utils import parse_quantity
 
 from exo_operator.cache import MODELS_MOUNT, model_path
 from exo_operator.children import content_hash, owner_reference
+from exo_operator.children.placement import GPU_RESOURCE, NO_GPU_ENV, placement_for
 from exo_operator.children.pod_security import (
     SCRATCH_MOUNT,
     SCRATCH_VOLUME,
@@ -24,9 +25,11 @@ from exo_operator.naming import (
 )
 from exo_operator.settings import OperatorSettings
 
-GPU_RESOURCE = "nvidia.com/gpu"
 PROBE_PERIOD_SECONDS = 5
 GIB = 1024**3
+# After the drain's bound the runtime still cancels what is left (2 s) and shuts the engine
+# down; the kubelet's SIGKILL must not cut that short.
+EXIT_MARGIN_SECONDS = 15
 
 
 def threads_for(model: ExoModel) -> int | None:
@@ -51,6 +54,17 @@ def startup_budget_seconds(
     return model.spec.warmup.timeout_seconds + settings.startup_seconds_per_gib * gib
 
 
+def gpu_layers_for(model: ExoModel) -> int:
+    """engineArgs.gpuLayers, else every layer (-1) with GPUs and none (0) without.
+
+    Never left to the runtime's default, which is "all" in a GPU build: a CPU pod of the CUDA
+    image must not try to offload.
+    """
+    if model.spec.engine_args.gpu_layers is not None:
+        return model.spec.engine_args.gpu_layers
+    return -1 if model.spec.resources.gpus else 0
+
+
 def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
     """The `exo-runtime serve` command line for the model's spec."""
     spec = model.spec
@@ -63,14 +77,16 @@ def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
         "--host", "0.0.0.0",
         "--port", str(settings.runtime_port),
         "--model-name", model.name,
+        "--gpu-layers", str(gpu_layers_for(model)),
+        "--shutdown-timeout", str(settings.runtime_drain_seconds),
     ]  # fmt: skip
+    if not spec.source.pvc:
+        # Only a file whose fetch verified it is loaded; a half-written or tampered cache
+        # sends the model back to Downloading instead of serving garbage.
+        args.append("--require-verified")
     ea = spec.engine_args
-    gpu_layers = (
-        ea.gpu_layers if ea.gpu_layers is not None else (-1 if spec.resources.gpus else None)
-    )
     optional = {
         "--context-length": ea.context_length,
-        "--gpu-layers": gpu_layers,
         "--tensor-split": ",".join(f"{w:g}" for w in ea.tensor_split) if ea.tensor_split else None,
         "--threads": threads_for(model),
         "--batch-size": ea.batch_size,
@@ -102,12 +118,17 @@ def _resources(model: ExoModel) -> dict[str, Any]:
     return out
 
 
-def _tolerations(model: ExoModel) -> list[dict[str, Any]]:
-    tolerations = list(model.spec.tolerations)
-    if model.spec.resources.gpus:
-        # GPU node pools are commonly tainted nvidia.com/gpu so that only GPU work lands there.
-        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
-    return tolerations
+def _env(model: ExoModel) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
+    if not model.spec.resources.gpus:
+        env.append(NO_GPU_ENV)
+    ref = model.spec.api_key_secret_ref
+    if ref:
+        # From the Secret, never in the manifest: the key stays out of the Deployment and
+        # `kubectl describe`.
+        secret = {"name": ref.name, "key": ref.key}
+        env.append({"name": "EXO_API_KEY", "valueFrom": {"secretKeyRef": secret}})
+    return env
 
 
 def _probes(budget_seconds: int) -> dict[str, Any]:
@@ -143,14 +164,38 @@ def _model_volume(model: ExoModel) -> dict[str, Any]:
     return {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
 
 
+def cache_allows_surge(model: ExoModel) -> bool:
+    """Whether a second pod can mount the model wherever it is scheduled.
+
+    A ReadWriteMany cache can; an existing claim is taken to be shared (it is the user's, made
+    to be served from). A ReadWriteOnce disk attaches to one node and a ReadWriteOncePod one
+    to one pod: a surge pod elsewhere would wait for it forever while the old pod held it.
+    """
+    return bool(model.spec.source.pvc) or model.spec.storage.access_mode == "ReadWriteMany"
+
+
 def _strategy(model: ExoModel) -> dict[str, Any]:
-    if model.spec.resources.gpus:
-        # A surge pod would need GPUs beyond the model's share and could wait forever for them:
-        # replace pods one at a time instead.
-        rolling = {"maxSurge": 0, "maxUnavailable": 1}
-    else:
+    if cache_allows_surge(model):
+        # Never below the ready replicas: a new pod loads and warms up before an old one stops.
+        # With GPUs that needs one pod's worth free; until then the old pods keep serving.
         rolling = {"maxSurge": 1, "maxUnavailable": 0}
+    else:
+        rolling = {"maxSurge": 0, "maxUnavailable": 1}
     return {"type": "RollingUpdate", "rollingUpdate": rolling}
+
+
+def termination_grace_seconds(settings: OperatorSettings) -> int:
+    """preStop's pause, the drain's bound and time to exit: SIGKILL never cuts a drain short."""
+    return settings.runtime_prestop_seconds + settings.runtime_drain_seconds + EXIT_MARGIN_SECONDS
+
+
+def _lifecycle(settings: OperatorSettings) -> dict[str, Any]:
+    # Endpoints drop a terminating pod asynchronously: it keeps taking requests for a moment,
+    # so it keeps serving them before SIGTERM starts the drain. The runtime image has no shell,
+    # hence the kubelet's own sleep action (GA in Kubernetes 1.34, beta and on since 1.30).
+    if not settings.runtime_prestop_seconds:
+        return {}
+    return {"lifecycle": {"preStop": {"sleep": {"seconds": settings.runtime_prestop_seconds}}}}
 
 
 def runtime_deployment_for(
@@ -164,7 +209,7 @@ def runtime_deployment_for(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["exo-runtime"],
         "args": serve_args(model, settings),
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        "env": _env(model),
         "ports": [{"name": "http", "containerPort": settings.runtime_port, "protocol": "TCP"}],
         "resources": _resources(model),
         "volumeMounts": [
@@ -177,21 +222,17 @@ def runtime_deployment_for(
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         **_probes(startup_budget_seconds(model, settings, model_bytes)),
+        **_lifecycle(settings),
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(settings.runtime_uid),
+        "terminationGracePeriodSeconds": termination_grace_seconds(settings),
         "containers": [container],
         "volumes": [_model_volume(model), SCRATCH_VOLUME],
+        **placement_for(model),
     }
-    tolerations = _tolerations(model)
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.affinity:
-        pod_spec["affinity"] = spec.affinity
     template_metadata: dict[str, Any] = {
         "labels": component_labels(model, RUNTIME),
         # The usual scrape annotations, so a Prometheus that discovers pods finds /metrics;

@@ -4,6 +4,7 @@ from typing import Any
 
 from exo_operator.cache import MODELS_MOUNT, cache_key, model_filename, source_uri
 from exo_operator.children import owner_reference
+from exo_operator.children.placement import NO_GPU_ENV, placement_for
 from exo_operator.children.pod_security import (
     SCRATCH_MOUNT,
     SCRATCH_VOLUME,
@@ -22,7 +23,23 @@ def fetch_args(model: ExoModel) -> list[str]:
     if source.sha256:
         args += ["--sha256", source.sha256.lower()]
     args += ["--filename", model_filename(source)]
+    # The cache PVC is the model's own: once this file is verified, what an older source left
+    # beside it is dead weight that could fill the disk for the next download.
+    args.append("--prune")
     return args
+
+
+def active_deadline_seconds(model: ExoModel, settings: OperatorSettings) -> int:
+    """spec.fetch.activeDeadlineSeconds, else the operator's default."""
+    deadline = model.spec.fetch.active_deadline_seconds
+    return deadline if deadline is not None else settings.fetch_active_deadline_seconds
+
+
+def _resources(settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "requests": {"cpu": settings.fetch_cpu_request, "memory": settings.fetch_memory_request},
+        "limits": {"cpu": settings.fetch_cpu_limit, "memory": settings.fetch_memory_limit},
+    }
 
 
 def fetch_job_for(model: ExoModel, settings: OperatorSettings) -> dict[str, Any] | None:
@@ -37,10 +54,10 @@ def fetch_job_for(model: ExoModel, settings: OperatorSettings) -> dict[str, Any]
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["exo-runtime"],
         "args": fetch_args(model),
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        # The fetch asks for no GPU and, on a GPU node, must see none.
+        "env": [{"name": "HOME", "value": "/tmp"}, NO_GPU_ENV],
         "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT}, SCRATCH_MOUNT],
-        # Hashing and writing a multi-GB file needs little CPU or memory; ask for a little.
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "resources": _resources(settings),
         "securityContext": container_security_context(),
         # The final {"event": "done"|"failed"} line arrives in the pod's status this way.
         "terminationMessagePath": "/dev/termination-log",
@@ -69,25 +86,21 @@ def fetch_job_for(model: ExoModel, settings: OperatorSettings) -> dict[str, Any]
             {"name": "models", "persistentVolumeClaim": {"claimName": cache_claim_name(model)}},
             SCRATCH_VOLUME,
         ],
+        **placement_for(model),
     }
-    # The cache volume may only be reachable from the nodes the runtime will run on.
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = list(spec.tolerations)
-    if spec.affinity:
-        pod_spec["affinity"] = spec.affinity
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": fetch_job_name(model, cache_key(spec.source)),
+            "name": fetch_job_name(model),
             "namespace": model.namespace,
             "labels": labels,
             "ownerReferences": [owner_reference(model)],
         },
         "spec": {
             "backoffLimit": settings.fetch_backoff_limit,
+            # Counts every try together: a download that stalls fails with DeadlineExceeded.
+            "activeDeadlineSeconds": active_deadline_seconds(model, settings),
             "ttlSecondsAfterFinished": settings.fetch_ttl_seconds,
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
