@@ -36,6 +36,7 @@ def _patchers() -> dict[str, Any]:
         "Service": core.patch_namespaced_service,
         "Deployment": apps.patch_namespaced_deployment,
         "Job": batch.patch_namespaced_job,
+        "PodDisruptionBudget": client.PolicyV1Api().patch_namespaced_pod_disruption_budget,
     }
 
 
@@ -111,6 +112,20 @@ def pod_warnings(namespace: str, pod: str, uid: str) -> list[dict[str, Any]]:
         namespace, field_selector=selector, _preload_content=False, _request_timeout=5
     )
     return json.loads(response.data).get("items") or []
+
+
+def delete(kind: str, namespace: str, name: str) -> None:
+    """Deletes a child the plan dropped; its pods go with it, and one already gone is fine."""
+    deleters = {
+        "Job": client.BatchV1Api().delete_namespaced_job,
+        "PodDisruptionBudget": client.PolicyV1Api().delete_namespaced_pod_disruption_budget,
+    }
+    try:
+        # A Job's API default orphans its pods: Background deletes them too.
+        deleters[kind](name, namespace, propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
 
 
 def apply(manifest: dict[str, Any], field_manager: str) -> None:

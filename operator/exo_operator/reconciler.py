@@ -36,7 +36,13 @@ from exo_operator.naming import (
     RUNTIME,
     cache_claim_name,
 )
-from exo_operator.plan import ChildKey, child_key, desired_children, needs_apply
+from exo_operator.plan import (
+    ChildKey,
+    child_key,
+    desired_children,
+    needs_apply,
+    obsolete_children,
+)
 from exo_operator.ready_logs import ReadyLogs
 from exo_operator.settings import OperatorSettings
 from exo_operator.status import (
@@ -66,6 +72,7 @@ class Snapshot:
     deployments: list[dict[str, Any]] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
     services: list[dict[str, Any]] = field(default_factory=list)
+    budgets: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _by_name(objects: Iterable[dict[str, Any]], name: str) -> dict[str, Any] | None:
@@ -207,19 +214,30 @@ class Reconciler:
                 await self._stamp_claim(claim, stamp)
 
         desired = desired_children(model, self.settings, cached, model_bytes(base))
+        # The indexes keep bodies without their kind; the plan's keys need it.
         observed = {
-            child_key({"kind": kind, **o}): o
-            for kind, objects in (
-                ("Service", snap.services),
-                ("PersistentVolumeClaim", snap.claims),
-                ("Deployment", snap.deployments),
-                ("Job", jobs),
+            child_key(o): o
+            for o in (
+                {"kind": kind, **obj}
+                for kind, objects in (
+                    ("Service", snap.services),
+                    ("PersistentVolumeClaim", snap.claims),
+                    ("Deployment", snap.deployments),
+                    ("Job", jobs),
+                    ("PodDisruptionBudget", snap.budgets),
+                )
+                for obj in objects
             )
-            for o in objects
             if o["metadata"].get("namespace")
         }
         outcome = await self._apply_all(model, desired.manifests, observed)
         apply_error, retry = outcome.error, outcome.retryable
+        for kind, namespace, name in obsolete_children(model, desired, observed.values()):
+            try:
+                await asyncio.to_thread(kube.delete, kind, namespace, name)
+            except (ApiException, HTTPError, OSError) as error:
+                self.metrics.api_error("delete")
+                log.warning("%s %s/%s not deleted yet: %s", kind, namespace, name, error)
 
         status, transitions = aggregate(
             replace(

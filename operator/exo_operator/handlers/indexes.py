@@ -52,3 +52,8 @@ def model_claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any)
 @kopf.index("v1", "services", labels=CHILD_FILTER)
 def model_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {_key(namespace, labels): _slim(body)}
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
+def model_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): _slim(body)}

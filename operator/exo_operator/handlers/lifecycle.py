@@ -30,6 +30,7 @@ async def configure(
     model_deployments: kopf.Index,
     model_claims: kopf.Index,
     model_services: kopf.Index,
+    model_budgets: kopf.Index,
     **_: Any,
 ) -> None:
     # Keep kopf's bookkeeping in annotations of our own prefix, not in the status we own.
@@ -62,6 +63,7 @@ async def configure(
             deployments=values(model_deployments),
             claims=values(model_claims),
             services=values(model_services),
+            budgets=values(model_budgets),
         )
 
     memo.settings = operator_settings
