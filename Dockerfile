@@ -40,8 +40,12 @@ COPY .out/image-wheels /wheels
 # The extras name the MLX build: mlx (CPU) here, mlx-cuda in runtime-cuda-venv; the rest of the
 # line is the same in both (tests/unit/test_dockerfile_targets.py).
 FROM venv-builder AS runtime-venv
+# transformers (mlx-lm's tokenizers) ships code for hundreds of model families; the runtime loads
+# a tokenizer or two of them, so their byte code goes (55 MB) and only models/auto's stays.
 RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime,mlx]" \
- && /opt/exo/bin/pip uninstall -y pip setuptools
+ && /opt/exo/bin/pip uninstall -y pip setuptools \
+ && find /opt/exo/lib/python3.11/site-packages/transformers/models -mindepth 2 -type d \
+      -name __pycache__ -not -path '*/models/auto/*' -prune -exec rm -rf {} +
 
 FROM venv-builder AS operator-venv
 RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[operator]" \
@@ -100,7 +104,9 @@ RUN LLAMA_CPP_SDIST="$(ls /wheels/llama_cpp_python-*.tar.gz)" \
 # libraries in the venv's nvidia/*/lib by its RPATH, so they come as wheels; CUDA's runtime
 # (cudart) is linked into it statically and libcuda.so.1 comes from the node's driver.
 RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime,mlx-cuda]" \
- && /opt/exo/bin/pip uninstall -y pip setuptools
+ && /opt/exo/bin/pip uninstall -y pip setuptools \
+ && find /opt/exo/lib/python3.11/site-packages/transformers/models -mindepth 2 -type d \
+      -name __pycache__ -not -path '*/models/auto/*' -prune -exec rm -rf {} +
 
 FROM ${CUDA_RUN_IMAGE} AS runtime-cuda
 ARG VERSION=0.1.0
