@@ -1,6 +1,8 @@
 # Images of exo-operator, one target each:
-#   runtime       CPU inference: `exo-runtime serve|fetch` with llama.cpp compiled for x86-64-v3
-#   runtime-cuda  NVIDIA GPUs: the same runtime with llama.cpp compiled for CUDA
+#   runtime       CPU inference: `exo-runtime serve|fetch` with both engines, llama.cpp compiled
+#                 for x86-64-v3 and MLX's CPU build (mlx[cpu])
+#   runtime-cuda  NVIDIA GPUs: the same runtime with llama.cpp compiled for CUDA and MLX's CUDA
+#                 build (mlx[cuda12], which brings NVIDIA's cuBLAS, cuDNN, NCCL... as wheels)
 #   operator      the kopf operator and its Kubernetes client, nothing else
 #
 # scripts/images.sh builds them. It first stages every Python package as a wheel in
@@ -35,21 +37,29 @@ RUN apt-get update \
  && python3 -m venv /opt/exo
 COPY .out/image-wheels /wheels
 
+# The extras name the MLX build: mlx (CPU) here, mlx-cuda in runtime-cuda-venv; the rest of the
+# line is the same in both (tests/unit/test_dockerfile_targets.py).
 FROM venv-builder AS runtime-venv
-RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime]" \
- && /opt/exo/bin/pip uninstall -y pip setuptools
+# transformers (mlx-lm's tokenizers) ships code for hundreds of model families; the runtime loads
+# a tokenizer or two of them, so their byte code goes (55 MB) and only models/auto's stays.
+RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime,mlx]" \
+ && /opt/exo/bin/pip uninstall -y pip setuptools \
+ && find /opt/exo/lib/python3.11/site-packages/transformers/models -mindepth 2 -type d \
+      -name __pycache__ -not -path '*/models/auto/*' -prune -exec rm -rf {} +
 
 FROM venv-builder AS operator-venv
 RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[operator]" \
  && /opt/exo/bin/pip uninstall -y pip setuptools
 
 # ---------------------------------------------------------------------------------------------
-# runtime (CPU). libgomp1: llama.cpp's CPU backend uses OpenMP threads.
+# runtime (CPU). libgomp1: llama.cpp's CPU backend uses OpenMP threads. MLX's CPU build brings
+# its own BLAS and LAPACK in its wheel; without g++ in the image it runs mx.compile'd functions
+# uncompiled rather than JIT-building them.
 FROM python AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="exo-operator runtime" \
-      org.opencontainers.image.description="exo-runtime: llama.cpp (CPU) behind an OpenAI-compatible API, and the model fetcher" \
+      org.opencontainers.image.description="exo-runtime: llama.cpp and MLX (CPU) behind an OpenAI-compatible API, and the model fetcher" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
@@ -90,14 +100,19 @@ RUN LLAMA_CPP_SDIST="$(ls /wheels/llama_cpp_python-*.tar.gz)" \
  && /opt/exo/bin/pip wheel --no-cache-dir --no-index --find-links /wheels --no-deps \
       -w /cuda-wheels "$LLAMA_CPP_SDIST" \
  && /opt/exo/bin/pip install --no-cache-dir --no-index --no-deps /cuda-wheels/llama_cpp_python-*.whl
-RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime]" \
- && /opt/exo/bin/pip uninstall -y pip setuptools
+# mlx-cuda: MLX's CUDA build (mlx-cuda-12, the same version as mlx). Its libmlx.so finds NVIDIA's
+# libraries in the venv's nvidia/*/lib by its RPATH, so they come as wheels; CUDA's runtime
+# (cudart) is linked into it statically and libcuda.so.1 comes from the node's driver.
+RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime,mlx-cuda]" \
+ && /opt/exo/bin/pip uninstall -y pip setuptools \
+ && find /opt/exo/lib/python3.11/site-packages/transformers/models -mindepth 2 -type d \
+      -name __pycache__ -not -path '*/models/auto/*' -prune -exec rm -rf {} +
 
 FROM ${CUDA_RUN_IMAGE} AS runtime-cuda
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="exo-operator runtime (CUDA)" \
-      org.opencontainers.image.description="exo-runtime: llama.cpp (CUDA) behind an OpenAI-compatible API, and the model fetcher" \
+      org.opencontainers.image.description="exo-runtime: llama.cpp and MLX (CUDA) behind an OpenAI-compatible API, and the model fetcher" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"

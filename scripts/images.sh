@@ -5,6 +5,7 @@
 #   scripts/images.sh stage          only stage the wheels into .out/image-wheels
 #   scripts/images.sh load [CLUSTER] load both into the kind cluster (default: $KIND_CLUSTER or exo)
 #   scripts/images.sh refs           print the image references, one a line
+#   scripts/images.sh extras         print the project extras staged for IMAGE_TARGETS
 #
 # Environment:
 #   BASE_IMAGE     the Debian base (default: exo-operator/debian:bookworm, made by
@@ -40,9 +41,19 @@ EOF
 VERSION="$(project_version)"
 image_ref() { echo "exo-operator/$1:$VERSION"; }
 
+# The project's extras the staged wheels cover: both engines with MLX's CPU build (runtime
+# image) and the operator; MLX's CUDA build only when runtime-cuda is built (NVIDIA's libraries
+# as wheels: gigabytes).
+staged_extras() {
+	local extras="runtime,mlx,operator"
+	[[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]] && extras+=",mlx-cuda"
+	echo "$extras"
+}
+
 # Every Python package the images install, as wheels, for CPython 3.11 on x86-64 Linux.
 stage_wheels() {
-	local pyproject_hash stamp llama_version
+	local pyproject_hash stamp llama_version extras
+	extras="$(staged_extras)"
 	llama_version="$(llama_cpp_version)"
 	ls "$WHEELHOUSE"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1 ||
 		bash "$REPO_ROOT/scripts/wheelhouse.sh"
@@ -55,10 +66,10 @@ stage_wheels() {
 	fi
 	# The project itself is rebuilt every time: its source changes more often than its pins.
 	rm -f "$STAGE_DIR"/exo_operator-*.whl
-	log "staging the images' wheels in ${STAGE_DIR#"$REPO_ROOT"/} (the project and its runtime and operator dependencies)"
+	log "staging the images' wheels in ${STAGE_DIR#"$REPO_ROOT"/} (the project and its extras $extras)"
 	python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$STAGE_DIR" \
 		--find-links "$WHEELHOUSE" --find-links "$STAGE_DIR" \
-		"${REPO_ROOT}[runtime,operator]" ||
+		"${REPO_ROOT}[$extras]" ||
 		die "staging wheels failed (pip's error above): check that PyPI is reachable and pyproject.toml resolves"
 	if [[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]]; then
 		# runtime-cuda compiles llama-cpp-python from its source, with its build backend.
@@ -133,5 +144,6 @@ build) build ;;
 stage) stage_wheels ;;
 load) load "${2:-}" ;;
 refs) for target in $IMAGE_TARGETS; do image_ref "$target"; done ;;
-*) die "usage: $0 [build|stage|load [CLUSTER]|refs]" ;;
+extras) staged_extras ;;
+*) die "usage: $0 [build|stage|load [CLUSTER]|refs|extras]" ;;
 esac

@@ -1,9 +1,11 @@
 """The Dockerfile's runtime (CPU) and runtime-cuda targets stay twins; every final stage is lean.
 
 runtime-cuda cannot be built on a machine without NVIDIA's images, so this check is what keeps
-it from rotting: same packages installed the same way, same user, entrypoint, ports and env.
+it from rotting: same packages installed the same way (only MLX's build differs: CPU or CUDA),
+same user, entrypoint, ports and env.
 """
 
+import os
 import re
 import subprocess
 import tomllib
@@ -67,11 +69,27 @@ def parse(text: str) -> tuple[dict[str, str], dict[str, Stage]]:
 GLOBAL_ARGS, STAGES = parse(DOCKERFILE.read_text())
 
 
-def install_line(stage: Stage, extra: str) -> str:
-    """The pip command of a stage that installs exo-operator[extra]."""
-    runs = [r for r in stage.all("RUN") if f'"exo-operator[{extra}]"' in r]
-    assert len(runs) == 1, f"stage {stage.name}: one RUN must install exo-operator[{extra}]"
-    return runs[0]
+PROJECT_INSTALL = re.compile(r'"exo-operator\[([a-z0-9,-]+)\]"')
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
+
+
+def project_install(stage: Stage) -> tuple[str, set[str]]:
+    """The RUN of a stage that installs exo-operator[...]: its text without the extras, and them."""
+    runs = [r for r in stage.all("RUN") if PROJECT_INSTALL.search(r)]
+    assert len(runs) == 1, f"stage {stage.name}: one RUN must install exo-operator[...]"
+    extras = set(PROJECT_INSTALL.search(runs[0]).group(1).split(","))
+    return PROJECT_INSTALL.sub('"exo-operator[EXTRAS]"', runs[0]), extras
+
+
+def staged_extras(targets: str) -> set[str]:
+    """The extras scripts/images.sh stages wheels for when it builds `targets`."""
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "images.sh"), "extras"],
+        env={**os.environ, "IMAGE_TARGETS": targets},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return set(result.stdout.strip().split(","))
 
 
 def ancestry(name: str) -> list[Stage]:
@@ -100,11 +118,50 @@ def test_cuda_stages_build_on_devel_and_run_on_runtime_of_one_cuda_version():
     assert STAGES["runtime-cuda"].base == "${CUDA_RUN_IMAGE}"
 
 
-def test_both_runtimes_install_the_same_packages_the_same_way():
-    cpu = install_line(STAGES["runtime-venv"], "runtime")
-    cuda = install_line(STAGES["runtime-cuda-venv"], "runtime")
+def test_both_runtimes_install_the_same_packages_the_same_way_but_for_mlxs_build():
+    cpu, cpu_extras = project_install(STAGES["runtime-venv"])
+    cuda, cuda_extras = project_install(STAGES["runtime-cuda-venv"])
     assert cpu == cuda
     assert "--no-index" in cpu, "images install only the staged wheels, never from an index"
+    assert cpu_extras == {"runtime", "mlx"}
+    assert cuda_extras == {"runtime", "mlx-cuda"}
+
+
+def test_the_operator_image_installs_only_the_operator():
+    _, extras = project_install(STAGES["operator-venv"])
+    assert extras == {"operator"}
+
+
+def test_mlx_cuda_extra_is_the_mlx_extra_with_mlxs_cuda_build():
+    # Same mlx-lm and converter packages; MLX itself from its CUDA 12 build instead of its CPU one.
+    def split(extra):
+        mlx = [d for d in EXTRAS[extra] if re.match(r"mlx\[", d)]
+        assert len(mlx) == 1, f"the {extra} extra must name mlx[...] once: {EXTRAS[extra]}"
+        return mlx[0], sorted(set(EXTRAS[extra]) - set(mlx))
+
+    cpu_mlx, cpu_rest = split("mlx")
+    cuda_mlx, cuda_rest = split("mlx-cuda")
+    assert cpu_rest == cuda_rest
+    assert cpu_mlx.startswith("mlx[cpu]") and cuda_mlx.startswith("mlx[cuda12]")
+    assert cpu_mlx.removeprefix("mlx[cpu]") == cuda_mlx.removeprefix("mlx[cuda12]")
+    assert any(d.startswith("mlx-lm") for d in cpu_rest), "mlx-lm lists mlx only on macOS"
+
+
+def image_extras(target: str) -> set[str]:
+    """The extras in a final target's venv: those of the stages it copies from."""
+    extras = set()
+    for copy in STAGES[target].all("COPY"):
+        extras |= project_install(STAGES[copy.split()[0].removeprefix("--from=")])[1]
+    return extras
+
+
+@pytest.mark.parametrize(
+    "targets", ["runtime operator", "runtime runtime-cuda operator", "runtime-cuda"]
+)
+def test_images_sh_stages_the_wheels_of_every_extra_the_targets_install(targets):
+    # The builds install with --no-index: a wheel images.sh did not stage fails the build.
+    installed = set().union(*(image_extras(t) for t in targets.split()))
+    assert installed <= staged_extras(targets)
 
 
 def test_cuda_llama_cpp_is_compiled_for_the_named_gpu_architectures():
@@ -118,8 +175,7 @@ def test_cuda_llama_cpp_is_compiled_for_the_named_gpu_architectures():
 def test_cuda_llama_cpp_is_the_version_the_project_pins():
     # The CUDA build compiles the sdist that images.sh stages for pyproject's pin; the CPU wheel
     # comes from the wheelhouse, built for the same version.
-    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    pins = [d for d in pyproject["project"]["optional-dependencies"]["runtime"] if "llama" in d]
+    pins = [d for d in EXTRAS["runtime"] if "llama" in d]
     assert len(pins) == 1 and pins[0].startswith("llama-cpp-python=="), pins
     version = pins[0].removeprefix("llama-cpp-python==")
     wheelhouse = (REPO_ROOT / "scripts" / "wheelhouse.sh").read_text()
