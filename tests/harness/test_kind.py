@@ -220,6 +220,38 @@ def test_pvc_binds_and_keeps_a_file_across_pod_restarts(
     assert run_to_completion(kind_kubectl, namespace, reader).strip() == token
 
 
+def test_shared_class_gives_one_read_write_many_volume_to_two_pods_at_once(
+    kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
+) -> None:
+    image, token = harness_image
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "shared"},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "shared",
+            "resources": {"requests": {"storage": "1Mi"}},
+        },
+    }
+    kind_kubectl.apply(claim, namespace)
+    volume = {
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}],
+        "container": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+    }
+    # The holder keeps the volume mounted while a second pod writes into it and a third reads.
+    kind_kubectl.apply(
+        pod("holder", image, "sleep 300", restartPolicy="Always", **volume), namespace
+    )
+    kind_kubectl(
+        "-n", namespace, "wait", "--for=condition=Ready", "pod/holder", "--timeout=120s",
+        timeout=130,
+    )  # fmt: skip
+    run_to_completion(kind_kubectl, namespace, pod("writer2", image, "cp /token /data/t", **volume))
+    reader = pod("reader2", image, "cat /data/t", **volume)
+    assert run_to_completion(kind_kubectl, namespace, reader).strip() == token
+
+
 def test_pod_asking_for_one_gpu_runs_with_an_allocated_device(
     kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
 ) -> None:
