@@ -4,10 +4,11 @@ On a fresh machine the first `make kind` starts dockerd from inside scripts/kind
 the cluster's lock (flock on a descriptor). A dockerd that inherits that descriptor holds the lock
 for as long as it runs, so every later `make kind-down` or `make kind` on the cluster waited 15
 minutes and failed. Here that order runs for real: dockerd not running, `make kind`, `make
-kind-down`, `make kind`. The dockerd is the test's own (own socket, data root and state; no
-bridge, no iptables rules), started by scripts/docker.sh through its DOCKERD setting, so the
-machine's daemon is never stopped or touched. The test's cache has no tools, so each step ends
-right after the parts under test (the lock, then dockerd's start) with "missing in ...".
+kind-down`, `make kind`. The dockerd is the test's own (own socket, data root, state and network
+namespace, no iptables rules), started by scripts/docker.sh through its DOCKERD setting, so the
+machine's daemon and its network are never stopped or touched. The test's cache has no tools,
+so each step ends right after the parts under test (the lock, then dockerd's start) with
+"missing in ...".
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ def own_docker() -> Iterator[OwnDocker]:
     wrapper = root / "dockerd"
     wrapper.write_text(
         "#!/bin/sh\n"
-        f"exec {DOCKERD} --host unix://{root}/docker.sock --data-root {root}/data \\\n"
-        f"  --exec-root {root}/exec --pidfile {root}/docker.pid \\\n"
-        '  --bridge none --iptables=false "$@"\n'
+        # A network namespace of its own: a second dockerd on the host's would take over (or,
+        # with --bridge none, delete) the docker0 bridge the machine's daemon relies on.
+        f"exec unshare --net {DOCKERD} --host unix://{root}/docker.sock \\\n"
+        f"  --data-root {root}/data --exec-root {root}/exec --pidfile {root}/docker.pid \\\n"
+        '  --iptables=false "$@"\n'
     )
     wrapper.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
