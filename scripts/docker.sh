@@ -5,6 +5,8 @@
 #   scripts/docker.sh status  say whether the daemon answers
 # Scripts that need Docker source scripts/lib.sh and call `docker_cli`, which talks to this daemon
 # with a client of the same API version.
+# Environment: DOCKERD, the daemon to start (default Debian's /usr/sbin/dockerd; a test gives a
+# wrapper that runs a second dockerd on a socket and data root of its own, named by DOCKER_HOST).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -13,6 +15,7 @@ DOCKERD_LOG="$DOCKER_STATE/dockerd.log"
 DOCKERD_PID="$DOCKER_STATE/dockerd.pid"
 DOCKERD_CONFIG="$DOCKER_STATE/daemon.json"
 RUNC_WRAPPER=/usr/local/libexec/exo-operator/runc-without-sys-resource
+DOCKERD="${DOCKERD:-/usr/sbin/dockerd}"
 
 # Packages the docker daemon, the image builds and the kind node image build need on the host.
 HOST_PACKAGES=(docker.io debootstrap containernetworking-plugins iptables jq)
@@ -110,7 +113,9 @@ up() {
 		rm -f /run/docker/containerd/containerd.pid
 	fi
 	log "starting dockerd (log: $DOCKERD_LOG)"
-	setsid /usr/sbin/dockerd --config-file "$DOCKERD_CONFIG" >>"$DOCKERD_LOG" 2>&1 </dev/null &
+	# dockerd, and every containerd, shim and docker-proxy after it, would otherwise keep the
+	# descriptors of whoever ran this script: scripts/kind.sh's cluster lock among them.
+	start_daemon "$DOCKERD_LOG" "$DOCKERD" --config-file "$DOCKERD_CONFIG"
 	echo $! >"$DOCKERD_PID"
 	local pid=$! i
 	for ((i = 0; i < 60; i++)); do

@@ -56,8 +56,8 @@ validate_settings() {
 }
 
 # One `up` or `down` at a time per cluster: parallel test sessions share it. Every command
-# that may start a long-lived process runs with the lock's descriptor closed (9>&-), or that
-# process would hold the lock for as long as it lives. The empty lock file stays after
+# that may start a long-lived process runs through without_inherited_fds (scripts/lib.sh), or
+# that process would hold the lock for as long as it lives. The empty lock file stays after
 # `down`: removing it while another run waits on it would let two runs in at once.
 lock_cluster() {
   local lock="$KWOK_WORKDIR/locks/$CLUSTER"
@@ -78,7 +78,7 @@ cluster_pids() {
 
 stop_cluster() {
   if [ -d "$CLUSTER_DIR" ]; then
-    kwokctl delete cluster >&2 2>&1 9>&- || log "kwokctl could not delete '$CLUSTER' cleanly; removing what is left"
+    without_inherited_fds kwokctl delete cluster >&2 2>&1 || log "kwokctl could not delete '$CLUSTER' cleanly; removing what is left"
   fi
   local pids
   pids="$(cluster_pids)"
@@ -161,7 +161,7 @@ create_cluster() {
   fi
   write_config
   log "starting kwok control plane '$CLUSTER' (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
-  if ! kwokctl create cluster "${args[@]}" >&2 2>&1 9>&-; then
+  if ! without_inherited_fds kwokctl create cluster "${args[@]}" >&2 2>&1; then
     show_logs
     stop_cluster
     die "the kwok control plane '$CLUSTER' failed to start (component logs above); rerun \`make kwok\` once the cause is fixed"

@@ -29,3 +29,33 @@ use_debian_docker_on_path() {
 	ln -sf /usr/bin/docker "$EXO_CACHE/docker/bin/docker"
 	export PATH="$EXO_CACHE/docker/bin:$PATH"
 }
+
+# A process started by a script inherits every descriptor the script holds: a lock's (flock), a
+# pipe to the script's caller, a make jobserver's. A daemon that keeps a lock's descriptor holds
+# the lock for as long as it lives (a later run waits on it for good), and one that keeps a pipe
+# open leaves the pipe's reader waiting for an end that never comes. So whatever may outlive
+# the script starts through one of the two helpers below.
+
+# close_inherited_fds: closes every descriptor above 2 of the current shell; run it in the
+# subshell that goes on to start the long-lived process.
+close_inherited_fds() {
+	local path fd
+	for path in /proc/"$BASHPID"/fd/*; do
+		fd=${path##*/}
+		((fd > 2)) && exec {fd}>&-
+	done
+	return 0
+}
+
+# without_inherited_fds COMMAND...: runs COMMAND in the foreground with no descriptor of the
+# script's above 2, for a command that leaves processes running (kwokctl's control plane).
+without_inherited_fds() { (close_inherited_fds && "$@"); }
+
+# start_daemon LOG COMMAND...: starts COMMAND in the background, in a session of its own, with
+# stdin from /dev/null, stdout and stderr appended to LOG and no other descriptor of the
+# script's. $! is its pid afterwards.
+start_daemon() {
+	local log=$1
+	shift
+	(close_inherited_fds && exec setsid "$@" </dev/null >>"$log" 2>&1) &
+}

@@ -7,10 +7,11 @@ import json
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from fixtures.kwok import Kubectl, tool_path
 from fixtures.waiting import wait_for
 
@@ -133,3 +134,62 @@ def hardened_container(name: str, image: str, command: list[str]) -> dict[str, A
 
 
 RESTRICTED_POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+# An ExoModel's life, for tests that make one of their own (test_chaos, test_rollout).
+CPU_EXAMPLE = EXAMPLES / "cpu-gemma-3-270m.yaml"
+READY_TIMEOUT = 600
+# Room for two runtime replicas (and a surge pod) beside the control plane on a 2-core kind node.
+E2E_RESOURCES = {"gpus": 0, "cpu": "300m", "memory": "1Gi"}
+
+
+def cpu_exomodel(name: str, url: str, sha256: str, **spec: Any) -> dict[str, Any]:
+    """The CPU example pointed at an in-cluster URL, under the test's name, with its cache going
+    when the ExoModel goes; `spec` overrides top-level spec fields."""
+    model = yaml.safe_load(CPU_EXAMPLE.read_text())
+    model["metadata"] = {"name": name}
+    model["spec"]["source"] = {"url": url, "sha256": sha256}
+    model["spec"]["storage"]["retainOnDelete"] = False
+    model["spec"]["resources"] = dict(E2E_RESOURCES)
+    model["spec"].update(spec)
+    return model
+
+
+def exomodel_status(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:
+    return kubectl.json("get", "exomodel", name, "-n", namespace).get("status") or {}
+
+
+def model_pods(kubectl: Kubectl, namespace: str, name: str, component: str) -> list[dict[str, Any]]:
+    """The ExoModel's pods of one component (runtime or fetch), oldest first."""
+    selector = f"exo.dev/model={name},exo.dev/component={component}"
+    pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+    return sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"])
+
+
+def explain_model(kubectl: Kubectl, namespace: str, name: str) -> Callable[[], str]:
+    """What a failed wait on an ExoModel should show: its status and its children's state."""
+    return lambda: (
+        f"status: {json.dumps(exomodel_status(kubectl, namespace, name), indent=1)}\n"
+        + kubectl("get", "jobs,deployments,pods,pvc", "-n", namespace, "-o", "wide", check=False)
+        + kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)[-3000:]
+    )
+
+
+def wait_until_ready(kubectl: Kubectl, namespace: str, name: str, what: str) -> dict[str, Any]:
+    """Waits for phase Ready and returns the status; phase Failed fails at once, with why."""
+
+    def ready() -> dict[str, Any] | None:
+        status = exomodel_status(kubectl, namespace, name)
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"{what}: the ExoModel Failed: {status.get('message')}")
+        return status if status.get("phase") == "Ready" else None
+
+    return wait_for(ready, what, READY_TIMEOUT, explain_model(kubectl, namespace, name))
+
+
+def delete_exomodel(kubectl: Kubectl, namespace: str, name: str) -> None:
+    """Deletes an ExoModel and waits, so that its pods free the node for the next test."""
+    kubectl(
+        "delete", "exomodel", name, "-n", namespace, "--ignore-not-found", "--wait=true",
+        "--timeout=120s", timeout=150, check=False,
+    )  # fmt: skip

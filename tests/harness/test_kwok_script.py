@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from descriptors import holders
 from fixtures.kwok import EXO_CACHE, EXPORT_PREFIX, KWOK_SCRIPT, Kubectl, tool_path
 
 pytestmark = pytest.mark.kwok
@@ -106,6 +107,8 @@ def test_up_reuses_recovers_from_a_killed_run_and_down_leaves_nothing() -> None:
         assert kubeconfig.is_file()
         kubectl = Kubectl(kubeconfig)
         assert len(kubectl.json("get", "nodes")["items"]) == 2
+        # The control plane started under the cluster's lock must not keep it.
+        assert not holders(str(KWOK_WORKDIR / "locks" / name))
 
         started = time.monotonic()
         assert kubeconfig_of(kwok_sh("up", **settings)) == kubeconfig
