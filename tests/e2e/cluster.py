@@ -143,6 +143,11 @@ READY_TIMEOUT = 600
 E2E_RESOURCES = {"gpus": 0, "cpu": "300m", "memory": "1Gi"}
 
 
+# A ReadWriteMany cache from the kind node image's `shared` class, for models with replicas > 1
+# (admission refuses them on a ReadWriteOnce cache).
+SHARED_CACHE = {"storageClassName": "shared", "accessMode": "ReadWriteMany"}
+
+
 def cpu_exomodel(name: str, url: str, sha256: str, **spec: Any) -> dict[str, Any]:
     """The CPU example pointed at an in-cluster URL, under the test's name, with its cache going
     when the ExoModel goes; `spec` overrides top-level spec fields."""

