@@ -1,4 +1,5 @@
-"""The runtime's API key: with `EXO_API_KEY` set, every /v1 request needs `Authorization: Bearer`.
+"""The runtime's API key: with `EXO_API_KEY` set, every /v1 request needs `Authorization: Bearer`
+(or `x-api-key`, the header Anthropic's clients send).
 
 Probes and /metrics stay open: the kubelet and Prometheus carry no key.
 """
@@ -20,13 +21,18 @@ class RequireApiKey:
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self._expected = f"Bearer {api_key}".encode()
+        self._expected_x_api_key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
-            given = Headers(scope=scope).get("authorization", "").encode()
+            headers = Headers(scope=scope)
+            given = headers.get("authorization", "").encode()
+            given_x_api_key = headers.get("x-api-key", "").encode()
             # Constant time, so the key cannot be guessed a byte at a time from response times.
-            if not hmac.compare_digest(given, self._expected):
-                await send_error(_unauthorized(bool(given)), send)
+            bearer_ok = hmac.compare_digest(given, self._expected)
+            x_api_key_ok = hmac.compare_digest(given_x_api_key, self._expected_x_api_key)
+            if not (bearer_ok or x_api_key_ok):
+                await send_error(_unauthorized(bool(given or given_x_api_key)), send)
                 return
         await self.app(scope, receive, send)
 
@@ -35,6 +41,7 @@ def _unauthorized(key_given: bool) -> OpenAIError:
     message = (
         "Incorrect API key provided"
         if key_given
-        else "You didn't provide an API key: send it as 'Authorization: Bearer KEY'"
+        else "You didn't provide an API key: send it as 'Authorization: Bearer KEY' "
+        "or 'x-api-key: KEY'"
     )
     return OpenAIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})

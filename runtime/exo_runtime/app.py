@@ -24,6 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exo_runtime.api_key import RequireApiKey
 from exo_runtime.limits import ConcurrencyLimit, read_body_within
+from exo_runtime.messages_api import (
+    MESSAGES_PATH,
+    AnthropicErrors,
+    MessagesBody,
+    create_message,
+    prepare_message,
+)
 from exo_runtime.openai_api import ChatCompletionBody, CompletionBody, OpenAIError
 from exo_runtime.request_checks import validation_error
 from exo_runtime.serving import generate, prepare_chat, prepare_completion
@@ -53,7 +60,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         on_refused=lambda: metrics.requests.labels("rejected").inc(),
     )
     if config.api_key:
-        app.add_middleware(RequireApiKey, api_key=config.api_key)  # outermost: checked first
+        app.add_middleware(RequireApiKey, api_key=config.api_key)  # checked first
+    app.add_middleware(AnthropicErrors)  # outermost: sees the errors of every layer within
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_request: Request, err: OpenAIError) -> JSONResponse:
@@ -134,6 +142,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         prepared = await asyncio.to_thread(prepare_chat, runtime, raw)
         return await generate(runtime, request, prepared)
 
+    @app.post(MESSAGES_PATH, openapi_extra=_json_body(MessagesBody))
+    async def messages(request: Request) -> Response:
+        raw = await read_body_within(request, limits.max_body_bytes)
+        prepared = await asyncio.to_thread(prepare_message, runtime, raw)
+        return await create_message(runtime, request, prepared)
+
     def openapi() -> dict[str, Any]:
         # The bodies are parsed on a worker thread, not by FastAPI, so their models are added
         # to the schema here: /openapi.json still describes every field a client may send.
@@ -154,7 +168,7 @@ def _json_body(model: type) -> dict[str, Any]:
 
 def _body_schemas() -> dict[str, Any]:
     _, top = models_json_schema(
-        [(CompletionBody, "validation"), (ChatCompletionBody, "validation")],
+        [(m, "validation") for m in (CompletionBody, ChatCompletionBody, MessagesBody)],
         ref_template="#/components/schemas/{model}",
     )
     return top["$defs"]

@@ -187,18 +187,7 @@ async def generate(runtime: Runtime, request: Request, prepared: Prepared) -> Re
     scheduler = runtime.state.scheduler
     body, chat = prepared.body, prepared.chat
     request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-    try:
-        chunks = scheduler.submit(
-            GenerationRequest(request_id, prepared.prompt_tokens, prepared.params)
-        )
-    except QueueFullError as err:
-        raise OpenAIError(
-            429,
-            f"the server is busy: {err}; retry later",
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(err.retry_after)},
-        ) from err
+    chunks = submit(runtime, GenerationRequest(request_id, prepared.prompt_tokens, prepared.params))
     reply = _Reply(request_id, body.model, chat, len(prepared.prompt_tokens))
     disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
     if body.stream:
@@ -217,6 +206,36 @@ async def generate(runtime: Runtime, request: Request, prepared: Prepared) -> Re
     if reply.error:
         raise OpenAIError(500, f"generation failed: {reply.error}", type="server_error")
     return JSONResponse(reply.whole())
+
+
+def submit(runtime: Runtime, generation: GenerationRequest) -> asyncio.Queue[Chunk]:
+    """Hand one sequence to the scheduler; its chunks arrive on the queue. A full queue is a 429."""
+    try:
+        return runtime.state.scheduler.submit(generation)
+    except QueueFullError as err:
+        raise OpenAIError(
+            429,
+            f"the server is busy: {err}; retry later",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(err.retry_after)},
+        ) from err
+
+
+async def receive(
+    runtime: Runtime, request: Request, chunks: asyncio.Queue[Chunk], request_id: str
+) -> AsyncIterator[Chunk]:
+    """The sequence's chunks up to its last, for a surface that shapes its own replies; a client
+    gone, or a caller that stops iterating (a stop sequence it matched), cancels the sequence."""
+    scheduler = runtime.state.scheduler
+    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
+    received = _chunks_until_disconnect(chunks, disconnected, scheduler, request_id)
+    try:
+        async for chunk in received:
+            yield chunk
+    finally:
+        await received.aclose()
+        disconnected.cancel()
 
 
 async def _wait_for_disconnect(request: Request) -> None:
