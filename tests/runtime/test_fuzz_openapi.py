@@ -15,7 +15,8 @@ from runtime_process import MODEL_NAME, RuntimeProcess, launch
 
 pytestmark = pytest.mark.runtime
 
-# Per operation; two POST operations and four GETs keep the test under a minute here.
+# Per operation: three POST operations (completions, chat, messages) and four GETs, about
+# 80 cases in all, each followed by an ordinary request (about 100 s on a busy 2-core machine).
 CASES_PER_OPERATION = 25
 # A short context bounds every generation, whatever max_tokens the fuzzer picks.
 CONTEXT = 64
