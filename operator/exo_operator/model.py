@@ -30,10 +30,20 @@ class ApiKeySecretRef(_Spec):
 
 
 class HuggingFaceSource(_Spec):
+    """One file of a Hub repository (`file`), or a snapshot of its files (`include` selects)."""
+
     repo: str
-    file: str
+    file: str | None = None
+    include: list[str] | None = None
     revision: str = "main"
     token_secret_ref: SecretKeyRef | None = None
+
+
+class RemoteFile(_Spec):
+    """One file of a model made of several, with the SHA-256 it must hash to."""
+
+    url: str
+    sha256: str
 
 
 class ClaimSource(_Spec):
@@ -45,6 +55,7 @@ class Source(_Spec):
     url: str | None = None
     hugging_face: HuggingFaceSource | None = None
     pvc: ClaimSource | None = None
+    files: list[RemoteFile] | None = None
     sha256: str | None = None
     filename: str | None = None
 

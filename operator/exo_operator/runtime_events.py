@@ -66,3 +66,25 @@ def step_seconds(event: dict[str, Any] | None) -> dict[str, float] | None:
         # Milliseconds: a small model's warmup takes well under the 0.1 s of the other steps.
         out[key] = round(float(value), 3)
     return out
+
+
+# What a ready line may say of the engine (the runtime's exo_runtime.selector.ENGINES).
+ENGINES = frozenset({"llamacpp", "mlx"})
+
+
+def reported_context_length(event: dict[str, Any] | None) -> int | None:
+    """The context, in tokens per sequence, that a ready event says the engine uses."""
+    if not event or event.get("event") != "ready":
+        return None
+    value = event.get("contextLength")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value
+
+
+def reported_engine(event: dict[str, Any] | None) -> str | None:
+    """The engine a ready event says the runtime loaded the model with."""
+    if not event or event.get("event") != "ready":
+        return None
+    value = event.get("engine")
+    return value if value in ENGINES else None

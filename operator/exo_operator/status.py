@@ -15,7 +15,14 @@ from exo_operator.cache_proof import (
 )
 from exo_operator.model import ExoModel
 from exo_operator.naming import TEMPLATE_HASH_LABEL, endpoint, selector_string
-from exo_operator.runtime_events import FETCH_EVENTS, download_progress, last_event, step_seconds
+from exo_operator.runtime_events import (
+    FETCH_EVENTS,
+    download_progress,
+    last_event,
+    reported_context_length,
+    reported_engine,
+    step_seconds,
+)
 
 # Container problems a user must act on, as the kubelet names them in `state.waiting.reason`.
 WAITING_PROBLEMS = {
@@ -35,6 +42,11 @@ PROGRESS_REASONS = {
 }  # fmt: skip
 # Not-cached reasons under which a fetch is on its way: the phase is Downloading.
 DOWNLOADING_REASONS = {"Downloading", "CacheNotVerified"}
+# Fetch failures that no retry of the same fetch mends (the files make no model, or the source
+# cannot be read): shown from the first pod that reports one, not after the Job's every retry.
+PERMANENT_FETCH_REASONS = frozenset(
+    {"NoWeights", "MissingPart", "NoConfig", "AmbiguousModel", "InvalidSource"}
+)
 LOAD_FAILED_MARK = "load failed"
 
 
@@ -157,20 +169,26 @@ def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def _fetch_failure(obs: Observed) -> Finding | None:
-    """FetchFailed with the runtime's reason, once the Job has given up."""
+    """FetchFailed with the runtime's reason, once the Job has given up or a pod reported a
+    failure that no retry mends."""
     job = obs.fetch_job
-    if not job or not _job_condition(job, "Failed"):
+    if not job:
         return None
+    given_up = _job_condition(job, "Failed")
     for pod in sorted(obs.fetch_pods, key=_created, reverse=True):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
             event = last_event(message, FETCH_EVENTS)
-            if event and event["event"] == "failed":
-                reason = event.get("reason") or "Error"
+            if not event or event["event"] != "failed":
+                continue
+            reason = event.get("reason") or "Error"
+            if given_up or reason in PERMANENT_FETCH_REASONS:
                 return Finding("FetchFailed", f"{reason}: {event.get('error', '')}".strip(": "))
-    cond = _job_condition(job, "Failed") or {}
+    if not given_up:
+        return None
     return Finding(
-        "FetchFailed", cond.get("message") or cond.get("reason") or "the fetch Job failed"
+        "FetchFailed",
+        given_up.get("message") or given_up.get("reason") or "the fetch Job failed",
     )
 
 
@@ -261,6 +279,7 @@ def model_bytes(obs: Observed) -> int | None:
 
 
 def _engine(model: ExoModel) -> str:
+    """The engine the spec and the model's format imply (the runtime's selector decides)."""
     if model.spec.engine != "auto":
         return model.spec.engine
     return "llamacpp" if model_path(model.spec.source).endswith(".gguf") else "mlx"
@@ -301,6 +320,21 @@ def _reported_step_seconds(
     """Load and warmup seconds as the slowest ready pod's runtime reported them, if any did."""
     reported = [step_seconds(ready_events.get(p["metadata"]["name"])) for p in pods]
     return max(filter(None, reported), key=lambda s: s["loadSeconds"], default=None)
+
+
+def _reported_serving(
+    model: ExoModel, pods: list[dict[str, Any]], ready_events: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """status.engine and status.contextLength: what the ready pods' runtimes reported, else the
+    engine the spec implies (and no context, which only a runtime knows)."""
+    events = [ready_events.get(_name(p)) for p in pods]
+    engines = {e for e in map(reported_engine, events) if e}
+    out: dict[str, Any] = {"engine": engines.pop() if len(engines) == 1 else _engine(model)}
+    contexts = [c for c in map(reported_context_length, events) if c]
+    if contexts:
+        # Replicas of one template agree; if not, the least is what every one of them holds.
+        out["contextLength"] = min(contexts)
+    return out
 
 
 def _download_seconds(obs: Observed) -> float | None:
@@ -424,7 +458,7 @@ def aggregate(
         "readyText": f"{len(ready_current)}/{desired}",
         "selector": selector_string(model),
         "endpoint": endpoint(model, obs.runtime_port),
-        "engine": _engine(model),
+        **_reported_serving(model, ready_current, obs.ready_events),
         "conditions": conditions,
     }
     if cached and key:

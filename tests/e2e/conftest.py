@@ -178,7 +178,8 @@ def model_url(kubectl: Kubectl, namespace: str, images: dict[str, str], gemma_gg
                         "volumeMounts": [{"name": "srv", "mountPath": "/srv"}],
                     }
                 ],
-                "volumes": [{"name": "srv", "emptyDir": {"sizeLimit": "1Gi"}}],
+                # The GGUF, and the float32 MLX folder converted from it (1.1 GB).
+                "volumes": [{"name": "srv", "emptyDir": {"sizeLimit": "3Gi"}}],
             },
         }
     )
@@ -202,19 +203,36 @@ def model_url(kubectl: Kubectl, namespace: str, images: dict[str, str], gemma_gg
         "--timeout=180s",
         timeout=200,
     )
-    filename = gemma_gguf.name
-    with gemma_gguf.open("rb") as source:
+    url, _ = _put_on_model_server(kubectl, namespace, gemma_gguf, gemma_gguf.name)
+    return url
+
+
+@pytest.fixture(scope="session")
+def put_on_model_server(kubectl: Kubectl, namespace: str, model_url: str):
+    """Puts more files on the model server: put(local, name) -> (URL, sha256 of what it holds)."""
+    return lambda local, name: _put_on_model_server(kubectl, namespace, local, name)
+
+
+def _put_on_model_server(
+    kubectl: Kubectl, namespace: str, local: Path, name: str
+) -> tuple[str, str]:
+    """Streams `local` to the model server as `name` (a path under its folder)."""
+    folder = os.path.dirname(name)
+    if folder:
+        kubectl("exec", "-n", namespace, "model-server", "--", "mkdir", "-p", f"/srv/{folder}")
+    with local.open("rb") as source:
         result = subprocess.run(
             [str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
-             "exec", "-i", "model-server", "--", "python3", "-c", RECEIVE_FILE, f"/srv/{filename}"],
+             "exec", "-i", "model-server", "--", "python3", "-c", RECEIVE_FILE, f"/srv/{name}"],
             stdin=source, capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
-    assert result.returncode == 0, (
-        f"streaming the model into the model server failed: {result.stderr}"
-    )
-    expected = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
-    assert result.stdout.strip() == expected, "the model server holds a corrupt copy of the GGUF"
-    return f"http://model-server.{namespace}.svc:{MODEL_SERVER_PORT}/{filename}"
+    assert result.returncode == 0, f"streaming {name} to the model server failed: {result.stderr}"
+    digest = hashlib.sha256()
+    with local.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    assert result.stdout.strip() == digest.hexdigest(), f"the model server holds a corrupt {name}"
+    return f"http://model-server.{namespace}.svc:{MODEL_SERVER_PORT}/{name}", digest.hexdigest()
 
 
 @pytest.fixture(scope="session")

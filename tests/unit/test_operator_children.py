@@ -14,6 +14,13 @@ SETTINGS = OperatorSettings(runtime_image="exo-runtime:dev")
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 HF = {"repo": "ggml-org/gemma-3-270m-GGUF", "file": "gemma-3-270m-Q4_K_M.gguf"}
 CLAIM = {"pvc": {"claimName": "shared-models", "path": "gemma/model.gguf"}}
+SNAPSHOT = {"huggingFace": {"repo": "mlx-community/gemma-3-270m-4bit", "include": ["*.json"]}}
+FILES = {
+    "files": [
+        {"url": "https://m.example/gemma/config.json", "sha256": SHA},
+        {"url": "https://m.example/gemma/model.safetensors", "sha256": SHA},
+    ]
+}
 
 
 def container(deployment):
@@ -132,6 +139,8 @@ def test_serve_args_follow_the_spec_and_threads_follow_the_cpu_limit():
     [
         ({"url": "https://m.example/a.gguf"}, True),
         ({"huggingFace": HF}, True),
+        (SNAPSHOT, True),
+        (FILES, True),
         (CLAIM, False),  # the user's file: no fetch wrote a record for it
     ],
 )
@@ -322,6 +331,49 @@ def test_hugging_face_source_passes_its_token_from_the_secret():
     assert c["args"][1] == "hf://ggml-org/gemma-3-270m-GGUF/gemma-3-270m-Q4_K_M.gguf@abc123"
     env = {e["name"]: e for e in c["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+
+
+@pytest.mark.parametrize(
+    ("source", "fetched", "served"),
+    [
+        (
+            FILES,
+            ["--file", f"https://m.example/gemma/config.json={SHA}",
+             "--file", f"https://m.example/gemma/model.safetensors={SHA}"],
+            "",
+        ),
+        (
+            SNAPSHOT,
+            ["hf://mlx-community/gemma-3-270m-4bit@main", "--include", "*.json"],
+            "",
+        ),
+        (
+            {"files": [
+                {"url": "https://m.example/q-00002-of-00002.gguf", "sha256": SHA},
+                {"url": "https://m.example/q-00001-of-00002.gguf", "sha256": SHA},
+            ]},
+            ["--file", f"https://m.example/q-00002-of-00002.gguf={SHA}",
+             "--file", f"https://m.example/q-00001-of-00002.gguf={SHA}"],
+            "/q-00001-of-00002.gguf",
+        ),
+    ],
+    ids=["files-mlx-folder", "hub-snapshot", "files-split-gguf"],
+)  # fmt: skip
+def test_a_model_of_several_files_is_fetched_into_one_folder_and_served_from_it(
+    source, fetched, served
+):
+    m = model(source=source)
+    args = fetch_container(fetch_job_for(m, SETTINGS))["args"]
+    dest = flag(args, "--dest")
+    assert args == ["fetch", *fetched, "--dest", dest, "--prune"]
+    assert "--filename" not in args and "--sha256" not in args  # both name one file
+    assert flag(container(runtime_deployment_for(m, SETTINGS))["args"], "--model") == dest + served
+
+
+def test_hub_snapshot_passes_its_token_from_the_secret():
+    hub = SNAPSHOT["huggingFace"] | {"tokenSecretRef": {"name": "hf"}}
+    c = fetch_container(fetch_job_for(model(source={"huggingFace": hub}), SETTINGS))
+    assert env_of(c)["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
 
 
 def test_service_exposes_the_openai_port_named_http():

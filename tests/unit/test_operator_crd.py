@@ -44,8 +44,22 @@ def test_names_subresources_and_printer_columns():
         "labelSelectorPath": ".status.selector",
     }
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase", "Ready", "Engine", "GPUs", "Endpoint", "Age",
+        "Phase", "Ready", "Engine", "GPUs", "Endpoint", "Context", "Age",
     ]  # fmt: skip
+    # The context in use shows in `kubectl get exom -o wide` only.
+    (context,) = [c for c in version["additionalPrinterColumns"] if c["name"] == "Context"]
+    assert context == context | {"jsonPath": ".status.contextLength", "priority": 1}
+
+
+def test_the_context_length_description_states_the_runtimes_default_cap():
+    from exo_runtime.engine import DEFAULT_MAX_CONTEXT_LENGTH
+
+    node = spec_schema()["properties"]["engineArgs"]["properties"]["contextLength"]
+    text = " ".join(node["description"].split())
+    assert (
+        "when unset, the model's trained context (GGUF metadata or config.json), capped at "
+        f"{DEFAULT_MAX_CONTEXT_LENGTH} tokens per sequence (the runtime's --max-context-length)"
+    ) in text
 
 
 def test_every_validation_message_names_its_field():

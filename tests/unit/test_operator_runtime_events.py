@@ -7,6 +7,8 @@ from exo_operator.runtime_events import (
     download_progress,
     last_event,
     parse_event,
+    reported_context_length,
+    reported_engine,
     step_seconds,
 )
 
@@ -80,3 +82,22 @@ def test_fetch_and_serve_lines_are_told_apart():
 )
 def test_ready_line_without_two_true_durations_gives_no_step_times(fields):
     assert step_seconds({"event": "ready", **fields}) is None
+
+
+@pytest.mark.parametrize(
+    ("event", "context", "engine"),
+    [
+        ({"event": "ready", "engine": "mlx", "contextLength": 4096}, 4096, "mlx"),
+        ({"event": "ready", "engine": "llamacpp", "contextLength": 512}, 512, "llamacpp"),
+        ({"event": "ready"}, None, None),  # a runtime older than the field
+        ({"event": "ready", "engine": "vllm", "contextLength": "4096"}, None, None),
+        ({"event": "ready", "engine": None, "contextLength": 4096.0}, None, None),
+        ({"event": "ready", "contextLength": True}, None, None),
+        ({"event": "ready", "contextLength": -1}, None, None),
+        ({"event": "done", "engine": "mlx", "contextLength": 4096}, None, None),
+        (None, None, None),
+    ],
+)
+def test_ready_line_gives_the_context_and_engine_in_use(event, context, engine):
+    assert reported_context_length(event) == context
+    assert reported_engine(event) == engine

@@ -1,5 +1,6 @@
 """Status aggregation: observed children → phase, conditions, counts and reasons."""
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -171,22 +172,47 @@ def test_download_progress_comes_from_the_fetch_log():
     assert "512.0 B of 2.0 KiB" in status["message"]
 
 
-def test_fetch_failure_reports_the_runtime_reason():
-    final = '{"event":"failed","reason":"ChecksumMismatch","error":"got abc"}'
+def failed_fetch_pod(reason, error):
+    final = json.dumps({"event": "failed", "reason": reason, "error": error})
     terminated = {"exitCode": 1, "message": final}
-    fetch_pod = {
+    return {
         "metadata": {"name": "f", "creationTimestamp": "2026-01-01T11:00:00Z"},
         "status": {
             "phase": "Failed",
             "containerStatuses": [{"name": "fetch", "state": {"terminated": terminated}}],
         },
     }
-    status, events = aggregate(
-        Observed(model=model(), previous={}, fetch_job=job("Failed"), fetch_pods=[fetch_pod]), NOW
+
+
+@pytest.mark.parametrize(
+    ("reason", "job_given_up", "reported"),
+    [
+        ("ChecksumMismatch", True, True),
+        ("NetworkError", False, False),  # the Job's next try may get through
+        # Files that make no model make none on the next try either: no wait for the retries.
+        ("NoWeights", False, True),
+        ("MissingPart", False, True),
+        ("NoConfig", False, True),
+        ("AmbiguousModel", False, True),
+        ("InvalidSource", False, True),
+        ("NoConfig", True, True),
+    ],
+)
+def test_fetch_failure_reports_the_runtime_reason(reason, job_given_up, reported):
+    obs = Observed(
+        model=model(),
+        previous={},
+        fetch_job=job("Failed" if job_given_up else None),
+        fetch_pods=[failed_fetch_pod(reason, "the files say why")],
     )
+    status, events = aggregate(obs, NOW)
+    if not reported:
+        assert status["phase"] != "Failed"
+        assert cond(status, "ModelCached")["reason"] != "FetchFailed"
+        return
     assert status["phase"] == "Failed"
     assert cond(status, "ModelCached")["reason"] == "FetchFailed"
-    assert "ChecksumMismatch" in status["message"] and "got abc" in status["message"]
+    assert status["message"] == f"{reason}: the files say why"
     assert events[0].type == "Warning"
 
 
@@ -271,8 +297,50 @@ def named(name, p):
     return p
 
 
-def ready_line(load, warmup):
-    return {"event": "ready", "loadSeconds": load, "warmupSeconds": warmup, "engine": "llamacpp"}
+def ready_line(load, warmup, engine="llamacpp", context=None):
+    line = {"event": "ready", "loadSeconds": load, "warmupSeconds": warmup, "engine": engine}
+    return line | ({"contextLength": context} if context is not None else {})
+
+
+FOLDER = {
+    "files": [
+        {"url": "https://m.example/config.json", "sha256": "a" * 64},
+        {"url": "https://m.example/model.safetensors", "sha256": "a" * 64},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "events", "engine", "context"),
+    [
+        (None, {}, "llamacpp", None),  # nothing read: what the .gguf implies, no context
+        (None, {"a": ready_line(1, 1, context=2048)}, "llamacpp", 2048),
+        (FOLDER, {}, "mlx", None),  # a folder of files: MLX
+        (FOLDER, {"a": ready_line(1, 1, engine="mlx", context=4096)}, "mlx", 4096),
+        (None, {"a": ready_line(1, 1, context=True)}, "llamacpp", None),  # not a number
+        (None, {"a": ready_line(1, 1, context=0)}, "llamacpp", None),
+        (None, {"a": ready_line(1, 1, engine="vllm", context=512)}, "llamacpp", 512),
+        # Two replicas that disagree (they should not): the least, which both can hold.
+        (None, {"a": ready_line(1, 1, context=4096), "b": ready_line(1, 1, context=1024)},
+         "llamacpp", 1024),
+    ],
+    ids=["implied", "reported", "folder-implied", "folder-reported", "bool", "zero",
+         "unknown-engine", "least"],
+)  # fmt: skip
+def test_engine_and_context_are_what_the_ready_runtime_reported(source, events, engine, context):
+    m = model(replicas=2, **({"source": source} if source else {}))
+    pods = [named(n, pod(True, containerStatuses=running())) for n in ("a", "b")]
+    status, _ = aggregate(cached_obs(m, runtime_pods=pods, ready_events=events), NOW)
+    assert status["engine"] == engine
+    assert status.get("contextLength") == context
+
+
+def test_a_reported_context_stays_when_the_line_cannot_be_read_again():
+    pods = [named("a", pod(True, containerStatuses=running()))]
+    obs = cached_obs(runtime_pods=pods, ready_events={"a": ready_line(4.0, 0.5, context=2048)})
+    first, _ = aggregate(obs, NOW)
+    again, _ = aggregate(Observed(**{**obs.__dict__, "previous": first, "ready_events": {}}), NOW)
+    assert not status_changed(first, again)  # a merge patch leaves contextLength as it was
 
 
 def test_step_times_are_the_slowest_replicas_as_its_runtime_reported_them():

@@ -59,7 +59,7 @@ def test_every_field_of_the_schema_is_documented():
         for path, _field in gen_reference.walk(schema["properties"][root], root):
             assert f"| `{path}` |" in block, f"{path} is missing from the reference"
     # Validation messages reach the reader, not just the apiserver.
-    assert "exactly one of spec.source.url, spec.source.huggingFace or spec.source.pvc" in block
+    assert "exactly one of spec.source.url, spec.source.huggingFace, spec.source.pvc" in block
 
 
 @pytest.mark.parametrize(

@@ -81,8 +81,8 @@ def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
         "--shutdown-timeout", str(settings.runtime_drain_seconds),
     ]  # fmt: skip
     if not spec.source.pvc:
-        # Only a file whose fetch verified it is loaded; a half-written or tampered cache
-        # sends the model back to Downloading instead of serving garbage.
+        # Only a model whose fetch verified it (every file of it) is loaded; a half-written or
+        # tampered cache sends the model back to Downloading instead of serving garbage.
         args.append("--require-verified")
     ea = spec.engine_args
     optional = {

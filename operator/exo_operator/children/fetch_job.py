@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from exo_operator.cache import MODELS_MOUNT, cache_key, model_filename, source_uri
+from exo_operator.cache import MODELS_MOUNT, cache_key, fetch_source_args
 from exo_operator.children import owner_reference
 from exo_operator.children.placement import NO_GPU_ENV, placement_for
 from exo_operator.children.pod_security import (
@@ -19,14 +19,10 @@ from exo_operator.settings import OperatorSettings
 def fetch_args(model: ExoModel) -> list[str]:
     """The `exo-runtime fetch` command line for the model's source."""
     source = model.spec.source
-    args = ["fetch", source_uri(source), "--dest", f"{MODELS_MOUNT}/{cache_key(source)}"]
-    if source.sha256:
-        args += ["--sha256", source.sha256.lower()]
-    args += ["--filename", model_filename(source)]
-    # The cache PVC is the model's own: once this file is verified, what an older source left
+    # The cache PVC is the model's own: once this model is verified, what an older source left
     # beside it is dead weight that could fill the disk for the next download.
-    args.append("--prune")
-    return args
+    dest = f"{MODELS_MOUNT}/{cache_key(source)}"
+    return ["fetch", *fetch_source_args(source), "--dest", dest, "--prune"]
 
 
 def active_deadline_seconds(model: ExoModel, settings: OperatorSettings) -> int:
