@@ -47,6 +47,7 @@ def _readers() -> dict[str, Any]:
         "Service": core.read_namespaced_service,
         "Deployment": apps.read_namespaced_deployment,
         "Job": batch.read_namespaced_job,
+        "PodDisruptionBudget": client.PolicyV1Api().read_namespaced_pod_disruption_budget,
     }
 
 

@@ -38,6 +38,7 @@ from exo_operator.naming import (
 )
 from exo_operator.plan import (
     ChildKey,
+    applied_hash,
     child_key,
     desired_children,
     needs_apply,
@@ -378,7 +379,9 @@ class Reconciler:
             return False
         changed = await _call(kube.secret_changed_at, model.namespace, secret)
         created = _parse_time(job["metadata"].get("creationTimestamp"))
-        if changed is None or created is None or changed < created:
+        # Both times are whole seconds: a Secret written in the Job's own second predates it
+        # (the usual order, Secret first, then the model), so only a later second is a fix.
+        if changed is None or created is None or changed <= created:
             return False
         log.info(
             "Secret %s/%s changed since fetch Job %s failed: fetching again",
@@ -415,6 +418,10 @@ class Reconciler:
             if seen is not None and not is_ours(kind, seen, model):
                 outcome.conflicts.append(f"{kind} {name}")
                 continue
+            if seen is not None and applied_hash(seen) == applied_hash(manifest):
+                # The watch shows our last write: forget it, so that a child deleted later (a
+                # cache claim removed by hand) is seen as missing and made again.
+                self._applied.pop(ck, None)
             if not needs_apply(manifest, seen, self._applied.get(ck)):
                 continue
             try:
