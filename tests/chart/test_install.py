@@ -85,9 +85,12 @@ NEEDED = [
     ("watch", "pods"),
     ("get", "pods/log"),
     ("create", "events"),
+    ("list", "events"),
+    ("get", "secrets"),
 ]
 NEVER = [
-    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
     ("update", "exomodels.exo.dev"),
     ("update", "deployments.apps/scale"),
     ("create", "pods/exec"),

@@ -139,7 +139,13 @@ def test_a_recreated_cache_claim_is_fetched_again(kubeconfig, namespace):
             )["items"]
         ),
     )
-    kubectl(kubeconfig, "delete", "pvc", "refill-cache", "-n", namespace, "--timeout=30s")
+    # kwok keeps the finished fetch Job's pod Running, and a Running pod holds its claim (the
+    # pvc-protection finalizer): remove it too, as the runtime pods went.
+    kubectl(
+        kubeconfig, "delete", "pods", "-n", namespace, "-l", "exo.dev/model=refill",
+        "--grace-period=0", "--force",
+    )  # fmt: skip
+    kubectl(kubeconfig, "delete", "pvc", "refill-cache", "-n", namespace, "--timeout=60s")
     new_claim = wait_for(
         "the operator to make the claim anew",
         lambda: (
