@@ -58,6 +58,25 @@ class SamplingParams:
     # Token ids that end the sequence besides the model's own end-of-turn tokens (not counted,
     # not shown), as vLLM's `stop_token_ids`.
     stop_token_ids: tuple[int, ...] = ()
+    top_k: int = 0  # 0: every token stays a candidate
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # vLLM's: divides a seen token's positive logit
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    # None: no log probabilities; k: the chosen token's, plus the k most likely alternatives.
+    logprobs: int | None = None
+
+    @property
+    def has_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty) or (
+            self.repetition_penalty != 1.0
+        )
+
+    @property
+    def transforms_logits(self) -> bool:
+        """Something changes the logits before the choice, so greedy is not a plain argmax."""
+        return self.has_penalties or bool(self.logit_bias)
 
 
 @dataclass
@@ -67,6 +86,16 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1  # choices: sequences sharing the prompt, each sampled on its own
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability under the raw logits, and the likeliest tokens'."""
+
+    token: bytes  # the token's bytes (a character may be split over several tokens)
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()  # most likely first
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,7 @@ class Chunk:
 
     `text` is the newly decoded text (possibly empty while a multi-byte
     character is incomplete); `finish_reason` is set on the sequence's last chunk.
+    `index` is the choice (0 .. n-1); `logprob` is set when the request asked for them.
     """
 
     request_id: str
@@ -82,6 +112,8 @@ class Chunk:
     token_id: int | None = None
     finish_reason: FinishReason | None = None
     error: str | None = None
+    index: int = 0
+    logprob: TokenLogprob | None = None
 
 
 class ModelLoadError(RuntimeError):
@@ -128,7 +160,11 @@ class Engine(Protocol):
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue `request`; raise ValueError (refusing only it) if it cannot be served, e.g. a
-        token id outside the vocabulary, which must never reach the model."""
+        token id outside the vocabulary, which must never reach the model.
+
+        A request with `n` > 1 yields chunks for choices 0 .. n-1, each ending with its own
+        finish_reason; an error or cancellation may end only one of them (the scheduler then
+        ends the request)."""
         ...
 
     def cancel(self, request_id: str) -> None:

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # OpenAI's seeds are 64-bit integers; MLX's generator takes no more.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# OpenAI's logit_bias values: -100 bans a token, 100 all but forces it.
+LOGIT_BIAS_LIMIT = 100
+# llama.cpp's top-k looks at this many tokens at most; more would only cost time.
+TOP_K_MAX = 1 << 20
 
 
 class OpenAIError(Exception):
@@ -67,13 +71,31 @@ class _GenerationBody(BaseModel):
     stop_token_ids: list[int] | None = None  # vLLM's extension: ids that end the answer
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)  # at most --parallel (serving.py)
     # Accepted and not acted on: they ask for nothing that changes the answer.
     user: str | None = None
-    # Refused when they ask for something (see unsupported.py).
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, int] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (a string, as in JSON) -> bias
+    # Vendor extensions llama-server and vLLM accept (-1 or 0: top-k off).
+    top_k: int | None = Field(default=None, ge=-1, le=TOP_K_MAX)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids_and_bounded_biases(
+        cls, value: dict[str, float] | None
+    ) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.strip().isdigit():
+                raise ValueError(f"{key!r} is not a token id (a non-negative integer)")
+            if not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
+                raise ValueError(
+                    f"the bias of token {key} is {bias}; biases lie in "
+                    f"[-{LOGIT_BIAS_LIMIT}, {LOGIT_BIAS_LIMIT}]"
+                )
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -39,6 +39,17 @@ class _Stream:
     chunks: asyncio.Queue[Chunk]
     arrived: float = field(default_factory=time.perf_counter)
     first_token_seen: bool = False
+    choices_left: int = 1  # a request for n choices ends when all n have finished
+
+    def finishes_with(self, chunk: Chunk) -> bool:
+        """Count `chunk`'s end; True when it ends the request (every choice done, or a failure,
+        which ends the request whole)."""
+        if chunk.finish_reason is None:
+            return False
+        if chunk.finish_reason in ("error", "cancelled"):
+            return True
+        self.choices_left -= 1
+        return self.choices_left <= 0
 
 
 _STOP = object()
@@ -96,7 +107,7 @@ class Scheduler:
                 )
             self._in_flight += 1
         self.idle.clear()
-        stream = _Stream(request, asyncio.Queue())
+        stream = _Stream(request, asyncio.Queue(), choices_left=request.n)
         self._metrics.prompt_tokens.inc(len(request.prompt_tokens))
         self._inbox.put(stream)
         self._publish_counts()
@@ -203,7 +214,9 @@ class Scheduler:
         except Exception:
             log.exception("releasing the failed sequences failed too: ending every request")
             request_ids = list(self._streams)
-        return [Chunk(rid, "", finish_reason="error", error=reason) for rid in request_ids]
+        # One error per request, though it held several sequences (n > 1).
+        unique = dict.fromkeys(request_ids)
+        return [Chunk(rid, "", finish_reason="error", error=reason) for rid in unique]
 
     def _note_failed_step(self, reason: str) -> None:
         self.failed_steps += 1
@@ -229,14 +242,17 @@ class Scheduler:
                 if not stream.first_token_seen:
                     stream.first_token_seen = True
                     self._metrics.time_to_first_token.observe(now - stream.arrived)
-            if chunk.finish_reason is not None:
+            deliveries.append((stream.chunks, chunk))
+            if stream.finishes_with(chunk):
                 del self._streams[chunk.request_id]
                 finished += 1
                 outcome = {"cancelled": "cancelled", "error": "error"}.get(
                     chunk.finish_reason, "ok"
                 )
                 self._metrics.requests.labels(outcome).inc()
-            deliveries.append((stream.chunks, chunk))
+                if chunk.finish_reason == "error" and stream.request.n > 1:
+                    # A failed choice fails the request: its sibling sequences stop too.
+                    self.engine.cancel(chunk.request_id)
         if finished:
             with self._count_lock:
                 self._in_flight -= finished

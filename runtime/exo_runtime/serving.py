@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -18,6 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from exo_runtime.chat_template import ChatTemplateError
 from exo_runtime.engine import Chunk, Engine, GenerationRequest, SamplingParams
 from exo_runtime.openai_api import ChatCompletionBody, CompletionBody, OpenAIError
+from exo_runtime.reply import Reply
 from exo_runtime.request_checks import (
     check_size,
     check_token_ids,
@@ -25,7 +25,7 @@ from exo_runtime.request_checks import (
     parse_body,
 )
 from exo_runtime.scheduler import QueueFullError, Scheduler
-from exo_runtime.unsupported import refuse_unsupported
+from exo_runtime.unsupported import refuse_unsupported, refuse_unsupported_by_engine
 
 if TYPE_CHECKING:
     from exo_runtime.server import Runtime
@@ -42,6 +42,8 @@ class Prepared:
     prompt_tokens: list[int]
     params: SamplingParams
     chat: bool
+    n: int = 1
+    echo: str = ""  # text put before each choice's (completions' `echo`)
 
 
 # -- preparing (runs on a worker thread: parsing, templates and tokenizing take time) ---------
@@ -51,6 +53,7 @@ def prepare_completion(runtime: Runtime, raw: bytes) -> Prepared:
     body = parse_body(raw, CompletionBody)
     refuse_unsupported(body)
     engine = ready_engine(runtime, body.model)
+    refuse_unsupported_by_engine(body, engine.name)
     prompt = body.prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
         check_token_ids(prompt, engine.vocab_size, "prompt")
@@ -69,13 +72,33 @@ def prepare_completion(runtime: Runtime, raw: bytes) -> Prepared:
         check_size(len(prompt.encode()), runtime.config.limits.max_prompt_bytes, "prompt")
         prompt_tokens = engine.tokenize(prompt, add_special=True)
     max_tokens = body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
-    return _prepared(engine, body, prompt_tokens, max_tokens, chat=False)
+    prepared = _prepared(runtime, engine, body, prompt_tokens, max_tokens, chat=False)
+    if body.echo:
+        if body.logprobs is not None:
+            raise OpenAIError(
+                400,
+                "echo with logprobs would need the prompt's log probabilities, which this "
+                "server does not compute; leave one of them out",
+                param="echo",
+                code="unsupported_parameter",
+            )
+        echo = prompt if isinstance(prompt, str) else engine.detokenize(prompt_tokens)
+        prepared = replace(prepared, echo=echo)
+    return prepared
 
 
 def prepare_chat(runtime: Runtime, raw: bytes) -> Prepared:
     body = parse_body(raw, ChatCompletionBody)
     refuse_unsupported(body)
     engine = ready_engine(runtime, body.model)
+    refuse_unsupported_by_engine(body, engine.name)
+    if body.top_logprobs and not body.logprobs:
+        raise OpenAIError(
+            400,
+            "top_logprobs needs logprobs: true",
+            param="top_logprobs",
+            code="invalid_value",
+        )
     if (
         body.max_tokens
         and body.max_completion_tokens
@@ -115,7 +138,7 @@ def prepare_chat(runtime: Runtime, raw: bytes) -> Prepared:
         or body.max_tokens
         or max(1, engine.context_length - len(prompt_tokens))
     )
-    return _prepared(engine, body, prompt_tokens, max_tokens, chat=True)
+    return _prepared(runtime, engine, body, prompt_tokens, max_tokens, chat=True)
 
 
 def ready_engine(runtime: Runtime, model: str) -> Engine:
@@ -140,6 +163,7 @@ def ready_engine(runtime: Runtime, model: str) -> Engine:
 
 
 def _prepared(
+    runtime: Runtime,
     engine: Engine,
     body: CompletionBody | ChatCompletionBody,
     prompt_tokens: list[int],
@@ -168,6 +192,20 @@ def _prepared(
         )
     stop_token_ids = tuple(body.stop_token_ids or ())
     check_token_ids(stop_token_ids, engine.vocab_size, "stop_token_ids")
+    logit_bias = tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items())
+    check_token_ids([token for token, _ in logit_bias], engine.vocab_size, "logit_bias")
+    n = body.n or 1
+    parallel = runtime.config.options.parallel
+    if n > parallel:
+        raise OpenAIError(
+            400,
+            f"n is {n}, but this server decodes at most {parallel} sequences at once "
+            "(--parallel): ask for fewer choices",
+            param="n",
+            code="invalid_value",
+        )
+    # None: not asked; k: the chosen token's plus k alternatives.
+    logprobs = body.logprobs if not chat else (body.top_logprobs or 0) if body.logprobs else None
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -175,8 +213,15 @@ def _prepared(
         seed=body.seed,
         stop=body.stop_strings(),
         stop_token_ids=stop_token_ids,
+        top_k=max(body.top_k or 0, 0),
+        min_p=body.min_p or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        logit_bias=logit_bias,
+        logprobs=logprobs,
     )
-    return Prepared(body, prompt_tokens, params, chat)
+    return Prepared(body, prompt_tokens, params, chat, n=n)
 
 
 # -- generating ------------------------------------------------------------------------------
@@ -187,15 +232,26 @@ async def generate(runtime: Runtime, request: Request, prepared: Prepared) -> Re
     scheduler = runtime.state.scheduler
     body, chat = prepared.body, prepared.chat
     request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-    chunks = submit(runtime, GenerationRequest(request_id, prepared.prompt_tokens, prepared.params))
-    reply = _Reply(request_id, body.model, chat, len(prepared.prompt_tokens))
+    chunks = submit(
+        runtime,
+        GenerationRequest(request_id, prepared.prompt_tokens, prepared.params, prepared.n),
+    )
+    reply = Reply(
+        request_id,
+        body.model,
+        chat,
+        len(prepared.prompt_tokens),
+        n=prepared.n,
+        echo=prepared.echo,
+        logprobs=prepared.params.logprobs is not None,
+    )
     disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
     if body.stream:
         events = _stream_events(reply, chunks, disconnected, scheduler, body.include_usage)
         return StreamingResponse(
             events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
-    received = _chunks_until_disconnect(chunks, disconnected, scheduler, request_id)
+    received = _chunks_until_disconnect(chunks, disconnected, scheduler, request_id, prepared.n)
     try:
         async for chunk in received:
             reply.add(chunk)
@@ -248,9 +304,12 @@ async def _chunks_until_disconnect(
     disconnected: asyncio.Future,
     scheduler: Scheduler,
     request_id: str,
+    n: int = 1,
 ) -> AsyncIterator[Chunk]:
-    """The request's chunks up to its last; a client gone mid-way cancels its sequence at once."""
+    """The request's chunks up to its last (all n choices finished, or one failed); a client
+    gone mid-way cancels its sequences at once."""
     finished = False
+    choices_left = n
     try:
         while True:
             if chunks.empty():
@@ -262,7 +321,9 @@ async def _chunks_until_disconnect(
                 chunk = getter.result()
             else:
                 chunk = chunks.get_nowait()
-            finished = chunk.finish_reason is not None
+            if chunk.finish_reason is not None:
+                choices_left -= 1
+                finished = choices_left == 0 or chunk.finish_reason in ("error", "cancelled")
             yield chunk
             if finished:
                 return
@@ -272,25 +333,35 @@ async def _chunks_until_disconnect(
 
 
 async def _stream_events(
-    reply: _Reply,
+    reply: Reply,
     chunks: asyncio.Queue[Chunk],
     disconnected: asyncio.Future,
     scheduler: Scheduler,
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    received = _chunks_until_disconnect(chunks, disconnected, scheduler, reply.id)
+    """Each choice's chunks as they come, interleaved and told apart by `index`."""
+    n = len(reply.choices)
+    received = _chunks_until_disconnect(chunks, disconnected, scheduler, reply.id, n)
+    choices_left = n
     try:
-        if reply.chat:
-            yield _sse(reply.event({"role": "assistant", "content": ""}, None))
+        for index in range(n):
+            if reply.chat:
+                yield _sse(reply.event(index, {"role": "assistant", "content": ""}, None))
+            elif reply.echo:
+                yield _sse(reply.event(index, reply.echo, None))
         async for chunk in received:
-            reply.add(chunk)
+            entry = reply.add(chunk)
             if chunk.token_id is not None or chunk.text:
-                yield _sse(reply.event(chunk.text, None))
-            if chunk.finish_reason is not None:
-                if reply.error:
-                    yield _sse({"error": {"message": reply.error, "type": "server_error"}})
-                else:
-                    yield _sse(reply.event("" if not reply.chat else {}, reply.finish_reason))
+                yield _sse(reply.event(chunk.index, chunk.text, None, entry))
+            if chunk.finish_reason is None:
+                continue
+            choices_left -= 1
+            if reply.error:
+                yield _sse({"error": {"message": reply.error, "type": "server_error"}})
+            else:
+                empty = "" if not reply.chat else {}
+                yield _sse(reply.event(chunk.index, empty, chunk.finish_reason))
+            if choices_left == 0 or chunk.finish_reason in ("error", "cancelled"):
                 if include_usage:
                     yield _sse(reply.usage_event())
                 yield "data: [DONE]\n\n"
@@ -301,69 +372,3 @@ async def _stream_events(
 
 def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-class _Reply:
-    """Accumulates one request's chunks and shapes OpenAI's response objects."""
-
-    def __init__(self, request_id: str, model: str, chat: bool, prompt_tokens: int) -> None:
-        self.id = request_id
-        self.model = model
-        self.chat = chat
-        self.created = int(time.time())
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = 0
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.error: str | None = None
-
-    def add(self, chunk: Chunk) -> None:
-        if chunk.token_id is not None:
-            self.completion_tokens += 1
-        if chunk.text:
-            self.parts.append(chunk.text)
-        if chunk.finish_reason is not None:
-            self.finish_reason = chunk.finish_reason
-            self.error = chunk.error if chunk.finish_reason == "error" else None
-
-    def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-
-    def _envelope(self, streaming: bool) -> dict[str, Any]:
-        if self.chat:
-            kind = "chat.completion.chunk" if streaming else "chat.completion"
-        else:
-            kind = "text_completion"
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def event(self, delta: str | dict[str, str], finish_reason: str | None) -> dict[str, Any]:
-        if self.chat:
-            delta = {"content": delta} if isinstance(delta, str) else delta
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {**self._envelope(True), "choices": [choice]}
-
-    def usage_event(self) -> dict[str, Any]:
-        return {**self._envelope(True), "choices": [], "usage": self.usage()}
-
-    def whole(self) -> dict[str, Any]:
-        text = "".join(self.parts)
-        if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": self.finish_reason,
-            }
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": self.finish_reason,
-            }
-        return {**self._envelope(False), "choices": [choice], "usage": self.usage()}

@@ -1,8 +1,9 @@
 """The OpenAI fields this runtime does not implement yet, refused only when they ask for something.
 
-One table, so that it shrinks as features land: each row names the field and says when a value
-asks for something the runtime would silently not do. A field given its neutral value (`n: 1`,
-`logprobs: false`, `tools: []`) is accepted, as OpenAI accepts it.
+One table for every engine and one per engine, so that they shrink as features land: each row
+names the field and says when a value asks for something the runtime would silently not do. A
+field given its neutral value (`n: 1`, `logprobs: false`, `tools: []`) is accepted, as OpenAI
+accepts it.
 """
 
 from __future__ import annotations
@@ -52,16 +53,13 @@ def _not_text_only(value: Any) -> bool:
     return value is not None and list(value) != ["text"]
 
 
+def _asks_logprobs(value: Any) -> bool:
+    return value is not None and value is not False
+
+
 UNSUPPORTED: tuple[Unsupported, ...] = (
-    Unsupported("n", _above_one, "more than one choice per request"),
     Unsupported("best_of", _above_one, "best_of"),
-    Unsupported("echo", _truthy, "echoing the prompt"),
     Unsupported("suffix", _truthy, "a suffix (insertion)"),
-    Unsupported("logprobs", lambda v: v is not None and v is not False, "log probabilities"),
-    Unsupported("top_logprobs", _non_zero, "log probabilities"),
-    Unsupported("logit_bias", _truthy, "logit bias"),
-    Unsupported("presence_penalty", _non_zero, "a presence penalty"),
-    Unsupported("frequency_penalty", _non_zero, "a frequency penalty"),
     Unsupported("response_format", _not_text_format, "structured output (response_format)"),
     Unsupported("tools", _truthy, "tool calls"),
     Unsupported("functions", _truthy, "function calls"),
@@ -78,13 +76,42 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
 )
 
 
+# What the llama.cpp engine honours and another engine does not (mlx-lm's BatchGenerator gives
+# no log probabilities and no shared prompt between sequences).
+ENGINE_UNSUPPORTED: dict[str, tuple[Unsupported, ...]] = {
+    "mlx": (
+        Unsupported("n", _above_one, "more than one choice per request"),
+        Unsupported("logprobs", _asks_logprobs, "log probabilities"),
+        Unsupported("top_logprobs", _non_zero, "log probabilities"),
+    ),
+}
+
+
+def _first_asking(body: BaseModel, rows: tuple[Unsupported, ...]) -> Unsupported | None:
+    fields = type(body).model_fields
+    return next((r for r in rows if r.field in fields and r.asks(getattr(body, r.field))), None)
+
+
 def refuse_unsupported(body: BaseModel) -> None:
-    """Raise a 400 naming the first field that asks for something not implemented."""
-    for row in UNSUPPORTED:
-        if row.field in type(body).model_fields and row.asks(getattr(body, row.field)):
-            raise OpenAIError(
-                400,
-                f"{row.field}: this server does not support {row.what} yet; leave {row.field} out",
-                param=row.field,
-                code="unsupported_parameter",
-            )
+    """Raise a 400 naming the first field that asks for something no engine implements."""
+    row = _first_asking(body, UNSUPPORTED)
+    if row is not None:
+        raise OpenAIError(
+            400,
+            f"{row.field}: this server does not support {row.what} yet; leave {row.field} out",
+            param=row.field,
+            code="unsupported_parameter",
+        )
+
+
+def refuse_unsupported_by_engine(body: BaseModel, engine: str) -> None:
+    """Raise a 400 naming the first field that asks for something `engine` does not do."""
+    row = _first_asking(body, ENGINE_UNSUPPORTED.get(engine, ()))
+    if row is not None:
+        raise OpenAIError(
+            400,
+            f"{row.field}: the {engine} engine serving this model does not support {row.what}; "
+            f"leave {row.field} out",
+            param=row.field,
+            code="unsupported_parameter",
+        )

@@ -4,6 +4,10 @@ Each request owns a sequence id (a "slot": its KV range and its sampler chain). 
 one `llama_batch` holding the next token of every decoding sequence plus prompt chunks of newly
 admitted ones (up to `batch_size` tokens), calls `llama_decode` once, then samples one token per
 sequence whose logits were produced. The same shape as llama.cpp's server loop.
+
+A request for n choices takes n slots: the first prefills the prompt, then its KV cells are
+copied into the other n-1 (`llama_memory_seq_cp`), which all sample from the same logits row
+and decode on their own from there.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from exo_runtime.engine import (
     LoadProgress,
     ModelLoadError,
     SamplingParams,
+    TokenLogprob,
     check_prompt_tokens,
     context_length_in_use,
     warm_up,
@@ -84,11 +89,14 @@ class _Sequence:
     """One request's slot: KV positions, sampler chain and streaming state."""
 
     request: GenerationRequest
+    index: int  # the choice this sequence produces
     seq_id: int
     sampler: llama_cpp.llama_sampler_p
     stop_filter: StopStringFilter
     end_ids: frozenset[int]  # the model's end-of-turn ids plus the request's stop_token_ids
-    greedy: bool
+    greedy: bool  # a plain argmax of the logits: no sampler call needed
+    # The other choices of the request, waiting for this one's prompt to be in the KV cache.
+    siblings: list[_Sequence] = field(default_factory=list)
     prefilled: int = 0  # prompt tokens already in the KV cache
     n_past: int = 0  # positions used in the KV cache
     next_token: int | None = None  # sampled, not yet decoded
@@ -100,6 +108,10 @@ class _Sequence:
     @property
     def prompt_done(self) -> bool:
         return self.prefilled >= len(self.request.prompt_tokens)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.request.request_id, self.index)
 
 
 class LlamaCppEngine:
@@ -133,7 +145,7 @@ class LlamaCppEngine:
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._free_seq_ids = list(range(self._parallel - 1, -1, -1))
         self._waiting: deque[GenerationRequest] = deque()
-        self._active: dict[str, _Sequence] = {}
+        self._active: dict[tuple[str, int], _Sequence] = {}
         self._cancelled: set[str] = set()
         self._end_ids = frozenset(self._find_end_of_turn_ids())
 
@@ -221,6 +233,11 @@ class LlamaCppEngine:
         # An id outside the vocabulary makes llama_decode fail the whole batch (or, past the
         # int32 range, cannot even be put in it): it must never get that far.
         check_prompt_tokens(request, self._n_vocab)
+        if not 1 <= request.n <= self._parallel:
+            raise ValueError(f"n is {request.n}; this engine runs at most {self._parallel}")
+        for token, _bias in request.params.logit_bias:
+            if not 0 <= token < self._n_vocab:
+                raise ValueError(f"logit_bias names token id {token}, outside the vocabulary")
         if len(request.prompt_tokens) >= self.context_length:
             raise ValueError(
                 f"the prompt is {len(request.prompt_tokens)} tokens; the context holds "
@@ -249,6 +266,9 @@ class LlamaCppEngine:
         except Exception as err:
             # One batch failed: its sequences end (their KV cells freed), every other goes on.
             return chunks + self._fail(members, f"{type(err).__name__}: {err}")
+        for _, seq in outputs:
+            if seq.siblings:
+                self._start_siblings(seq)
         for batch_index, seq in outputs:
             try:
                 chunks.append(self._sample(seq, batch_index))
@@ -264,10 +284,11 @@ class LlamaCppEngine:
             return []
         chunks = []
         for request_id in self._cancelled:
-            seq = self._active.get(request_id)
-            if seq is not None:
+            seqs = [s for s in self._active.values() if s.request.request_id == request_id]
+            for seq in seqs:
                 self._release(seq)
-                chunks.append(Chunk(request_id, "", finish_reason="cancelled"))
+                chunks.append(Chunk(request_id, "", finish_reason="cancelled", index=seq.index))
+            if seqs:
                 continue
             for request in self._waiting:
                 if request.request_id == request_id:
@@ -278,17 +299,34 @@ class LlamaCppEngine:
         return chunks
 
     def _admit_waiting(self) -> None:
-        while self._waiting and self._free_seq_ids:
+        # First come, first served: a request for n choices waits for n free slots.
+        while self._waiting and len(self._free_seq_ids) >= self._waiting[0].n:
             request = self._waiting.popleft()
-            params = request.params
-            self._active[request.request_id] = _Sequence(
-                request=request,
-                seq_id=self._free_seq_ids.pop(),
-                sampler=_sampler_chain(params),
-                stop_filter=StopStringFilter(params.stop),
-                end_ids=self._end_ids.union(params.stop_token_ids),
-                greedy=params.temperature <= 0,
-            )
+            first, *siblings = [self._new_sequence(request, i) for i in range(request.n)]
+            first.siblings = siblings
+            self._active[first.key] = first
+
+    def _new_sequence(self, request: GenerationRequest, index: int) -> _Sequence:
+        params = request.params
+        return _Sequence(
+            request=request,
+            index=index,
+            seq_id=self._free_seq_ids.pop(),
+            sampler=_sampler_chain(params, self._n_vocab, index),
+            stop_filter=StopStringFilter(params.stop),
+            end_ids=self._end_ids.union(params.stop_token_ids),
+            greedy=params.temperature <= 0 and not params.transforms_logits,
+        )
+
+    def _start_siblings(self, seq: _Sequence) -> None:
+        """The prompt is decoded for `seq`: its siblings get a copy of its KV cells and go on
+        from the same logits row (llama.cpp copies the cells at the next decode)."""
+        for sibling in seq.siblings:
+            llama_cpp.llama_memory_seq_cp(self._memory, seq.seq_id, sibling.seq_id, -1, -1)
+            sibling.prefilled = seq.prefilled
+            sibling.n_past = seq.n_past
+            self._active[sibling.key] = sibling
+        seq.siblings = []
 
     def _fill_batch(self, members: list[_Sequence]) -> tuple[int, list[tuple[int, _Sequence]]]:
         """Next token of every decoding sequence first, then prompt chunks in the room left."""
@@ -328,22 +366,31 @@ class LlamaCppEngine:
             if seq.prompt_done:
                 logits[n - 1] = 1
                 outputs.append((n - 1, seq))
+                outputs.extend((n - 1, sibling) for sibling in seq.siblings)
         return n, outputs
 
     def _sample(self, seq: _Sequence, batch_index: int) -> Chunk:
-        request_id = seq.request.request_id
+        request_id, index = seq.request.request_id, seq.index
+        want_logprobs = seq.request.params.logprobs
+        row = None
+        if seq.greedy or want_logprobs is not None:
+            # The raw logits row, read in place (the samplers copy it; nothing writes it).
+            pointer = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
+            row = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
         if seq.greedy:
             # argmax over the logits row: the same token the greedy sampler picks, without
             # copying the whole vocabulary into a candidate array each step.
-            row = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
-            token = int(np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax())
+            token = int(row.argmax())
         else:
             token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, batch_index)
         if token in seq.end_ids:
             text = seq.stop_filter.flush() + seq.decoder.decode(b"", final=True)
             self._release(seq)
             # The end-of-turn token is not part of the completion: no id, so it is not counted.
-            return Chunk(request_id, text, None, finish_reason="stop")
+            return Chunk(request_id, text, None, finish_reason="stop", index=index)
+        logprob = None
+        if want_logprobs is not None:
+            logprob = self._token_logprob(row, token, want_logprobs)
         seq.generated += 1
         text, stopped = seq.stop_filter.feed(seq.decoder.decode(self._piece(token)))
         finish: FinishReason | None = None
@@ -356,21 +403,39 @@ class LlamaCppEngine:
             self._release(seq)
         else:
             seq.next_token = token
-        return Chunk(request_id, text, token, finish_reason=finish)
+        return Chunk(request_id, text, token, finish_reason=finish, index=index, logprob=logprob)
+
+    def _token_logprob(self, row: np.ndarray, token: int, top: int) -> TokenLogprob:
+        """log-softmax of the raw logits row at `token`, and the `top` likeliest tokens."""
+        peak = float(row.max())
+        log_total = peak + float(np.log(np.exp(row - peak).sum(dtype=np.float64)))
+        likeliest: tuple[tuple[bytes, float], ...] = ()
+        if top > 0:
+            ids = np.argpartition(row, -top)[-top:]
+            ids = ids[np.argsort(-row[ids], kind="stable")]
+            likeliest = tuple((self._piece(int(t)), float(row[t]) - log_total) for t in ids)
+        return TokenLogprob(self._piece(token), float(row[token]) - log_total, likeliest)
 
     def _release(self, seq: _Sequence) -> None:
-        llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
-        llama_cpp.llama_sampler_free(seq.sampler)
-        self._free_seq_ids.append(seq.seq_id)
-        del self._active[seq.request.request_id]
+        """Free the sequence's slot, and its siblings' if they never started."""
+        for done in [seq, *seq.siblings]:
+            llama_cpp.llama_memory_seq_rm(self._memory, done.seq_id, -1, -1)
+            llama_cpp.llama_sampler_free(done.sampler)
+            self._free_seq_ids.append(done.seq_id)
+            self._active.pop(done.key, None)
+        seq.siblings = []
 
     def _fail(self, seqs: list[_Sequence], reason: str) -> list[Chunk]:
         """End `seqs` with an error chunk each, freeing their slots and KV cells."""
         chunks = []
         for seq in seqs:
-            if seq.request.request_id in self._active:
+            if seq.key in self._active:
                 self._release(seq)
-            chunks.append(Chunk(seq.request.request_id, "", finish_reason="error", error=reason))
+            chunks.append(
+                Chunk(
+                    seq.request.request_id, "", finish_reason="error", error=reason, index=seq.index
+                )
+            )
         return chunks
 
     def close(self) -> None:
@@ -383,19 +448,45 @@ class LlamaCppEngine:
             self._ctx = None
 
 
-def _sampler_chain(params: SamplingParams) -> llama_cpp.llama_sampler_p:
-    """top-p, then temperature, then a seeded draw (llama.cpp's own order); greedy at 0."""
+def _sampler_chain(params: SamplingParams, n_vocab: int, index: int) -> llama_cpp.llama_sampler_p:
+    """llama.cpp's own order: logit bias, penalties, top-k, top-p, min-p, temperature, then a
+    draw seeded per choice (`seed + index`, so the choices differ); greedy at temperature 0."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    if params.temperature <= 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    if params.top_p < 1.0:
-        llama_cpp.llama_sampler_chain_add(
-            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
+
+    def add(sampler: llama_cpp.llama_sampler_p) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    if params.logit_bias:
+        biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+            *(llama_cpp.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
         )
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
-    seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
+    if params.has_penalties:
+        # The window covers the whole answer: OpenAI's penalties count every generated token.
+        add(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab,
+                params.max_tokens,
+                params.repetition_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            )
+        )
+    if params.temperature <= 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if params.top_k > 0:
+        add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+    if params.top_p < 1.0:
+        add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+    add(llama_cpp.llama_sampler_init_temp(params.temperature))
+    # No seed: LLAMA_DEFAULT_SEED, with which llama.cpp draws a random one.
+    seed = (
+        llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else (params.seed + index) & 0xFFFFFFFF
+    )
+    add(llama_cpp.llama_sampler_init_dist(seed))
     return chain
 
 

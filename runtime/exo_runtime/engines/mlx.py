@@ -17,7 +17,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.sample_utils import make_sampler
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import load_model, load_tokenizer
 
 from exo_runtime.engine import (
@@ -183,6 +183,7 @@ class MlxEngine:
                 [list(request.prompt_tokens)],
                 max_tokens=[max(min(params.max_tokens, room), 1)],
                 samplers=[_sampler(params)],
+                logits_processors=[_logits_processors(params)],
             )
             self._active[uid] = _Sequence(
                 request=request,
@@ -244,7 +245,28 @@ class MlxEngine:
 def _sampler(params: SamplingParams) -> Any:
     if params.temperature <= 0:
         return make_sampler(0.0)
-    return make_sampler(params.temperature, top_p=params.top_p if params.top_p < 1.0 else 0.0)
+    return make_sampler(
+        params.temperature,
+        top_p=params.top_p if params.top_p < 1.0 else 0.0,
+        min_p=params.min_p,
+        top_k=params.top_k,
+    )
+
+
+def _logits_processors(params: SamplingParams) -> list[Any]:
+    """Logit bias and penalties, applied before the sampler (at temperature 0 too)."""
+    if not params.transforms_logits:
+        return []
+    # The window covers the whole answer, as on llama.cpp: OpenAI's penalties count every token.
+    return make_logits_processors(
+        logit_bias=dict(params.logit_bias) or None,
+        repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1 else None,
+        repetition_context_size=params.max_tokens,
+        presence_penalty=params.presence_penalty or None,
+        presence_context_size=params.max_tokens,
+        frequency_penalty=params.frequency_penalty or None,
+        frequency_context_size=params.max_tokens,
+    )
 
 
 def _read_config(path: Path) -> dict:
