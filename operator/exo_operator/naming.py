@@ -10,6 +10,8 @@ MODEL_LABEL = "exo.dev/model"
 COMPONENT_LABEL = "exo.dev/component"
 TEMPLATE_HASH_LABEL = "exo.dev/template-hash"
 APPLIED_HASH_ANNOTATION = "exo.dev/applied-hash"
+# On runtime pods: the uid of the cache claim they were made for.
+CACHE_CLAIM_ANNOTATION = "exo.dev/cache-claim"
 
 RUNTIME = "runtime"
 FETCH = "fetch"

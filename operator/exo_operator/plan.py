@@ -31,14 +31,18 @@ class Desired:
 
 
 def desired_children(
-    model: ExoModel, settings: OperatorSettings, cached: bool, model_bytes: int | None
+    model: ExoModel,
+    settings: OperatorSettings,
+    cached: bool,
+    model_bytes: int | None,
+    cache_claim_uid: str | None = None,
 ) -> Desired:
     """The cache claim and the fetch Job until the model is cached; then the Deployment.
 
     The Service comes first of all, so that the endpoint exists before the pods do; the
     disruption budget (more than one replica) before the pods too.
     """
-    deployment = runtime_deployment_for(model, settings, model_bytes)
+    deployment = runtime_deployment_for(model, settings, model_bytes, cache_claim_uid)
     manifests = [runtime_service_for(model, settings)]
     pdb = runtime_pdb_for(model)
     if pdb:

@@ -214,7 +214,8 @@ class Reconciler:
             if stamp:
                 await self._stamp_claim(claim, stamp)
 
-        desired = desired_children(model, self.settings, cached, model_bytes(base))
+        claim_uid = claim["metadata"]["uid"] if claim and not model.spec.source.pvc else None
+        desired = desired_children(model, self.settings, cached, model_bytes(base), claim_uid)
         # The indexes keep bodies without their kind; the plan's keys need it.
         observed = {
             child_key(o): o

@@ -127,3 +127,15 @@ def test_what_the_model_does_not_control_is_never_deleted():
         owned("Service", "other"),
     ]
     assert obsolete_children(m, desired, observed) == []
+
+
+def test_a_cache_claim_made_again_rolls_the_runtime_pods() -> None:
+    def template(claim_uid):
+        desired = desired_children(model(), SETTINGS, cached=True, model_bytes=None,
+                                   cache_claim_uid=claim_uid)  # fmt: skip
+        return desired.manifests[-1]["spec"]["template"], desired.template_hash
+
+    (first, first_hash), (again, again_hash) = template("uid-1"), template("uid-2")
+    assert first["metadata"]["annotations"]["exo.dev/cache-claim"] == "uid-1"
+    assert again["metadata"]["annotations"]["exo.dev/cache-claim"] == "uid-2"
+    assert first_hash != again_hash

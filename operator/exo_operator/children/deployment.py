@@ -16,6 +16,7 @@ from exo_operator.children.pod_security import (
 )
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
+    CACHE_CLAIM_ANNOTATION,
     RUNTIME,
     TEMPLATE_HASH_LABEL,
     cache_claim_name,
@@ -199,9 +200,13 @@ def _lifecycle(settings: OperatorSettings) -> dict[str, Any]:
 
 
 def runtime_deployment_for(
-    model: ExoModel, settings: OperatorSettings, model_bytes: int | None = None
+    model: ExoModel,
+    settings: OperatorSettings,
+    model_bytes: int | None = None,
+    cache_claim_uid: str | None = None,
 ) -> dict[str, Any]:
-    """The runtime Deployment; a change to anything the pods run with rolls it."""
+    """The runtime Deployment; a change to anything the pods run with rolls it, the cache claim
+    they mount (`cache_claim_uid`) included."""
     spec = model.spec
     container: dict[str, Any] = {
         "name": "runtime",
@@ -244,6 +249,10 @@ def runtime_deployment_for(
         }
         | dict(spec.pod_annotations or {}),
     }
+    if cache_claim_uid:
+        # A claim made again (deleted by hand, then fetched anew) rolls the pods: the old ones,
+        # which found no verified model on it, would otherwise wait out a crash-loop back-off.
+        template_metadata["annotations"][CACHE_CLAIM_ANNOTATION] = cache_claim_uid
     # Pods carry the hash of the template they were made from: the status counts as ready only
     # those of the current spec, without waiting for the Deployment controller's bookkeeping.
     template_metadata["labels"][TEMPLATE_HASH_LABEL] = content_hash([template_metadata, pod_spec])
