@@ -18,7 +18,7 @@ class StopStringFilter:
         if not self._stops:
             return text, False
         held = self._held + text
-        first = min((i for i in (held.find(s) for s in self._stops) if i >= 0), default=-1)
+        first = self._first_stop(held)
         if first >= 0:
             self._held = ""
             return held[:first], True
@@ -30,6 +30,16 @@ class StopStringFilter:
         """The text still held back, at the end of the generation."""
         held, self._held = self._held, ""
         return held
+
+    def _first_stop(self, text: str) -> int:
+        """Where the answer ends: generation stops as soon as a stop string is complete, so the
+        cut is the earliest start among the stops complete by the first point one is (however
+        the text was split into pieces), or -1."""
+        ends = [i + len(s) for i, s in ((text.find(s), s) for s in self._stops) if i >= 0]
+        if not ends:
+            return -1
+        seen = text[: min(ends)]
+        return min(i for i in (seen.find(s) for s in self._stops) if i >= 0)
 
     def _longest_stop_prefix_suffix(self, text: str) -> int:
         longest = 0

@@ -43,9 +43,14 @@ STOPS = st.lists(st.text(alphabet="ab\n#é", min_size=1, max_size=4), max_size=4
 
 
 def one_shot(text: str, stops: list[str]) -> tuple[str, bool]:
-    """The reference: the text up to the earliest stop string, and whether one occurred."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """The reference, one character at a time as a model generates: at the first point where a
+    stop string is complete, the text before the earliest stop string seen so far."""
+    stops = [s for s in stops if s]
+    for end in range(len(text) + 1):
+        hits = [i for i in (text[:end].find(s) for s in stops) if i >= 0]
+        if hits:
+            return text[: min(hits)], True
+    return text, False
 
 
 @settings(max_examples=500, deadline=None)
