@@ -37,9 +37,10 @@ SERVE_BYTES_PER_SECOND = 8 << 20
 # Bytes the server sent that the killed pod never wrote: at most what the sockets' buffers hold.
 IN_FLIGHT_BOUND = 16 << 20
 
-# An HTTP server for the GGUF that honours Range (python's http.server does not, so a fetch from
-# it cannot resume), sends at a fixed rate, and logs every transfer as a JSON line: where it
-# started and how many bytes went out. It copies the file from the session's model server first.
+# An HTTP server for the GGUF that honours Range and If-Range with a strong ETag (python's
+# http.server does neither, so a fetch from it cannot resume), sends at a fixed rate, and logs
+# every transfer as a JSON line: where it started and how many bytes went out. It copies the
+# file from the session's model server first.
 RANGED_SERVER_SCRIPT = """
 import http.server, json, os, re, shutil, sys, time, urllib.request
 source, port, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -49,6 +50,8 @@ with urllib.request.urlopen(source) as answer, open(path + ".part", "wb") as out
     shutil.copyfileobj(answer, out, 1 << 20)
 os.rename(path + ".part", path)
 size = os.path.getsize(path)
+# A strong validator: the fetcher resumes only with If-Range on it (else it starts over).
+etag = '"%d-%d"' % (size, int(os.path.getmtime(path)))
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -61,6 +64,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         asked = re.fullmatch(r"bytes=(\\d+)-", self.headers.get("Range", ""))
+        if asked and self.headers.get("If-Range", etag) != etag:
+            asked = None  # another version: the whole file, as RFC 9110 says
         start = int(asked[1]) if asked else 0
         if start >= size:
             self.send_response(416)
@@ -72,6 +77,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if asked:
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         self.send_header("Content-Length", str(size - start))
+        self.send_header("ETag", etag)
         self.end_headers()
         sent, began = 0, time.monotonic()
         try:
