@@ -36,6 +36,7 @@ def desired_children(
     cached: bool,
     model_bytes: int | None,
     cache_claim_uid: str | None = None,
+    cache_claim_going: bool = False,
 ) -> Desired:
     """The cache claim and the fetch Job until the model is cached; then the Deployment.
 
@@ -43,6 +44,10 @@ def desired_children(
     disruption budget (more than one replica) before the pods too.
     """
     deployment = runtime_deployment_for(model, settings, model_bytes, cache_claim_uid)
+    if cache_claim_going:
+        # A claim being deleted waits for every pod that mounts it, the Deployment's new ones
+        # too: none may run until it is gone and made again (then fetched, then scaled back).
+        deployment["spec"]["replicas"] = 0
     manifests = [runtime_service_for(model, settings)]
     pdb = runtime_pdb_for(model)
     if pdb:
@@ -50,7 +55,7 @@ def desired_children(
     pvc = cache_pvc_for(model)
     if pvc:
         manifests.append(pvc)
-    if cached:
+    if cached or cache_claim_going:
         manifests.append(deployment)
     else:
         job = fetch_job_for(model, settings)

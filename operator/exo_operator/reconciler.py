@@ -215,7 +215,10 @@ class Reconciler:
                 await self._stamp_claim(claim, stamp)
 
         claim_uid = claim["metadata"]["uid"] if claim and not model.spec.source.pvc else None
-        desired = desired_children(model, self.settings, cached, model_bytes(base), claim_uid)
+        going = bool(claim and claim["metadata"].get("deletionTimestamp"))
+        desired = desired_children(
+            model, self.settings, cached, model_bytes(base), claim_uid, cache_claim_going=going
+        )
         # The indexes keep bodies without their kind; the plan's keys need it.
         observed = {
             child_key(o): o

@@ -139,3 +139,10 @@ def test_a_cache_claim_made_again_rolls_the_runtime_pods() -> None:
     assert first["metadata"]["annotations"]["exo.dev/cache-claim"] == "uid-1"
     assert again["metadata"]["annotations"]["exo.dev/cache-claim"] == "uid-2"
     assert first_hash != again_hash
+
+
+def test_a_cache_claim_being_deleted_scales_the_runtime_to_zero() -> None:
+    desired = desired_children(model(), SETTINGS, cached=True, model_bytes=None,
+                               cache_claim_uid="uid-1", cache_claim_going=True)  # fmt: skip
+    assert desired.manifests[-1]["kind"] == "Deployment"
+    assert desired.manifests[-1]["spec"]["replicas"] == 0
