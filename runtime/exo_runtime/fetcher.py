@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -157,8 +158,15 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # As PID 1 of its container the fetch would ignore SIGTERM and download on until the
+    # kubelet's SIGKILL; exit now instead, keeping the partial file for the next try to resume.
+    raise SystemExit(128 + signum)
+
+
 def run_fetch(args: argparse.Namespace) -> int:
     """Fetch what `args` asks into `args.dest`; print the summary line and return the exit code."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
     try:
         request = _request_for(args)

@@ -164,3 +164,23 @@ def _wait_for(condition, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_sigterm_ends_a_fetch_at_once_and_keeps_its_partial_file(file_server, tmp_path):
+    # A fetch Job's pod deleted mid-download: the fetch runs as its container's PID 1, which
+    # ignores SIGTERM unless it handles it, so exiting 143 (not dying by the signal) shows that.
+    slow_url = file_server.add("/slow.gguf", BODY, delay_per_chunk=0.75)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "runtime")}
+    fetch = subprocess.Popen(
+        [sys.executable, "-m", "exo_runtime", "fetch", slow_url, "--dest", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: (tmp_path / "slow.gguf.part").exists())
+        fetch.terminate()
+        assert fetch.wait(timeout=5) == 143, fetch.stderr.read()
+    finally:
+        fetch.kill()
+        fetch.wait()
+    assert (tmp_path / "slow.gguf.part").exists()
+    assert not (tmp_path / "slow.gguf").exists()
