@@ -13,6 +13,7 @@ from exo_operator.children.service import runtime_service_for
 from exo_operator.model import ExoModel
 from exo_operator.naming import TEMPLATE_HASH_LABEL, fetch_job_name
 from exo_operator.settings import OperatorSettings
+from exo_operator.source_plan import source_plan
 
 ChildKey = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -82,7 +83,7 @@ def obsolete_children(
     with propagationPolicy Background, or its pods stay behind.
     """
     wanted = {child_key(m) for m in desired.manifests}
-    current_job = None if model.spec.source.pvc else fetch_job_name(model)
+    current_job = fetch_job_name(model) if source_plan(model).fetched else None
     obsolete = []
     for obj in observed:
         key = child_key(obj)

@@ -17,7 +17,6 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from exo_operator import kube
-from exo_operator.cache import cache_key
 from exo_operator.cache_proof import (
     fetch_jobs_to_delete,
     job_failed,
@@ -46,6 +45,7 @@ from exo_operator.plan import (
 )
 from exo_operator.ready_logs import ReadyLogs
 from exo_operator.settings import OperatorSettings
+from exo_operator.source_plan import source_plan
 from exo_operator.status import (
     Observed,
     Transition,
@@ -207,14 +207,13 @@ class Reconciler:
             jobs = [j for j in jobs if j["metadata"]["uid"] not in gone]
             base = self._observe(key, model, previous, snap, jobs, claim, fetch_name)
         cached = is_cached(base)
-        if not model.spec.source.pvc and claim:
-            stamp = stamp_wanted(
-                cache_key(model.spec.source), claim, base.fetch_job, base.deployment, cached
-            )
+        source = source_plan(model)
+        if source.cache_key and claim:
+            stamp = stamp_wanted(source.cache_key, claim, base.fetch_job, base.deployment, cached)
             if stamp:
                 await self._stamp_claim(claim, stamp)
 
-        claim_uid = claim["metadata"]["uid"] if claim and not model.spec.source.pvc else None
+        claim_uid = claim["metadata"]["uid"] if claim and source.fetched else None
         going = bool(claim and claim["metadata"].get("deletionTimestamp"))
         desired = desired_children(
             model, self.settings, cached, model_bytes(base), claim_uid, cache_claim_going=going
@@ -327,9 +326,9 @@ class Reconciler:
     @staticmethod
     def _refuted(obs: Observed, key: ModelKey) -> bool:
         """Whether a runtime pod found the cache unverified since it was last proven."""
-        if obs.model.spec.source.pvc:
+        cache = source_plan(obs.model).cache_key
+        if cache is None:
             return False
-        cache = cache_key(obs.model.spec.source)
         return refuted_since_proof(
             refutation(obs.runtime_pods), proof_time(cache, obs.claim, obs.fetch_job)
         )

@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from exo_operator.cache import cache_key, model_path
 from exo_operator.cache_proof import (
     CACHE_NOT_VERIFIED_MARK,
     job_complete,
@@ -23,6 +22,7 @@ from exo_operator.runtime_events import (
     reported_engine,
     step_seconds,
 )
+from exo_operator.source_plan import source_plan
 
 # Container problems a user must act on, as the kubelet names them in `state.waiting.reason`.
 WAITING_PROBLEMS = {
@@ -233,9 +233,9 @@ def _download_message(download: dict[str, Any] | None) -> str:
 
 def _cache_finding(obs: Observed, key: str | None) -> tuple[bool, Finding]:
     """Whether the model is cached, and why (not)."""
-    spec = obs.model.spec
-    if spec.source.pvc:
-        return True, Finding("ExistingClaim", f"served from claim {spec.source.pvc.claim_name}")
+    source = source_plan(obs.model)
+    if not source.fetched:
+        return True, Finding("ExistingClaim", f"served from claim {source.claim_name}")
     assert key is not None
     refuted = refutation(obs.runtime_pods)
     if refuted_since_proof(refuted, proof_time(key, obs.claim, obs.fetch_job)):
@@ -267,8 +267,7 @@ def _cache_finding(obs: Observed, key: str | None) -> tuple[bool, Finding]:
 
 def is_cached(obs: Observed) -> bool:
     """Whether the verified model file is in the cache (or on the user's claim) for this spec."""
-    key = None if obs.model.spec.source.pvc else cache_key(obs.model.spec.source)
-    return _cache_finding(obs, key)[0]
+    return _cache_finding(obs, source_plan(obs.model).cache_key)[0]
 
 
 def model_bytes(obs: Observed) -> int | None:
@@ -282,7 +281,7 @@ def _engine(model: ExoModel) -> str:
     """The engine the spec and the model's format imply (the runtime's selector decides)."""
     if model.spec.engine != "auto":
         return model.spec.engine
-    return "llamacpp" if model_path(model.spec.source).endswith(".gguf") else "mlx"
+    return "llamacpp" if source_plan(model).model_path.endswith(".gguf") else "mlx"
 
 
 def _condition(
@@ -365,7 +364,7 @@ def aggregate(
     model = obs.model
     prev = obs.previous or {}
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    key = None if model.spec.source.pvc else cache_key(model.spec.source)
+    key = source_plan(model).cache_key
     desired = model.spec.replicas
 
     cached, cache_why = _cache_finding(obs, key)

@@ -5,7 +5,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from exo_operator.cache import MODELS_MOUNT, model_path
+from exo_operator.cache import MODELS_MOUNT
 from exo_operator.children import content_hash, owner_reference
 from exo_operator.children.placement import GPU_RESOURCE, NO_GPU_ENV, placement_for
 from exo_operator.children.pod_security import (
@@ -19,12 +19,12 @@ from exo_operator.naming import (
     CACHE_CLAIM_ANNOTATION,
     RUNTIME,
     TEMPLATE_HASH_LABEL,
-    cache_claim_name,
     component_labels,
     runtime_name,
     runtime_selector,
 )
 from exo_operator.settings import OperatorSettings
+from exo_operator.source_plan import source_plan
 
 PROBE_PERIOD_SECONDS = 5
 GIB = 1024**3
@@ -49,7 +49,7 @@ def startup_budget_seconds(
 
     The model's size comes from the download when known, else the cache size bounds it.
     """
-    if model_bytes is None and not model.spec.source.pvc:
+    if model_bytes is None and source_plan(model).fetched:
         model_bytes = int(parse_quantity(model.spec.storage.size))
     gib = math.ceil((model_bytes or 0) / GIB)
     return model.spec.warmup.timeout_seconds + settings.startup_seconds_per_gib * gib
@@ -69,9 +69,10 @@ def gpu_layers_for(model: ExoModel) -> int:
 def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
     """The `exo-runtime serve` command line for the model's spec."""
     spec = model.spec
+    source = source_plan(model)
     args = [
         "serve",
-        "--model", model_path(spec.source),
+        "--model", source.model_path,
         "--engine", spec.engine,
         # The runtime listens on loopback by default; in a pod the kubelet's probes and the
         # Service reach it on the pod's IP.
@@ -81,7 +82,7 @@ def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
         "--gpu-layers", str(gpu_layers_for(model)),
         "--shutdown-timeout", str(settings.runtime_drain_seconds),
     ]  # fmt: skip
-    if not spec.source.pvc:
+    if source.fetched:
         # Only a model whose fetch verified it (every file of it) is loaded; a half-written or
         # tampered cache sends the model back to Downloading instead of serving garbage.
         args.append("--require-verified")
@@ -161,7 +162,7 @@ def _probes(budget_seconds: int) -> dict[str, Any]:
 
 
 def _model_volume(model: ExoModel) -> dict[str, Any]:
-    claim = model.spec.source.pvc.claim_name if model.spec.source.pvc else cache_claim_name(model)
+    claim = source_plan(model).claim_name
     return {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
 
 
@@ -172,7 +173,7 @@ def cache_allows_surge(model: ExoModel) -> bool:
     to be served from). A ReadWriteOnce disk attaches to one node and a ReadWriteOncePod one
     to one pod: a surge pod elsewhere would wait for it forever while the old pod held it.
     """
-    return bool(model.spec.source.pvc) or model.spec.storage.access_mode == "ReadWriteMany"
+    return not source_plan(model).fetched or model.spec.storage.access_mode == "ReadWriteMany"
 
 
 def _strategy(model: ExoModel) -> dict[str, Any]:

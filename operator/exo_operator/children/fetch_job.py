@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from exo_operator.cache import MODELS_MOUNT, cache_key, fetch_source_args
+from exo_operator.cache import MODELS_MOUNT, fetch_source_args
 from exo_operator.children import owner_reference
 from exo_operator.children.placement import NO_GPU_ENV, placement_for
 from exo_operator.children.pod_security import (
@@ -14,15 +14,15 @@ from exo_operator.children.pod_security import (
 from exo_operator.model import ExoModel
 from exo_operator.naming import FETCH, cache_claim_name, component_labels, fetch_job_name
 from exo_operator.settings import OperatorSettings
+from exo_operator.source_plan import source_plan
 
 
 def fetch_args(model: ExoModel) -> list[str]:
     """The `exo-runtime fetch` command line for the model's source."""
-    source = model.spec.source
     # The cache PVC is the model's own: once this model is verified, what an older source left
     # beside it is dead weight that could fill the disk for the next download.
-    dest = f"{MODELS_MOUNT}/{cache_key(source)}"
-    return ["fetch", *fetch_source_args(source), "--dest", dest, "--prune"]
+    dest = f"{MODELS_MOUNT}/{source_plan(model).cache_key}"
+    return ["fetch", *fetch_source_args(model.spec.source), "--dest", dest, "--prune"]
 
 
 def active_deadline_seconds(model: ExoModel, settings: OperatorSettings) -> int:
@@ -41,7 +41,7 @@ def _resources(settings: OperatorSettings) -> dict[str, Any]:
 def fetch_job_for(model: ExoModel, settings: OperatorSettings) -> dict[str, Any] | None:
     """The fetch Job, or None when the model is served from an existing claim."""
     spec = model.spec
-    if spec.source.pvc:
+    if not source_plan(model).fetched:
         return None
     labels = component_labels(model, FETCH)
     container: dict[str, Any] = {

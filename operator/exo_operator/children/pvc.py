@@ -5,6 +5,7 @@ from typing import Any
 from exo_operator.children import owner_reference
 from exo_operator.model import ExoModel
 from exo_operator.naming import CACHE, cache_claim_name, component_labels
+from exo_operator.source_plan import source_plan
 
 
 def cache_pvc_for(model: ExoModel) -> dict[str, Any] | None:
@@ -14,7 +15,7 @@ def cache_pvc_for(model: ExoModel) -> dict[str, Any] | None:
     leaves it (and the downloaded model) behind; no finalizer is needed for that.
     """
     spec = model.spec
-    if spec.source.pvc:
+    if not source_plan(model).fetched:
         return None
     metadata: dict[str, Any] = {
         "name": cache_claim_name(model),
