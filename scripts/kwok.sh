@@ -232,7 +232,10 @@ ensure_nodes() {
   desired_nodes | while read -r name gpus; do node_manifest "$name" "$gpus"; done |
     kubectl apply -f - >&2
   kubectl wait --for=condition=Ready nodes -l exo.dev/kwok-node=true --timeout=60s >&2 ||
-    { show_logs; die "the fake nodes did not become Ready in 60 s (kwok's log above)"; }
+    {
+      show_logs
+      die "the fake nodes did not become Ready in 60 s (kwok's log above)"
+    }
 }
 
 # The controller-manager creates each namespace's default ServiceAccount a moment after

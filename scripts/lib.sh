@@ -5,7 +5,10 @@ WHEELHOUSE="${WHEELHOUSE:-$EXO_CACHE/wheels}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
-die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+die() {
+  printf '\033[1;31merror:\033[0m %s\n' "$*" >&2
+  exit 1
+}
 
 # Binaries built by scripts/tools.sh from the pins in scripts/versions.env.
 TOOLS_BIN="${TOOLS_BIN:-$EXO_CACHE/bin}"
@@ -25,9 +28,9 @@ docker_cli() { /usr/bin/docker "$@"; }
 
 # Put Debian's docker client first on PATH for tools that run `docker` themselves (kind).
 use_debian_docker_on_path() {
-	mkdir -p "$EXO_CACHE/docker/bin"
-	ln -sf /usr/bin/docker "$EXO_CACHE/docker/bin/docker"
-	export PATH="$EXO_CACHE/docker/bin:$PATH"
+  mkdir -p "$EXO_CACHE/docker/bin"
+  ln -sf /usr/bin/docker "$EXO_CACHE/docker/bin/docker"
+  export PATH="$EXO_CACHE/docker/bin:$PATH"
 }
 
 # A process started by a script inherits every descriptor the script holds: a lock's (flock), a
@@ -39,12 +42,12 @@ use_debian_docker_on_path() {
 # close_inherited_fds: closes every descriptor above 2 of the current shell; run it in the
 # subshell that goes on to start the long-lived process.
 close_inherited_fds() {
-	local path fd
-	for path in /proc/"$BASHPID"/fd/*; do
-		fd=${path##*/}
-		((fd > 2)) && exec {fd}>&-
-	done
-	return 0
+  local path fd
+  for path in /proc/"$BASHPID"/fd/*; do
+    fd=${path##*/}
+    ((fd > 2)) && exec {fd}>&-
+  done
+  return 0
 }
 
 # without_inherited_fds COMMAND...: runs COMMAND in the foreground with no descriptor of the
@@ -55,7 +58,7 @@ without_inherited_fds() { (close_inherited_fds && "$@"); }
 # stdin from /dev/null, stdout and stderr appended to LOG and no other descriptor of the
 # script's. $! is its pid afterwards.
 start_daemon() {
-	local log=$1
-	shift
-	(close_inherited_fds && exec setsid "$@" </dev/null >>"$log" 2>&1) &
+  local log=$1
+  shift
+  (close_inherited_fds && exec setsid "$@" </dev/null >>"$log" 2>&1) &
 }
