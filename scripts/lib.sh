@@ -2,6 +2,7 @@
 # shellcheck shell=bash
 EXO_CACHE="${EXO_CACHE:-$HOME/.cache/exo-operator}"
 WHEELHOUSE="${WHEELHOUSE:-$EXO_CACHE/wheels}"
+# shellcheck disable=SC2034  # read by the scripts that source this file, not here
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
