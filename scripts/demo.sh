@@ -125,12 +125,11 @@ spec:
   ports: [{name: http, port: 8000, targetPort: 8000, nodePort: $NODE_PORT}]
 EOF
 curl_command="curl -s http://127.0.0.1:$HOST_PORT/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\": \"$MODEL\", \"messages\": [{\"role\": \"system\", \"content\": \"Answer in one short sentence.\"}, {\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"max_tokens\": 64, \"temperature\": 0}'"
-for ((i = 0; i < 30; i++)); do
+answers_on_host() {
   answer="$(bash -c "$curl_command" 2>/dev/null || true)"
-  [[ $answer == *'"choices"'* ]] && break
-  sleep 1
-done
-[[ $answer == *'"choices"'* ]] || die "the model is Ready but 127.0.0.1:$HOST_PORT does not answer: $answer"
+  [[ $answer == *'"choices"'* ]]
+}
+wait_for 30 answers_on_host || die "the model is Ready but 127.0.0.1:$HOST_PORT does not answer: $answer"
 # A chat model ends its turn by itself: anything but "stop" means the demo serves it wrongly.
 reply="$(.venv/bin/python -c '
 import json, sys

@@ -96,6 +96,8 @@ write_daemon_config() {
 }
 
 daemon_answers() { docker_cli info >/dev/null 2>&1; }
+exited() { ! kill -0 "$1" 2>/dev/null; }
+answers_or_exited() { daemon_answers || exited "$1"; }
 
 up() {
   install_packages
@@ -117,15 +119,11 @@ up() {
   # descriptors of whoever ran this script: scripts/kind.sh's cluster lock among them.
   start_daemon "$DOCKERD_LOG" "$DOCKERD" --config-file "$DOCKERD_CONFIG"
   echo $! >"$DOCKERD_PID"
-  local pid=$! i
-  for ((i = 0; i < 60; i++)); do
-    daemon_answers && {
-      log "docker daemon ready ($(docker_cli version -f '{{.Server.Version}}'))"
-      return 0
-    }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 1
-  done
+  # A dockerd that exits at start (a bad flag, a port taken) ends the wait at once.
+  if wait_for 60 answers_or_exited "$!" && daemon_answers; then
+    log "docker daemon ready ($(docker_cli version -f '{{.Server.Version}}'))"
+    return 0
+  fi
   tail -n 30 "$DOCKERD_LOG" >&2 || true
   die "dockerd did not become ready; its log is above (full log: $DOCKERD_LOG)"
 }
@@ -135,11 +133,7 @@ down() {
   if [[ -f $DOCKERD_PID ]] && pid=$(cat "$DOCKERD_PID") && kill -0 "$pid" 2>/dev/null; then
     log "stopping dockerd (pid $pid)"
     kill "$pid"
-    for ((i = 0; i < 30; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 1
-    done
-    kill -0 "$pid" 2>/dev/null && die "dockerd (pid $pid) did not stop within 30 s"
+    wait_for 30 exited "$pid" || die "dockerd (pid $pid) did not stop within 30 s"
     rm -f "$DOCKERD_PID"
   elif daemon_answers; then
     die "a docker daemon runs that this script did not start; stop it the way it was started"

@@ -52,7 +52,7 @@ report_failure() {
 }
 
 check_port_free() {
-  if (exec 3<>"/dev/tcp/127.0.0.1/$NODEPORT_HOST_PORT") 2>/dev/null; then
+  if port_in_use "$NODEPORT_HOST_PORT"; then
     die "port 127.0.0.1:$NODEPORT_HOST_PORT is in use by another program (see: ss -ltnp | grep :$NODEPORT_HOST_PORT); free it or set EXO_KIND_NODEPORT to a free port"
   fi
 }
@@ -92,15 +92,11 @@ create_cluster() {
   fi
 }
 
-# wait_for WHAT SECONDS COMMAND...: poll COMMAND every second.
-wait_for() {
-  local what=$1 seconds=$2 i
+# await WHAT SECONDS COMMAND...: wait_for (scripts/lib.sh), reporting the node's state if it fails.
+await() {
+  local what=$1 seconds=$2
   shift 2
-  for ((i = 0; i < seconds; i++)); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 1
-  done
-  report_failure "$what did not happen within ${seconds}s"
+  wait_for "$seconds" "$@" || report_failure "$what did not happen within ${seconds}s"
 }
 
 gpus_advertised() {
@@ -109,13 +105,15 @@ gpus_advertised() {
 
 wait_until_usable() {
   log "waiting for the node, cluster DNS, storage and the fake GPUs"
-  wait_for "the node becoming Ready" 120 kctl wait --for=condition=Ready "node/$NODE_CONTAINER" --timeout=1s
+  # Bounds of wall time, about what the earlier counts of tries a second apart took (each
+  # `kctl wait` try spends its own second too).
+  await "the node becoming Ready" 240 kctl wait --for=condition=Ready "node/$NODE_CONTAINER" --timeout=1s
   kctl apply -f "$REPO_ROOT/hack/kind/fake-gpu-device-plugin.yaml" >/dev/null
-  wait_for "CoreDNS becoming available" 120 \
+  await "CoreDNS becoming available" 240 \
     kctl -n kube-system wait --for=condition=Available deployment/coredns --timeout=1s
-  wait_for "the local-path provisioner becoming available" 120 \
+  await "the local-path provisioner becoming available" 240 \
     kctl -n local-path-storage wait --for=condition=Available deployment/local-path-provisioner --timeout=1s
-  wait_for "the node advertising nvidia.com/gpu" 60 gpus_advertised
+  await "the node advertising nvidia.com/gpu" 90 gpus_advertised
 }
 
 up() {
@@ -186,14 +184,10 @@ load() {
 }
 
 # One `up` or `down` at a time per cluster: a second caller (another test session, say) waits for
-# the first instead of taking its half-made cluster for a leftover.
+# the first, up to 15 minutes (a cold node image build), instead of taking its half-made cluster
+# for a leftover.
 with_lock() {
-  mkdir -p "$EXO_CACHE/kind"
-  exec 9>"$EXO_CACHE/kind/$KIND_CLUSTER.lock"
-  if ! flock -n 9; then
-    log "another scripts/kind.sh is bringing cluster '$KIND_CLUSTER' up or down: waiting for it"
-    flock -w 900 9 || die "waited 15 min for another scripts/kind.sh on cluster '$KIND_CLUSTER'"
-  fi
+  hold_lock "$EXO_CACHE/kind/$KIND_CLUSTER.lock" 900 "another scripts/kind.sh on cluster '$KIND_CLUSTER'"
   "$@"
 }
 

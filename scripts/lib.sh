@@ -23,6 +23,42 @@ require_tools() {
   [ "${#missing[@]}" -eq 0 ] || die "missing in $TOOLS_BIN: ${missing[*]}; run \`make tools\` to build them"
 }
 
+# hold_lock FILE SECONDS HOLDER: takes an exclusive lock on FILE for the rest of the script, so
+# that one run at a time goes on (parallel test sessions share clusters and caches). When HOLDER
+# ("another scripts/kind.sh on cluster 'exo'") has it, says so and waits up to SECONDS (0: as long
+# as it takes). The lock lives on descriptor 9: whatever may outlive the script must start through
+# without_inherited_fds or start_daemon below, or it keeps the lock for as long as it lives. The
+# empty file stays: removing it while another run waits on it would let two runs in at once.
+hold_lock() {
+  local file=$1 seconds=$2 holder=$3 waited
+  mkdir -p "$(dirname "$file")"
+  exec 9>"$file"
+  flock -n 9 && return 0
+  log "$holder holds $file: waiting for it"
+  if [ "$seconds" -eq 0 ]; then
+    flock 9
+    return
+  fi
+  waited="$seconds s"
+  ((seconds % 60)) || waited="$((seconds / 60)) min"
+  flock -w "$seconds" 9 ||
+    die "waited $waited for $holder to release $file; if none is running, remove the file and retry"
+}
+
+# port_in_use PORT: whether something accepts connections on 127.0.0.1:PORT.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for SECONDS COMMAND...: runs COMMAND, its output discarded, every half second until it
+# succeeds (status 0) or SECONDS have passed (status 1); the caller says what failed.
+wait_for() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.5
+  done
+}
+
 # Debian's docker client, which matches the API of the dockerd that scripts/docker.sh starts (a
 # newer client elsewhere on PATH may speak an API version that daemon does not).
 docker_cli() { /usr/bin/docker "$@"; }

@@ -259,12 +259,7 @@ main() {
   case "${1:-build}" in
     build)
       # Two builds at once would write the same folders: the second waits for the first.
-      mkdir -p "$TOOLS_DIR"
-      exec 9>"$TOOLS_DIR/.lock"
-      if ! flock -n 9; then
-        log "another \`make tools\` is building; waiting for it to finish"
-        flock 9
-      fi
+      hold_lock "$TOOLS_DIR/.lock" 0 "another \`make tools\`"
       for name in "${COMPONENTS[@]}"; do
         index=$((index + 1))
         build_component "$index" "$name"
