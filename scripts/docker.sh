@@ -54,27 +54,30 @@ install_runc_wrapper() {
 # CAP_SYS_RESOURCE, so runc must not ask for it (privileged containers would fail to start).
 set -euo pipefail
 drop_cap() { # $1: a JSON file; $2: jq path of its capabilities object
-	[[ -f $1 ]] || return 0
-	local out="$1.exo-tmp"
-	jq "if $2 then $2 |= with_entries(.value |= (. // [] | map(select(. != \"CAP_SYS_RESOURCE\")))) else . end" \
-		"$1" >"$out" && mv "$out" "$1"
+  [[ -f $1 ]] || return 0
+  local out="$1.exo-tmp"
+  jq "if $2 then $2 |= with_entries(.value |= (. // [] | map(select(. != \"CAP_SYS_RESOURCE\")))) else . end" \
+    "$1" >"$out" && mv "$out" "$1"
 }
-command=""; bundle="."; process=""; prev=""
+command=""
+bundle="."
+process=""
+prev=""
 for arg in "$@"; do
-	case "$prev" in
-	--bundle | -b) bundle="$arg" ;;
-	--process | -p) process="$arg" ;;
-	esac
-	case "$arg" in
-	--bundle=*) bundle="${arg#--bundle=}" ;;
-	--process=*) process="${arg#--process=}" ;;
-	create | run | exec) [[ -z $command ]] && command="$arg" ;;
-	esac
-	prev="$arg"
+  case "$prev" in
+    --bundle | -b) bundle="$arg" ;;
+    --process | -p) process="$arg" ;;
+  esac
+  case "$arg" in
+    --bundle=*) bundle="${arg#--bundle=}" ;;
+    --process=*) process="${arg#--process=}" ;;
+    create | run | exec) [[ -z $command ]] && command="$arg" ;;
+  esac
+  prev="$arg"
 done
 case "$command" in
-create | run) drop_cap "$bundle/config.json" .process.capabilities ;;
-exec) [[ -n $process ]] && drop_cap "$process" .capabilities ;;
+  create | run) drop_cap "$bundle/config.json" .process.capabilities ;;
+  exec) [[ -n $process ]] && drop_cap "$process" .capabilities ;;
 esac
 exec /usr/sbin/runc "$@"
 EOF
@@ -92,7 +95,7 @@ write_daemon_config() {
   else
     echo '{}'
   fi | jq '. + {"storage-driver": "overlay2", "log-driver": "json-file",
-	             "log-opts": {"max-size": "10m", "max-file": "2"}}' >"$DOCKERD_CONFIG"
+                "log-opts": {"max-size": "10m", "max-file": "2"}}' >"$DOCKERD_CONFIG"
 }
 
 daemon_answers() { docker_cli info >/dev/null 2>&1; }

@@ -149,18 +149,18 @@ preload_and_commit() {
   trap "docker_cli rm -f -v $container >/dev/null 2>&1 || true; rm -rf '$WORK'" EXIT
   # shellcheck disable=SC2016 # these scripts run inside the container
   docker_cli exec "$container" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &
-		for i in $(seq 50); do ctr version >/dev/null 2>&1 && exit 0; sleep 0.2; done
-		cat /tmp/containerd.log; exit 1' || die "containerd did not start in the node build container"
+      for i in $(seq 50); do ctr version >/dev/null 2>&1 && exit 0; sleep 0.2; done
+      cat /tmp/containerd.log; exit 1' || die "containerd did not start in the node build container"
   docker_cli exec -i "$container" ctr --namespace=k8s.io images import \
     --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - \
     <"$IMAGES_CACHE/node-preload.tar" >/dev/null || die "importing the component images failed"
   # shellcheck disable=SC2016
   missing=$(docker_cli exec "$container" bash -c '
-		comm -23 <(kubeadm config images list --kubernetes-version "$(cat /kind/version)" 2>/dev/null | sort) \
-			<(ctr --namespace=k8s.io images list -q | sort)')
+      comm -23 <(kubeadm config images list --kubernetes-version "$(cat /kind/version)" 2>/dev/null | sort) \
+        <(ctr --namespace=k8s.io images list -q | sort)')
   [[ -z $missing ]] || die "the node image lacks images kubeadm needs: $missing"
   docker_cli exec "$container" bash -c 'pkill containerd; while pgrep -x containerd >/dev/null; do sleep 0.2; done
-		rm -f /tmp/containerd.log'
+      rm -f /tmp/containerd.log'
   docker_cli commit \
     --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
     --change 'CMD []' \
