@@ -8,8 +8,8 @@ help: ## list the targets
 venv: ## create .venv with the project and its test dependencies
 	@bash scripts/venv.sh
 
-lint: venv ## ruff on the whole tree
-	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+lint: venv ## ruff on the Python, shellcheck and shfmt on the shell scripts
+	@bash scripts/lint.sh
 
 .PHONY: help venv lint
 

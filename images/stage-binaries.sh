@@ -7,14 +7,14 @@ dest=$1
 shift
 mkdir -p "$dest/usr"
 for dir in bin sbin lib lib64; do
-	if [[ -L /$dir ]]; then
-		mkdir -p "$dest/$(readlink "/$dir")"
-		ln -sfn "$(readlink "/$dir")" "$dest/$dir"
-	fi
+  if [[ -L /$dir ]]; then
+    mkdir -p "$dest/$(readlink "/$dir")"
+    ln -sfn "$(readlink "/$dir")" "$dest/$dir"
+  fi
 done
 for binary in "$@"; do
-	for file in "$binary" $(ldd "$binary" | grep -o '/[^ ]*'); do
-		mkdir -p "$dest$(dirname "$file")"
-		cp -L "$file" "$dest$file"
-	done
+  for file in "$binary" $(ldd "$binary" | grep -o '/[^ ]*'); do
+    mkdir -p "$dest$(dirname "$file")"
+    cp -L "$file" "$dest$file"
+  done
 done

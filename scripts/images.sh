@@ -25,13 +25,13 @@ BASE_IMAGE="${BASE_IMAGE:-exo-operator/debian:bookworm}"
 IMAGE_TARGETS="${IMAGE_TARGETS:-runtime operator}"
 
 project_version() {
-	python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
-		"$REPO_ROOT/pyproject.toml"
+  python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
+    "$REPO_ROOT/pyproject.toml"
 }
 
 # The llama-cpp-python version pyproject pins (runtime extra), e.g. 0.3.36.
 llama_cpp_version() {
-	python3 - "$REPO_ROOT/pyproject.toml" <<'EOF'
+  python3 - "$REPO_ROOT/pyproject.toml" <<'EOF'
 import sys, tomllib
 extra = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["runtime"]
 print(next(d.split("==")[1] for d in extra if d.startswith("llama-cpp-python==")))
@@ -45,105 +45,105 @@ image_ref() { echo "exo-operator/$1:$VERSION"; }
 # image) and the operator; MLX's CUDA build only when runtime-cuda is built (NVIDIA's libraries
 # as wheels: gigabytes).
 staged_extras() {
-	local extras="runtime,mlx,operator"
-	[[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]] && extras+=",mlx-cuda"
-	echo "$extras"
+  local extras="runtime,mlx,operator"
+  [[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]] && extras+=",mlx-cuda"
+  echo "$extras"
 }
 
 # Every Python package the images install, as wheels, for CPython 3.11 on x86-64 Linux.
 stage_wheels() {
-	local pyproject_hash stamp llama_version extras
-	extras="$(staged_extras)"
-	llama_version="$(llama_cpp_version)"
-	ls "$WHEELHOUSE"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1 ||
-		bash "$REPO_ROOT/scripts/wheelhouse.sh"
-	pyproject_hash="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -c1-16)"
-	stamp="$STAGE_DIR/.pyproject-$pyproject_hash"
-	if [[ ! -f $stamp ]]; then
-		# New pins: start over so that no stale version lingers next to the new one.
-		rm -rf "$STAGE_DIR"
-		mkdir -p "$STAGE_DIR"
-	fi
-	# The project itself is rebuilt every time: its source changes more often than its pins.
-	rm -f "$STAGE_DIR"/exo_operator-*.whl
-	log "staging the images' wheels in ${STAGE_DIR#"$REPO_ROOT"/} (the project and its extras $extras)"
-	python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$STAGE_DIR" \
-		--find-links "$WHEELHOUSE" --find-links "$STAGE_DIR" \
-		"${REPO_ROOT}[$extras]" ||
-		die "staging wheels failed (pip's error above): check that PyPI is reachable and pyproject.toml resolves"
-	if [[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]]; then
-		# runtime-cuda compiles llama-cpp-python from its source, with its build backend.
-		log "staging llama-cpp-python $llama_version source and its build backend for runtime-cuda"
-		python3 -m pip download --quiet --disable-pip-version-check --dest "$STAGE_DIR" \
-			--no-deps --no-binary llama-cpp-python "llama-cpp-python==$llama_version"
-		python3 -m pip download --quiet --disable-pip-version-check --dest "$STAGE_DIR" \
-			--only-binary :all: "scikit-build-core>=0.9.2"
-	fi
-	touch "$stamp"
-	local llama_wheels
-	llama_wheels=$(find "$STAGE_DIR" -name "llama_cpp_python-$llama_version-*.whl" | wc -l)
-	((llama_wheels == 1)) || die "expected one llama-cpp-python $llama_version wheel in $STAGE_DIR, found $llama_wheels"
+  local pyproject_hash stamp llama_version extras
+  extras="$(staged_extras)"
+  llama_version="$(llama_cpp_version)"
+  ls "$WHEELHOUSE"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1 ||
+    bash "$REPO_ROOT/scripts/wheelhouse.sh"
+  pyproject_hash="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -c1-16)"
+  stamp="$STAGE_DIR/.pyproject-$pyproject_hash"
+  if [[ ! -f $stamp ]]; then
+    # New pins: start over so that no stale version lingers next to the new one.
+    rm -rf "$STAGE_DIR"
+    mkdir -p "$STAGE_DIR"
+  fi
+  # The project itself is rebuilt every time: its source changes more often than its pins.
+  rm -f "$STAGE_DIR"/exo_operator-*.whl
+  log "staging the images' wheels in ${STAGE_DIR#"$REPO_ROOT"/} (the project and its extras $extras)"
+  python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$STAGE_DIR" \
+    --find-links "$WHEELHOUSE" --find-links "$STAGE_DIR" \
+    "${REPO_ROOT}[$extras]" ||
+    die "staging wheels failed (pip's error above): check that PyPI is reachable and pyproject.toml resolves"
+  if [[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]]; then
+    # runtime-cuda compiles llama-cpp-python from its source, with its build backend.
+    log "staging llama-cpp-python $llama_version source and its build backend for runtime-cuda"
+    python3 -m pip download --quiet --disable-pip-version-check --dest "$STAGE_DIR" \
+      --no-deps --no-binary llama-cpp-python "llama-cpp-python==$llama_version"
+    python3 -m pip download --quiet --disable-pip-version-check --dest "$STAGE_DIR" \
+      --only-binary :all: "scikit-build-core>=0.9.2"
+  fi
+  touch "$stamp"
+  local llama_wheels
+  llama_wheels=$(find "$STAGE_DIR" -name "llama_cpp_python-$llama_version-*.whl" | wc -l)
+  ((llama_wheels == 1)) || die "expected one llama-cpp-python $llama_version wheel in $STAGE_DIR, found $llama_wheels"
 }
 
 ensure_base_image() {
-	docker_cli image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
-	if [[ $BASE_IMAGE == exo-operator/debian:* ]]; then
-		bash "$REPO_ROOT/scripts/base-image.sh"
-	else
-		log "$BASE_IMAGE is not local: the build pulls it from its registry"
-	fi
+  docker_cli image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
+  if [[ $BASE_IMAGE == exo-operator/debian:* ]]; then
+    bash "$REPO_ROOT/scripts/base-image.sh"
+  else
+    log "$BASE_IMAGE is not local: the build pulls it from its registry"
+  fi
 }
 
 build() {
-	docker_cli info >/dev/null 2>&1 || die "the docker daemon does not answer: run scripts/docker.sh up"
-	stage_wheels
-	ensure_base_image
-	local revision target image started
-	revision="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-	for target in $IMAGE_TARGETS; do
-		image="$(image_ref "$target")"
-		log "building $image (Dockerfile target $target, base $BASE_IMAGE)"
-		started=$SECONDS
-		# Debian's client drives BuildKit itself (DOCKER_BUILDKIT=1); plain progress keeps CI
-		# logs readable.
-		DOCKER_BUILDKIT=1 docker_cli build --progress=plain \
-			--target "$target" \
-			--build-arg BASE_IMAGE="$BASE_IMAGE" \
-			--build-arg VERSION="$VERSION" \
-			--build-arg REVISION="$revision" \
-			--tag "$image" \
-			"$REPO_ROOT" 2>&1 | sed -u "s/^/  [$target] /" ||
-			die "building $image failed (BuildKit's log above)"
-		log "built $image in $((SECONDS - started)) s"
-	done
-	record_sizes
+  docker_cli info >/dev/null 2>&1 || die "the docker daemon does not answer: run scripts/docker.sh up"
+  stage_wheels
+  ensure_base_image
+  local revision target image started
+  revision="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  for target in $IMAGE_TARGETS; do
+    image="$(image_ref "$target")"
+    log "building $image (Dockerfile target $target, base $BASE_IMAGE)"
+    started=$SECONDS
+    # Debian's client drives BuildKit itself (DOCKER_BUILDKIT=1); plain progress keeps CI
+    # logs readable.
+    DOCKER_BUILDKIT=1 docker_cli build --progress=plain \
+      --target "$target" \
+      --build-arg BASE_IMAGE="$BASE_IMAGE" \
+      --build-arg VERSION="$VERSION" \
+      --build-arg REVISION="$revision" \
+      --tag "$image" \
+      "$REPO_ROOT" 2>&1 | sed -u "s/^/  [$target] /" ||
+      die "building $image failed (BuildKit's log above)"
+    log "built $image in $((SECONDS - started)) s"
+  done
+  record_sizes
 }
 
 record_sizes() {
-	local target image
-	mkdir -p "$(dirname "$SIZES_FILE")"
-	: >"$SIZES_FILE"
-	for target in $IMAGE_TARGETS; do
-		image="$(image_ref "$target")"
-		printf '%s\t%s\n' "$image" \
-			"$(docker_cli image inspect -f '{{.Size}}' "$image" | numfmt --to=si --suffix=B)" >>"$SIZES_FILE"
-	done
-	log "image sizes (also in ${SIZES_FILE#"$REPO_ROOT"/}):"
-	column -t "$SIZES_FILE" >&2
+  local target image
+  mkdir -p "$(dirname "$SIZES_FILE")"
+  : >"$SIZES_FILE"
+  for target in $IMAGE_TARGETS; do
+    image="$(image_ref "$target")"
+    printf '%s\t%s\n' "$image" \
+      "$(docker_cli image inspect -f '{{.Size}}' "$image" | numfmt --to=si --suffix=B)" >>"$SIZES_FILE"
+  done
+  log "image sizes (also in ${SIZES_FILE#"$REPO_ROOT"/}):"
+  column -t "$SIZES_FILE" >&2
 }
 
 load() {
-	local target images=()
-	[[ -n ${1:-} ]] && export KIND_CLUSTER="$1"
-	for target in $IMAGE_TARGETS; do images+=("$(image_ref "$target")"); done
-	bash "$REPO_ROOT/scripts/kind.sh" load "${images[@]}"
+  local target images=()
+  [[ -n ${1:-} ]] && export KIND_CLUSTER="$1"
+  for target in $IMAGE_TARGETS; do images+=("$(image_ref "$target")"); done
+  bash "$REPO_ROOT/scripts/kind.sh" load "${images[@]}"
 }
 
 case "${1:-build}" in
-build) build ;;
-stage) stage_wheels ;;
-load) load "${2:-}" ;;
-refs) for target in $IMAGE_TARGETS; do image_ref "$target"; done ;;
-extras) staged_extras ;;
-*) die "usage: $0 [build|stage|load [CLUSTER]|refs|extras]" ;;
+  build) build ;;
+  stage) stage_wheels ;;
+  load) load "${2:-}" ;;
+  refs) for target in $IMAGE_TARGETS; do image_ref "$target"; done ;;
+  extras) staged_extras ;;
+  *) die "usage: $0 [build|stage|load [CLUSTER]|refs|extras]" ;;
 esac

@@ -31,176 +31,170 @@ api_answers() { [[ -f $KUBECONFIG_PATH ]] && kctl get --raw /readyz --request-ti
 
 # On failure: the node's view of what went wrong, then a clean slate for the next try.
 report_failure() {
-	local what=$1
-	if node_running && docker_cli exec "$NODE_CONTAINER" test -f /etc/kubernetes/admin.conf; then
-		log "last lines of the kubelet's and containerd's logs on $NODE_CONTAINER:"
-		docker_cli exec "$NODE_CONTAINER" journalctl --no-pager -n 25 -u kubelet -u containerd >&2 || true
-		log "pods:"
-		docker_cli exec "$NODE_CONTAINER" kubectl --kubeconfig /etc/kubernetes/admin.conf \
-			get pods -A -o wide >&2 2>&1 || true
-	elif docker_cli inspect "$NODE_CONTAINER" >/dev/null 2>&1; then
-		log "last lines of the node container's own log (its boot):"
-		docker_cli logs --tail 25 "$NODE_CONTAINER" >&2 || true
-	fi
-	# A cluster found running may be in use by another session: only a half-made one of ours goes.
-	if [[ ${CREATED_HERE:-false} == true ]]; then
-		log "deleting the half-made cluster so that the next run starts clean"
-		kind delete cluster --name "$KIND_CLUSTER" >/dev/null 2>&1 || true
-		die "$what (logs above); fix the cause and rerun scripts/kind.sh up"
-	fi
-	die "$what (logs above) on the running cluster '$KIND_CLUSTER'; recreate it with scripts/kind.sh down && scripts/kind.sh up"
+  local what=$1
+  if node_running && docker_cli exec "$NODE_CONTAINER" test -f /etc/kubernetes/admin.conf; then
+    log "last lines of the kubelet's and containerd's logs on $NODE_CONTAINER:"
+    docker_cli exec "$NODE_CONTAINER" journalctl --no-pager -n 25 -u kubelet -u containerd >&2 || true
+    log "pods:"
+    docker_cli exec "$NODE_CONTAINER" kubectl --kubeconfig /etc/kubernetes/admin.conf \
+      get pods -A -o wide >&2 2>&1 || true
+  elif docker_cli inspect "$NODE_CONTAINER" >/dev/null 2>&1; then
+    log "last lines of the node container's own log (its boot):"
+    docker_cli logs --tail 25 "$NODE_CONTAINER" >&2 || true
+  fi
+  # A cluster found running may be in use by another session: only a half-made one of ours goes.
+  if [[ ${CREATED_HERE:-false} == true ]]; then
+    log "deleting the half-made cluster so that the next run starts clean"
+    kind delete cluster --name "$KIND_CLUSTER" >/dev/null 2>&1 || true
+    die "$what (logs above); fix the cause and rerun scripts/kind.sh up"
+  fi
+  die "$what (logs above) on the running cluster '$KIND_CLUSTER'; recreate it with scripts/kind.sh down && scripts/kind.sh up"
 }
 
 check_port_free() {
-	if (exec 3<>"/dev/tcp/127.0.0.1/$NODEPORT_HOST_PORT") 2>/dev/null; then
-		die "port 127.0.0.1:$NODEPORT_HOST_PORT is in use by another program (see: ss -ltnp | grep :$NODEPORT_HOST_PORT); free it or set EXO_KIND_NODEPORT to a free port"
-	fi
+  if port_in_use "$NODEPORT_HOST_PORT"; then
+    die "port 127.0.0.1:$NODEPORT_HOST_PORT is in use by another program (see: ss -ltnp | grep :$NODEPORT_HOST_PORT); free it or set EXO_KIND_NODEPORT to a free port"
+  fi
 }
 
 # A container under the node's name that kind does not list is not ours to delete.
 check_name_free() {
-	if docker_cli inspect "$NODE_CONTAINER" >/dev/null 2>&1; then
-		die "a container named $NODE_CONTAINER exists but is not part of kind cluster '$KIND_CLUSTER'; remove it (docker rm -f $NODE_CONTAINER) or set KIND_CLUSTER to another name"
-	fi
+  if docker_cli inspect "$NODE_CONTAINER" >/dev/null 2>&1; then
+    die "a container named $NODE_CONTAINER exists but is not part of kind cluster '$KIND_CLUSTER'; remove it (docker rm -f $NODE_CONTAINER) or set KIND_CLUSTER to another name"
+  fi
 }
 
 node_image() {
-	if [[ -n ${EXO_KIND_NODE_IMAGE:-} ]]; then
-		echo "$EXO_KIND_NODE_IMAGE"
-	else
-		bash "$REPO_ROOT/scripts/base-image.sh" >&2
-		bash "$REPO_ROOT/scripts/node-image.sh" >&2
-		echo "exo-operator/kind-node:$KUBERNETES_VERSION"
-	fi
+  if [[ -n ${EXO_KIND_NODE_IMAGE:-} ]]; then
+    echo "$EXO_KIND_NODE_IMAGE"
+  else
+    bash "$REPO_ROOT/scripts/base-image.sh" >&2
+    bash "$REPO_ROOT/scripts/node-image.sh" >&2
+    echo "exo-operator/kind-node:$KUBERNETES_VERSION"
+  fi
 }
 
 create_cluster() {
-	local image=$1 config disable_cni=true
-	# kind's stock image brings kindnetd and no preloaded device plugin.
-	[[ -n ${EXO_KIND_NODE_IMAGE:-} ]] && disable_cni=false
-	config=$(sed -e "s/\${NODEPORT_HOST_PORT}/$NODEPORT_HOST_PORT/" -e "s/\${DISABLE_DEFAULT_CNI}/$disable_cni/" \
-		"$REPO_ROOT/hack/kind/cluster.yaml")
-	log "creating kind cluster '$KIND_CLUSTER' from $image"
-	CREATED_HERE=true
-	mkdir -p "$(dirname "$KUBECONFIG_PATH")"
-	echo "$config" | kind create cluster --name "$KIND_CLUSTER" --image "$image" --config - \
-		--kubeconfig "$KUBECONFIG_PATH" --retain --wait 0s >&2 ||
-		report_failure "kind create cluster failed"
-	if [[ -n ${EXO_KIND_NODE_IMAGE:-} ]]; then
-		bash "$REPO_ROOT/scripts/node-image.sh" device-plugin >&2
-		kind load docker-image --name "$KIND_CLUSTER" "$DEVICE_PLUGIN_IMAGE" >&2
-	fi
+  local image=$1 config disable_cni=true
+  # kind's stock image brings kindnetd and no preloaded device plugin.
+  [[ -n ${EXO_KIND_NODE_IMAGE:-} ]] && disable_cni=false
+  config=$(sed -e "s/\${NODEPORT_HOST_PORT}/$NODEPORT_HOST_PORT/" -e "s/\${DISABLE_DEFAULT_CNI}/$disable_cni/" \
+    "$REPO_ROOT/hack/kind/cluster.yaml")
+  log "creating kind cluster '$KIND_CLUSTER' from $image"
+  CREATED_HERE=true
+  mkdir -p "$(dirname "$KUBECONFIG_PATH")"
+  echo "$config" | kind create cluster --name "$KIND_CLUSTER" --image "$image" --config - \
+    --kubeconfig "$KUBECONFIG_PATH" --retain --wait 0s >&2 ||
+    report_failure "kind create cluster failed"
+  if [[ -n ${EXO_KIND_NODE_IMAGE:-} ]]; then
+    bash "$REPO_ROOT/scripts/node-image.sh" device-plugin >&2
+    kind load docker-image --name "$KIND_CLUSTER" "$DEVICE_PLUGIN_IMAGE" >&2
+  fi
 }
 
-# wait_for WHAT SECONDS COMMAND...: poll COMMAND every second.
-wait_for() {
-	local what=$1 seconds=$2 i
-	shift 2
-	for ((i = 0; i < seconds; i++)); do
-		"$@" >/dev/null 2>&1 && return 0
-		sleep 1
-	done
-	report_failure "$what did not happen within ${seconds}s"
+# await WHAT SECONDS COMMAND...: wait_for (scripts/lib.sh), reporting the node's state if it fails.
+await() {
+  local what=$1 seconds=$2
+  shift 2
+  wait_for "$seconds" "$@" || report_failure "$what did not happen within ${seconds}s"
 }
 
 gpus_advertised() {
-	[[ $(kctl get node "$NODE_CONTAINER" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}') -gt 0 ]]
+  [[ $(kctl get node "$NODE_CONTAINER" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}') -gt 0 ]]
 }
 
 wait_until_usable() {
-	log "waiting for the node, cluster DNS, storage and the fake GPUs"
-	wait_for "the node becoming Ready" 120 kctl wait --for=condition=Ready "node/$NODE_CONTAINER" --timeout=1s
-	kctl apply -f "$REPO_ROOT/hack/kind/fake-gpu-device-plugin.yaml" >/dev/null
-	wait_for "CoreDNS becoming available" 120 \
-		kctl -n kube-system wait --for=condition=Available deployment/coredns --timeout=1s
-	wait_for "the local-path provisioner becoming available" 120 \
-		kctl -n local-path-storage wait --for=condition=Available deployment/local-path-provisioner --timeout=1s
-	wait_for "the node advertising nvidia.com/gpu" 60 gpus_advertised
+  log "waiting for the node, cluster DNS, storage and the fake GPUs"
+  # Bounds of wall time, about what the earlier counts of tries a second apart took (each
+  # `kctl wait` try spends its own second too).
+  await "the node becoming Ready" 240 kctl wait --for=condition=Ready "node/$NODE_CONTAINER" --timeout=1s
+  kctl apply -f "$REPO_ROOT/hack/kind/fake-gpu-device-plugin.yaml" >/dev/null
+  await "CoreDNS becoming available" 240 \
+    kctl -n kube-system wait --for=condition=Available deployment/coredns --timeout=1s
+  await "the local-path provisioner becoming available" 240 \
+    kctl -n local-path-storage wait --for=condition=Available deployment/local-path-provisioner --timeout=1s
+  await "the node advertising nvidia.com/gpu" 90 gpus_advertised
 }
 
 up() {
-	local started=$SECONDS image
-	bash "$REPO_ROOT/scripts/docker.sh" up
-	require_tools kind kubectl
-	use_debian_docker_on_path
-	if cluster_exists; then
-		if node_running && api_answers; then
-			log "kind cluster '$KIND_CLUSTER' is already running"
-			local mapped
-			mapped=$(docker_cli port "$NODE_CONTAINER" 30080/tcp 2>/dev/null | head -n1)
-			[[ $mapped == "127.0.0.1:$NODEPORT_HOST_PORT" ]] ||
-				die "the running cluster maps NodePort 30080 to ${mapped:-nothing}, not 127.0.0.1:$NODEPORT_HOST_PORT; run scripts/kind.sh down first to change EXO_KIND_NODEPORT"
-		else
-			log "kind cluster '$KIND_CLUSTER' is left over from an earlier run and does not answer: deleting it"
-			kind delete cluster --name "$KIND_CLUSTER" >&2
-		fi
-	fi
-	if ! cluster_exists; then
-		check_name_free
-		check_port_free
-		image=$(node_image)
-		create_cluster "$image"
-	fi
-	wait_until_usable
-	log "kind cluster '$KIND_CLUSTER' ready in $((SECONDS - started))s (NodePort 30080 on 127.0.0.1:$NODEPORT_HOST_PORT)"
-	echo "export KUBECONFIG=$KUBECONFIG_PATH"
+  local started=$SECONDS image
+  bash "$REPO_ROOT/scripts/docker.sh" up
+  require_tools kind kubectl
+  use_debian_docker_on_path
+  if cluster_exists; then
+    if node_running && api_answers; then
+      log "kind cluster '$KIND_CLUSTER' is already running"
+      local mapped
+      mapped=$(docker_cli port "$NODE_CONTAINER" 30080/tcp 2>/dev/null | head -n1)
+      [[ $mapped == "127.0.0.1:$NODEPORT_HOST_PORT" ]] ||
+        die "the running cluster maps NodePort 30080 to ${mapped:-nothing}, not 127.0.0.1:$NODEPORT_HOST_PORT; run scripts/kind.sh down first to change EXO_KIND_NODEPORT"
+    else
+      log "kind cluster '$KIND_CLUSTER' is left over from an earlier run and does not answer: deleting it"
+      kind delete cluster --name "$KIND_CLUSTER" >&2
+    fi
+  fi
+  if ! cluster_exists; then
+    check_name_free
+    check_port_free
+    image=$(node_image)
+    create_cluster "$image"
+  fi
+  wait_until_usable
+  log "kind cluster '$KIND_CLUSTER' ready in $((SECONDS - started))s (NodePort 30080 on 127.0.0.1:$NODEPORT_HOST_PORT)"
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
 }
 
 down() {
-	require_tools kind
-	use_debian_docker_on_path
-	if cluster_exists; then
-		log "deleting kind cluster '$KIND_CLUSTER'"
-		kind delete cluster --name "$KIND_CLUSTER" >&2
-	else
-		log "kind cluster '$KIND_CLUSTER' does not exist"
-	fi
-	rm -f "$KUBECONFIG_PATH"
+  require_tools kind
+  use_debian_docker_on_path
+  if cluster_exists; then
+    log "deleting kind cluster '$KIND_CLUSTER'"
+    kind delete cluster --name "$KIND_CLUSTER" >&2
+  else
+    log "kind cluster '$KIND_CLUSTER' does not exist"
+  fi
+  rm -f "$KUBECONFIG_PATH"
 }
 
 status() {
-	require_tools kind kubectl
-	use_debian_docker_on_path
-	if ! cluster_exists; then
-		echo "kind cluster '$KIND_CLUSTER': absent (start it with scripts/kind.sh up)"
-		return 1
-	elif node_running && api_answers; then
-		echo "kind cluster '$KIND_CLUSTER': running; export KUBECONFIG=$KUBECONFIG_PATH"
-	else
-		echo "kind cluster '$KIND_CLUSTER': exists but does not answer (scripts/kind.sh up recreates it)"
-		return 1
-	fi
+  require_tools kind kubectl
+  use_debian_docker_on_path
+  if ! cluster_exists; then
+    echo "kind cluster '$KIND_CLUSTER': absent (start it with scripts/kind.sh up)"
+    return 1
+  elif node_running && api_answers; then
+    echo "kind cluster '$KIND_CLUSTER': running; export KUBECONFIG=$KUBECONFIG_PATH"
+  else
+    echo "kind cluster '$KIND_CLUSTER': exists but does not answer (scripts/kind.sh up recreates it)"
+    return 1
+  fi
 }
 
 load() {
-	(($# > 0)) || die "usage: $0 load IMAGE..."
-	require_tools kind
-	use_debian_docker_on_path
-	cluster_exists || die "kind cluster '$KIND_CLUSTER' does not exist: run scripts/kind.sh up first"
-	local image
-	for image in "$@"; do
-		docker_cli image inspect "$image" >/dev/null 2>&1 || die "no local docker image $image: build it first"
-	done
-	log "loading $* into kind cluster '$KIND_CLUSTER'"
-	kind load docker-image --name "$KIND_CLUSTER" "$@" >&2
+  (($# > 0)) || die "usage: $0 load IMAGE..."
+  require_tools kind
+  use_debian_docker_on_path
+  cluster_exists || die "kind cluster '$KIND_CLUSTER' does not exist: run scripts/kind.sh up first"
+  local image
+  for image in "$@"; do
+    docker_cli image inspect "$image" >/dev/null 2>&1 || die "no local docker image $image: build it first"
+  done
+  log "loading $* into kind cluster '$KIND_CLUSTER'"
+  kind load docker-image --name "$KIND_CLUSTER" "$@" >&2
 }
 
 # One `up` or `down` at a time per cluster: a second caller (another test session, say) waits for
-# the first instead of taking its half-made cluster for a leftover.
+# the first, up to 15 minutes (a cold node image build), instead of taking its half-made cluster
+# for a leftover.
 with_lock() {
-	mkdir -p "$EXO_CACHE/kind"
-	exec 9>"$EXO_CACHE/kind/$KIND_CLUSTER.lock"
-	if ! flock -n 9; then
-		log "another scripts/kind.sh is bringing cluster '$KIND_CLUSTER' up or down: waiting for it"
-		flock -w 900 9 || die "waited 15 min for another scripts/kind.sh on cluster '$KIND_CLUSTER'"
-	fi
-	"$@"
+  hold_lock "$EXO_CACHE/kind/$KIND_CLUSTER.lock" 900 "another scripts/kind.sh on cluster '$KIND_CLUSTER'"
+  "$@"
 }
 
 case "${1:-}" in
-up) with_lock up ;;
-down) with_lock down ;;
-status) status ;;
-load) shift && load "$@" ;;
-*) die "usage: $0 up|down|status|load IMAGE..." ;;
+  up) with_lock up ;;
+  down) with_lock down ;;
+  status) status ;;
+  load) shift && load "$@" ;;
+  *) die "usage: $0 up|down|status|load IMAGE..." ;;
 esac

@@ -56,14 +56,9 @@ validate_settings() {
 }
 
 # One `up` or `down` at a time per cluster: parallel test sessions share it. Every command
-# that may start a long-lived process runs through without_inherited_fds (scripts/lib.sh), or
-# that process would hold the lock for as long as it lives. The empty lock file stays after
-# `down`: removing it while another run waits on it would let two runs in at once.
+# that may start a long-lived process runs through without_inherited_fds (scripts/lib.sh).
 lock_cluster() {
-  local lock="$KWOK_WORKDIR/locks/$CLUSTER"
-  mkdir -p "$KWOK_WORKDIR/locks"
-  exec 9>"$lock"
-  flock -w 300 9 || die "another scripts/kwok.sh has held $lock for 5 minutes; if none is running, remove the file and retry"
+  hold_lock "$KWOK_WORKDIR/locks/$CLUSTER" 300 "another scripts/kwok.sh on cluster '$CLUSTER'"
 }
 
 answers() {
@@ -92,10 +87,6 @@ stop_cluster() {
     [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
   fi
   rm -rf "$CLUSTER_DIR" "$CONFIG_PATH"
-}
-
-port_in_use() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 # Prints the tail of every component's log, for a start that failed.
@@ -232,19 +223,18 @@ ensure_nodes() {
   desired_nodes | while read -r name gpus; do node_manifest "$name" "$gpus"; done |
     kubectl apply -f - >&2
   kubectl wait --for=condition=Ready nodes -l exo.dev/kwok-node=true --timeout=60s >&2 ||
-    { show_logs; die "the fake nodes did not become Ready in 60 s (kwok's log above)"; }
+    {
+      show_logs
+      die "the fake nodes did not become Ready in 60 s (kwok's log above)"
+    }
 }
 
 # The controller-manager creates each namespace's default ServiceAccount a moment after
 # start; pods are refused until it exists.
 wait_for_default_service_account() {
-  local tries
-  for ((tries = 0; tries < 60; tries++)); do
-    kubectl get serviceaccount default -n default >/dev/null 2>&1 && return
-    sleep 0.5
-  done
+  wait_for 60 kubectl get serviceaccount default -n default && return
   show_logs
-  die "the default ServiceAccount never appeared: kube-controller-manager is not working (logs above)"
+  die "the default ServiceAccount did not appear in 60 s: kube-controller-manager is not working (logs above)"
 }
 
 up() {

@@ -26,9 +26,8 @@ step "python environment"
 bash scripts/venv.sh
 
 if has_tier lint; then
-  step "lint: ruff check and ruff format --check"
-  .venv/bin/ruff check .
-  .venv/bin/ruff format --check .
+  step "lint: ruff, shellcheck, shfmt"
+  bash scripts/lint.sh
 fi
 
 if has_tier kwok || has_tier kind || has_tier e2e; then

@@ -18,69 +18,49 @@ LOG_DIR="$TOOLS_DIR/logs"
 # toolchain than the one installed, and GOTOOLCHAIN=local builds it without downloading one.
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false -trimpath"
 
-# Component table, in build order: the Kubernetes binaries first (the kind node image and the
-# kwok control plane both wait on them), then etcd, kind, kwok, helm, crictl.
-COMPONENTS=(kubernetes etcd kind kwok helm crictl)
-
-version_of() {
-  case "$1" in
-    kubernetes) echo "$KUBERNETES_VERSION" ;;
-    etcd) echo "$ETCD_VERSION" ;;
-    kind) echo "$KIND_VERSION" ;;
-    kwok) echo "$KWOK_VERSION" ;;
-    helm) echo "$HELM_VERSION" ;;
-    crictl) echo "$CRICTL_VERSION" ;;
-  esac
+# The component table, in build order: the Kubernetes binaries first (the kind node image and
+# the kwok control plane both wait on them), then etcd, kind, kwok, helm, crictl. Columns:
+#   pin       the scripts/versions.env variable that holds its version
+#   module    the upstream module whose release it builds (tools/<name>/go.mod requires it)
+#   main      where its main packages are: `cmd` is <module>/cmd/<binary> for each binary,
+#             `root` the module's own package, which builds the one binary
+#   cold      rough cold build time on 2 idle cores, for the progress line (measured 1.5-5x
+#             longer while other builds shared the cores)
+#   binaries  what it builds, each linked into $TOOLS_BIN
+# Its link flags (ldflags_of) and files beyond the binaries (install_extras) follow below.
+COMPONENT_TABLE='
+# name      pin                 module                     main  cold   binaries
+kubernetes  KUBERNETES_VERSION  k8s.io/kubernetes          cmd   5 min  kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl
+etcd        ETCD_VERSION        go.etcd.io/etcd/server/v3  root  35 s   etcd
+kind        KIND_VERSION        sigs.k8s.io/kind           root  45 s   kind
+kwok        KWOK_VERSION        sigs.k8s.io/kwok           cmd   3 min  kwok kwokctl
+helm        HELM_VERSION        helm.sh/helm/v3            cmd   90 s   helm
+crictl      CRICTL_VERSION      sigs.k8s.io/cri-tools      cmd   40 s   crictl
+'
+COMPONENTS=()
+declare -A VERSION MODULE MAIN COLD BINARIES
+read_component_table() {
+  local name pin module main cold unit binaries
+  while read -r name pin module main cold unit binaries; do
+    [[ -n $name && $name != "#"* ]] || continue
+    COMPONENTS+=("$name")
+    VERSION[$name]=${!pin}
+    MODULE[$name]=$module
+    MAIN[$name]=$main
+    COLD[$name]="$cold $unit"
+    BINARIES[$name]=$binaries
+  done <<<"$COMPONENT_TABLE"
 }
+read_component_table
 
-# Main packages of each component; a binary is named after its package's last path element,
-# except etcd's, whose main package is the root of its server module.
+version_of() { echo "${VERSION[$1]}"; }
+module_of() { echo "${MODULE[$1]}"; }
+binaries_of() { tr -s ' ' '\n' <<<"${BINARIES[$1]}"; }
+
 packages_of() {
-  case "$1" in
-    kubernetes)
-      local cmd
-      for cmd in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl; do
-        echo "k8s.io/kubernetes/cmd/$cmd"
-      done
-      ;;
-    etcd) echo "go.etcd.io/etcd/server/v3" ;;
-    kind) echo "sigs.k8s.io/kind" ;;
-    kwok) printf '%s\n' sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl ;;
-    helm) echo "helm.sh/helm/v3/cmd/helm" ;;
-    crictl) echo "sigs.k8s.io/cri-tools/cmd/crictl" ;;
-  esac
-}
-
-# The upstream module whose release a component builds (its version is the pin).
-module_of() {
-  case "$1" in
-    kubernetes) echo k8s.io/kubernetes ;;
-    etcd) echo go.etcd.io/etcd/server/v3 ;;
-    kind) echo sigs.k8s.io/kind ;;
-    kwok) echo sigs.k8s.io/kwok ;;
-    helm) echo helm.sh/helm/v3 ;;
-    crictl) echo sigs.k8s.io/cri-tools ;;
-  esac
-}
-
-binaries_of() {
-  case "$1" in
-    etcd) echo etcd ;;
-    kind) echo kind ;;
-    *) packages_of "$1" | sed 's|.*/||' ;;
-  esac
-}
-
-# Rough cold build time on 2 idle cores, for the progress line (measured 1.5-5x longer while
-# other builds shared the cores).
-estimate_of() {
-  case "$1" in
-    kubernetes) echo "about 5 min" ;;
-    etcd) echo "about 35 s" ;;
-    kind) echo "about 45 s" ;;
-    kwok) echo "about 3 min" ;;
-    helm) echo "about 90 s" ;;
-    crictl) echo "about 40 s" ;;
+  case "${MAIN[$1]}" in
+    root) module_of "$1" ;;
+    cmd) binaries_of "$1" | sed "s|^|${MODULE[$1]}/cmd/|" ;;
   esac
 }
 
@@ -194,7 +174,7 @@ build_component() {
     link_binaries "$name" "$dir"
     return
   fi
-  log "[$index/${#COMPONENTS[@]}] building $name $version: $(binaries_of "$name" | xargs) ($(estimate_of "$name") cold on 2 idle cores, longer on a busy machine; seconds once cached)"
+  log "[$index/${#COMPONENTS[@]}] building $name $version: $(binaries_of "$name" | xargs) (about ${COLD[$name]} cold on 2 idle cores, longer on a busy machine; seconds once cached)"
   # Build beside the final folder and rename it into place, so a killed build leaves no
   # half-written component behind; Go's build cache makes the retry resume where it was.
   partial="$dir.partial"
@@ -259,12 +239,7 @@ main() {
   case "${1:-build}" in
     build)
       # Two builds at once would write the same folders: the second waits for the first.
-      mkdir -p "$TOOLS_DIR"
-      exec 9>"$TOOLS_DIR/.lock"
-      if ! flock -n 9; then
-        log "another \`make tools\` is building; waiting for it to finish"
-        flock 9
-      fi
+      hold_lock "$TOOLS_DIR/.lock" 0 "another \`make tools\`"
       for name in "${COMPONENTS[@]}"; do
         index=$((index + 1))
         build_component "$index" "$name"
@@ -272,7 +247,7 @@ main() {
       log "tools ready in $TOOLS_BIN ($((SECONDS - started)) s)"
       ;;
     pin)
-      for name in "${@:2}"; do version_of "$name" | grep -q . || die "unknown component '$name'"; done
+      for name in "${@:2}"; do [[ -v VERSION[$name] ]] || die "unknown component '$name' (known: ${COMPONENTS[*]})"; done
       for name in "${@:2}"; do pin_component "$name"; done
       [ $# -gt 1 ] || for name in "${COMPONENTS[@]}"; do pin_component "$name"; done
       ;;

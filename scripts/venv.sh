@@ -13,5 +13,6 @@ stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   log "installing the project and its test dependencies into .venv"
   .venv/bin/pip install -q --find-links "$WHEELHOUSE" -e ".[runtime,operator,mlx,test]"
-  rm -f .venv/.installed-*; touch "$stamp"
+  rm -f .venv/.installed-*
+  touch "$stamp"
 fi
