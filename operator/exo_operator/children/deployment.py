@@ -14,11 +14,13 @@ from exo_operator.children.pod_security import (
     container_security_context,
     pod_security_context,
 )
+from exo_operator.children.workers import worker_addresses, workers_hash
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
     CACHE_CLAIM_ANNOTATION,
     RUNTIME,
     TEMPLATE_HASH_LABEL,
+    WORKERS_HASH_ANNOTATION,
     cache_claim_name,
     component_labels,
     runtime_name,
@@ -59,11 +61,13 @@ def gpu_layers_for(model: ExoModel) -> int:
     """engineArgs.gpuLayers, else every layer (-1) with GPUs and none (0) without.
 
     Never left to the runtime's default, which is "all" in a GPU build: a CPU pod of the CUDA
-    image must not try to offload.
+    image must not try to offload. Split across workers, every layer too: llama.cpp places
+    layers only on the devices it offloads to, and the workers' RPC devices are such devices
+    even without a GPU.
     """
     if model.spec.engine_args.gpu_layers is not None:
         return model.spec.engine_args.gpu_layers
-    return -1 if model.spec.resources.gpus else 0
+    return -1 if model.spec.resources.gpus or model.spec.distributed else 0
 
 
 def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
@@ -86,9 +90,13 @@ def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
         # tampered cache sends the model back to Downloading instead of serving garbage.
         args.append("--require-verified")
     ea = spec.engine_args
+    split = spec.distributed.tensor_split if spec.distributed else ea.tensor_split
     optional = {
         "--context-length": ea.context_length,
-        "--tensor-split": ",".join(f"{w:g}" for w in ea.tensor_split) if ea.tensor_split else None,
+        # Across workers: one entry per device, the head's own first, then the workers in the
+        # order of --rpc-workers (the CRD holds the length to workers + 1).
+        "--rpc-workers": ",".join(worker_addresses(model)) if spec.distributed else None,
+        "--tensor-split": ",".join(f"{w:g}" for w in split) if split else None,
         "--threads": threads_for(model),
         "--batch-size": ea.batch_size,
         "--parallel": ea.parallel,
@@ -249,6 +257,8 @@ def runtime_deployment_for(
         }
         | dict(spec.pod_annotations or {}),
     }
+    if spec.distributed:
+        template_metadata["annotations"][WORKERS_HASH_ANNOTATION] = workers_hash(model, settings)
     if cache_claim_uid:
         # A claim made again (deleted by hand, then fetched anew) rolls the pods: the old ones,
         # which found no verified model on it, would otherwise wait out a crash-loop back-off.
