@@ -154,6 +154,22 @@ def test_the_head_adds_every_worker_by_its_stable_name_and_the_split():
     assert flag(args, "--tensor-split") == "2,1,1"
 
 
+@pytest.mark.parametrize(
+    ("warmup_timeout", "expected"),
+    [
+        (900, 300),  # the default budget: five minutes for the workers
+        (60, 30),  # a short budget: half of it, so the head says why before the probe acts
+    ],
+)
+def test_the_head_gives_up_on_a_missing_worker_before_its_startup_probe_does(
+    warmup_timeout, expected
+):
+    m = model(warmup={"timeoutSeconds": warmup_timeout}, source={"pvc": {"claimName": "c",
+              "path": "m.gguf"}}, **split())  # fmt: skip
+    assert flag(head_args(m), "--rpc-connect-timeout") == str(expected)
+    assert flag(head_args(model()), "--rpc-connect-timeout") is None
+
+
 def test_the_head_offloads_every_layer_to_the_workers_even_without_a_gpu_of_its_own():
     assert flag(head_args(model(resources={"gpus": 0}, **split())), "--gpu-layers") == "-1"
     assert flag(head_args(model(resources={"gpus": 0})), "--gpu-layers") == "0"

@@ -33,6 +33,9 @@ GIB = 1024**3
 # After the drain's bound the runtime still cancels what is left (2 s) and shuts the engine
 # down; the kubelet's SIGKILL must not cut that short.
 EXIT_MARGIN_SECONDS = 15
+# Workers come up beside the head (scheduling, an image pull on a warm node): minutes at most.
+# A worker still missing after that is reported; the head, restarted, waits for it again.
+RPC_CONNECT_SECONDS = 300
 
 
 def threads_for(model: ExoModel) -> int | None:
@@ -70,7 +73,16 @@ def gpu_layers_for(model: ExoModel) -> int:
     return -1 if model.spec.resources.gpus or model.spec.distributed else 0
 
 
-def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
+def rpc_connect_timeout(startup_budget: int) -> int:
+    """How long the head waits for its workers: at most RPC_CONNECT_SECONDS and half the
+    startup probe's budget, so that a worker that never answers ends the head with a message
+    naming it (WorkerUnreachable) before the probe restarts it without one."""
+    return max(1, min(RPC_CONNECT_SECONDS, startup_budget // 2))
+
+
+def serve_args(
+    model: ExoModel, settings: OperatorSettings, model_bytes: int | None = None
+) -> list[str]:
     """The `exo-runtime serve` command line for the model's spec."""
     spec = model.spec
     args = [
@@ -96,6 +108,11 @@ def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
         # Across workers: one entry per device, the head's own first, then the workers in the
         # order of --rpc-workers (the CRD holds the length to workers + 1).
         "--rpc-workers": ",".join(worker_addresses(model)) if spec.distributed else None,
+        "--rpc-connect-timeout": (
+            rpc_connect_timeout(startup_budget_seconds(model, settings, model_bytes))
+            if spec.distributed
+            else None
+        ),
         "--tensor-split": ",".join(f"{w:g}" for w in split) if split else None,
         "--threads": threads_for(model),
         "--batch-size": ea.batch_size,
@@ -221,7 +238,7 @@ def runtime_deployment_for(
         "image": spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["exo-runtime"],
-        "args": serve_args(model, settings),
+        "args": serve_args(model, settings, model_bytes),
         "env": _env(model),
         "ports": [{"name": "http", "containerPort": settings.runtime_port, "protocol": "TCP"}],
         "resources": _resources(model),

@@ -114,6 +114,8 @@ def _worker_pod_template(model: ExoModel, settings: OperatorSettings) -> dict[st
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     if not spec.worker_gpus():
         env.append(NO_GPU_ENV)
+    # A TCP connect completes in the kernel's backlog even while the RPC server serves the
+    # head's session, so the probes never disturb it.
     rpc_port = {"tcpSocket": {"port": "rpc"}, "timeoutSeconds": 2}
     container: dict[str, Any] = {
         "name": "rpc-worker",
