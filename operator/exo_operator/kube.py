@@ -35,6 +35,7 @@ def _patchers() -> dict[str, Any]:
         "PersistentVolumeClaim": core.patch_namespaced_persistent_volume_claim,
         "Service": core.patch_namespaced_service,
         "Deployment": apps.patch_namespaced_deployment,
+        "StatefulSet": apps.patch_namespaced_stateful_set,
         "Job": batch.patch_namespaced_job,
         "PodDisruptionBudget": client.PolicyV1Api().patch_namespaced_pod_disruption_budget,
     }
@@ -46,6 +47,7 @@ def _readers() -> dict[str, Any]:
         "PersistentVolumeClaim": core.read_namespaced_persistent_volume_claim,
         "Service": core.read_namespaced_service,
         "Deployment": apps.read_namespaced_deployment,
+        "StatefulSet": apps.read_namespaced_stateful_set,
         "Job": batch.read_namespaced_job,
         "PodDisruptionBudget": client.PolicyV1Api().read_namespaced_pod_disruption_budget,
     }
@@ -119,6 +121,7 @@ def delete(kind: str, namespace: str, name: str) -> None:
     """Deletes a child the plan dropped; its pods go with it, and one already gone is fine."""
     deleters = {
         "Job": client.BatchV1Api().delete_namespaced_job,
+        "StatefulSet": client.AppsV1Api().delete_namespaced_stateful_set,
         "PodDisruptionBudget": client.PolicyV1Api().delete_namespaced_pod_disruption_budget,
     }
     try:

@@ -86,6 +86,21 @@ class EngineArgs(_Spec):
     tensor_split: list[float] | None = None
 
 
+class WorkerResources(_Spec):
+    cpu: int | str | None = None
+    memory: int | str | None = None
+
+
+class Distributed(_Spec):
+    """One model across several pods: the head plus `workers` llama.cpp RPC servers."""
+
+    workers: int
+    # None: each worker asks for as many GPUs as the head (spec.resources.gpus).
+    gpus_per_worker: int | None = None
+    tensor_split: list[float] | None = None
+    resources: WorkerResources | None = None
+
+
 class Warmup(_Spec):
     prompt: str = "Hello"
     max_tokens: int = 8
@@ -108,6 +123,14 @@ class ExoModelSpec(_Spec):
     affinity: dict[str, Any] | None = None
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     api_key_secret_ref: ApiKeySecretRef | None = None
+    distributed: Distributed | None = None
+
+    def worker_gpus(self) -> int:
+        """nvidia.com/gpu per worker pod: distributed.gpusPerWorker, else the head's own."""
+        assert self.distributed is not None
+        if self.distributed.gpus_per_worker is not None:
+            return self.distributed.gpus_per_worker
+        return self.resources.gpus
 
 
 class ExoModel(BaseModel):

@@ -12,8 +12,11 @@ TEMPLATE_HASH_LABEL = "exo.dev/template-hash"
 APPLIED_HASH_ANNOTATION = "exo.dev/applied-hash"
 # On runtime pods: the uid of the cache claim they were made for.
 CACHE_CLAIM_ANNOTATION = "exo.dev/cache-claim"
+# On runtime pods of a model split across workers: the hash of the worker group they load onto.
+WORKERS_HASH_ANNOTATION = "exo.dev/workers-hash"
 
 RUNTIME = "runtime"
+WORKER = "worker"
 FETCH = "fetch"
 CACHE = "cache"
 
@@ -45,6 +48,25 @@ def fetch_job_name(model: ExoModel, key: str | None = None) -> str:
 def runtime_name(model: ExoModel) -> str:
     """The Deployment's and the Service's name, so that the endpoint reads like the model."""
     return model.name
+
+
+def workers_name(model: ExoModel) -> str:
+    """The worker StatefulSet's and its headless Service's name (the pods' DNS subdomain)."""
+    return f"{model.name}-workers"
+
+
+def worker_pod_name(model: ExoModel, ordinal: int) -> str:
+    return f"{workers_name(model)}-{ordinal}"
+
+
+def worker_address(model: ExoModel, ordinal: int, port: int) -> str:
+    """A worker's stable host:port, through the headless Service (it survives a restart)."""
+    service = workers_name(model)
+    return f"{worker_pod_name(model, ordinal)}.{service}.{model.namespace}.svc:{port}"
+
+
+def worker_selector(model: ExoModel) -> dict[str, str]:
+    return {MODEL_LABEL: model.name, COMPONENT_LABEL: WORKER}
 
 
 def component_labels(model: ExoModel, component: str) -> dict[str, str]:

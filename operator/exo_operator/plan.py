@@ -10,6 +10,7 @@ from exo_operator.children.disruption_budget import runtime_pdb_for
 from exo_operator.children.fetch_job import fetch_job_for
 from exo_operator.children.pvc import cache_pvc_for
 from exo_operator.children.service import runtime_service_for
+from exo_operator.children.workers import workers_service_for, workers_statefulset_for
 from exo_operator.model import ExoModel
 from exo_operator.naming import TEMPLATE_HASH_LABEL, fetch_job_name
 from exo_operator.settings import OperatorSettings
@@ -42,7 +43,9 @@ def desired_children(
     """The cache claim and the fetch Job until the model is cached; then the Deployment.
 
     The Service comes first of all, so that the endpoint exists before the pods do; the
-    disruption budget (more than one replica) before the pods too.
+    disruption budget (more than one replica) before the pods too. A model split across
+    workers has their headless Service and StatefulSet too, the latter without pods until the
+    model is cached, and applied before the head so that its workers start first.
     """
     deployment = runtime_deployment_for(model, settings, model_bytes, cache_claim_uid)
     if cache_claim_going:
@@ -50,12 +53,18 @@ def desired_children(
         # too: none may run until it is gone and made again (then fetched, then scaled back).
         deployment["spec"]["replicas"] = 0
     manifests = [runtime_service_for(model, settings)]
+    workers_service = workers_service_for(model)
+    if workers_service:
+        manifests.append(workers_service)
     pdb = runtime_pdb_for(model)
     if pdb:
         manifests.append(pdb)
     pvc = cache_pvc_for(model)
     if pvc:
         manifests.append(pvc)
+    workers = workers_statefulset_for(model, settings, running=cached and not cache_claim_going)
+    if workers:
+        manifests.append(workers)
     if cached or cache_claim_going:
         manifests.append(deployment)
     else:
@@ -67,8 +76,10 @@ def desired_children(
 
 
 # Kinds whose absence from the plan means "delete it": a Service, claim or Deployment is never
-# dropped from a live model's plan (a Deployment waits, unapplied, while a fetch retries).
-PRUNED_KINDS = ("PodDisruptionBudget", "Job")
+# dropped from a live model's plan (a Deployment waits, unapplied, while a fetch retries). The
+# workers' StatefulSet is, when spec.distributed goes; their headless Service, which holds no
+# pod, stays until the model goes (the operator may delete no Service).
+PRUNED_KINDS = ("PodDisruptionBudget", "Job", "StatefulSet")
 
 
 def obsolete_children(
@@ -76,7 +87,8 @@ def obsolete_children(
 ) -> list[ChildKey]:
     """Children of this model that its plan no longer holds, to delete.
 
-    A disruption budget once the replicas drop to one; a fetch Job of an older try (a changed
+    A disruption budget once the replicas drop to one; the workers once the model is no longer
+    split; a fetch Job of an older try (a changed
     source, cache size or token) while it still runs, so that two fetches never write into
     one cache. A finished Job stays, as does the current try's once the model is cached: its
     log is the user's until its TTL. Only what the model controls is ever named; delete a Job

@@ -33,6 +33,7 @@ from exo_operator.naming import (
     FETCH,
     MODEL_LABEL,
     RUNTIME,
+    WORKER,
     cache_claim_name,
 )
 from exo_operator.plan import (
@@ -74,6 +75,7 @@ class Snapshot:
     claims: list[dict[str, Any]] = field(default_factory=list)
     services: list[dict[str, Any]] = field(default_factory=list)
     budgets: list[dict[str, Any]] = field(default_factory=list)
+    statefulsets: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _by_name(objects: Iterable[dict[str, Any]], name: str) -> dict[str, Any] | None:
@@ -105,7 +107,7 @@ def is_ours(kind: str, obj: dict[str, Any], model: ExoModel) -> bool:
 
 # Children that run pods on the others: never applied while a sibling is someone else's
 # (a fetch into a user's claim would write, and prune, their data).
-WORKLOADS = {"Job", "Deployment"}
+WORKLOADS = {"Job", "Deployment", "StatefulSet"}
 
 
 @dataclass
@@ -229,6 +231,7 @@ class Reconciler:
                     ("Deployment", snap.deployments),
                     ("Job", jobs),
                     ("PodDisruptionBudget", snap.budgets),
+                    ("StatefulSet", snap.statefulsets),
                 )
                 for obj in objects
             )
@@ -318,6 +321,7 @@ class Reconciler:
             fetch_pods=fetch_pods,
             deployment=deployment,
             runtime_pods=runtime_pods,
+            worker_pods=[p for p in pods if _component(p) == WORKER],
             fetch_log_tail=self.fetch_tails.get(key),
             ready_events=self.ready_logs.events(key, runtime_pods),
             volume_problems=self.volume_events.problems(key, [*fetch_pods, *runtime_pods]),

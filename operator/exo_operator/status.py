@@ -13,7 +13,7 @@ from exo_operator.cache_proof import (
     refuted_since_proof,
 )
 from exo_operator.model import ExoModel
-from exo_operator.naming import TEMPLATE_HASH_LABEL, endpoint, selector_string
+from exo_operator.naming import TEMPLATE_HASH_LABEL, endpoint, selector_string, worker_pod_name
 from exo_operator.runtime_events import (
     FETCH_EVENTS,
     download_progress,
@@ -34,11 +34,14 @@ WAITING_PROBLEMS = {
     "CrashLoopBackOff",
 }
 # Problems that no wait will fix: with no replica ready they make the phase Failed.
-FATAL_REASONS = {"LoadFailed", "OOMKilled", "CrashLoopBackOff", "FetchFailed", "ApplyFailed"}
+FATAL_REASONS = {
+    "LoadFailed", "OOMKilled", "CrashLoopBackOff", "FetchFailed", "ApplyFailed",
+    "WorkerVersionMismatch",
+}  # fmt: skip
 # The steps of a model on its way: their Events are Normal; any other reason is a Warning.
 PROGRESS_REASONS = {
     "FetchPending", "Downloading", "Cached", "ExistingClaim", "CreatingPods", "Loading",
-    "NotAllReady", "Ready", "ScaledToZero",
+    "NotAllReady", "Ready", "ScaledToZero", "WaitingForWorkers",
 }  # fmt: skip
 # Not-cached reasons under which a fetch is on its way: the phase is Downloading.
 DOWNLOADING_REASONS = {"Downloading", "CacheNotVerified"}
@@ -48,6 +51,13 @@ PERMANENT_FETCH_REASONS = frozenset(
     {"NoWeights", "MissingPart", "NoConfig", "AmbiguousModel", "InvalidSource"}
 )
 LOAD_FAILED_MARK = "load failed"
+# The head's load failures that concern one worker, as `exo-runtime serve` words them in its
+# termination message ("exo-runtime: load failed: rpc worker unreachable: HOST:PORT"), each
+# with its reason; the line names the worker.
+WORKER_FAILURES = {
+    "rpc worker unreachable": "WorkerUnreachable",
+    "rpc worker version mismatch": "WorkerVersionMismatch",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,8 @@ class Observed:
     fetch_pods: list[dict[str, Any]] = field(default_factory=list)
     deployment: dict[str, Any] | None = None
     runtime_pods: list[dict[str, Any]] = field(default_factory=list)
+    # The RPC worker pods of a model split across workers (spec.distributed).
+    worker_pods: list[dict[str, Any]] = field(default_factory=list)
     template_hash: str | None = None
     fetch_log_tail: str | None = None
     # Runtime pod name -> the ready event read from its log (absent: not read, or no line).
@@ -143,6 +155,9 @@ def pod_problem(pod: dict[str, Any], volume_problem: Finding | None = None) -> F
         unverified = [x for x in message.splitlines() if x.startswith(CACHE_NOT_VERIFIED_MARK)]
         if unverified:
             return Finding("CacheNotVerified", unverified[-1])
+        worker_failure = _worker_failure(message)
+        if worker_failure:
+            return worker_failure
         if LOAD_FAILED_MARK in message:
             return Finding("LoadFailed", message.splitlines()[-1])
         if terminated.get("reason") == "OOMKilled":
@@ -158,6 +173,15 @@ def pod_problem(pod: dict[str, Any], volume_problem: Finding | None = None) -> F
         return Finding("PodFailed", status.get("message") or status.get("reason") or "pod failed")
     if volume_problem and containers_creating(pod):
         return volume_problem
+    return None
+
+
+def _worker_failure(message: str) -> Finding | None:
+    """WorkerUnreachable or WorkerVersionMismatch from the head's termination message."""
+    for line in reversed(message.splitlines()):
+        for mark, reason in WORKER_FAILURES.items():
+            if mark in line:
+                return Finding(reason, line.strip())
     return None
 
 
@@ -357,6 +381,55 @@ def _done_download(obs: Observed) -> dict[str, Any] | None:
     return None
 
 
+@dataclass(frozen=True)
+class WorkerGroup:
+    """The RPC workers a distributed model should have, as observed."""
+
+    # status.members entries of the workers, one per expected worker, in ordinal order.
+    members: list[dict[str, Any]]
+    # The expected workers that are missing or not ready, by pod name.
+    not_ready: list[str]
+    # Why some of them do not run, each message naming its pod.
+    problems: list[Finding]
+
+
+def worker_group(obs: Observed) -> WorkerGroup:
+    """Each expected worker (`<model>-workers-<i>`, workers x replicas of them) and its state.
+
+    A worker is expected by name: one deleted and not yet made again counts as not ready.
+    """
+    spec = obs.model.spec
+    wanted = spec.distributed.workers * spec.replicas if spec.distributed else 0
+    live = {_name(p): p for p in obs.worker_pods if not _is_terminating(p)}
+    members, not_ready, problems = [], [], []
+    for ordinal in range(wanted):
+        name = worker_pod_name(obs.model, ordinal)
+        pod = live.get(name)
+        ready = bool(pod and pod_is_ready(pod))
+        members.append(_member(name, "worker", ready, pod))
+        if ready:
+            continue
+        not_ready.append(name)
+        problem = pod and pod_problem(pod, obs.volume_problems.get(name))
+        if problem:
+            problems.append(Finding(problem.reason, f"worker pod {name}: {problem.message}"))
+    return WorkerGroup(members, not_ready, problems)
+
+
+def _member(name: str, role: str, ready: bool, pod: dict[str, Any] | None) -> dict[str, Any]:
+    member: dict[str, Any] = {"name": name, "role": role, "ready": ready}
+    node = ((pod or {}).get("spec") or {}).get("nodeName")
+    if node:
+        member["node"] = node
+    return member
+
+
+def _worker_not_ready(group: WorkerGroup) -> str:
+    names = ", ".join(group.not_ready)
+    why = f"; {group.problems[0].message}" if group.problems else ""
+    return f"worker pod {names} not ready{why}"
+
+
 def aggregate(
     obs: Observed, now: datetime | None = None
 ) -> tuple[dict[str, Any], list[Transition]]:
@@ -376,6 +449,9 @@ def aggregate(
     ]
     ready_current = [p for p in current if pod_is_ready(p)]
     ready_any = [p for p in live_pods if pod_is_ready(p)]
+    group = worker_group(obs)
+    workers = model.spec.distributed.workers if model.spec.distributed else 0
+    across = f" across {workers} workers" if workers else ""
     problems = [
         f
         for f in (
@@ -384,7 +460,7 @@ def aggregate(
             if not pod_is_ready(p)
         )
         if f
-    ]
+    ] + group.problems
 
     download = prev.get("download")
     if not cached:
@@ -411,11 +487,15 @@ def aggregate(
         why = cache_why
     elif desired == 0:
         phase, why = "Pending", Finding("ScaledToZero", "spec.replicas is 0")
+    elif ready_current and group.not_ready:
+        # The head serves only with its whole group; it reloads onto a replaced worker.
+        if prev.get("phase") in ("Ready", "Degraded"):
+            phase, why = "Degraded", Finding("WorkerNotReady", _worker_not_ready(group))
+        else:
+            phase, why = "Loading", Finding("WaitingForWorkers", _worker_not_ready(group))
     elif len(ready_current) >= desired:
-        phase, why = (
-            "Ready",
-            Finding("Ready", f"{len(ready_current)}/{desired} replicas loaded and warmed up"),
-        )
+        loaded = f"{len(ready_current)}/{desired} replicas loaded{across} and warmed up"
+        phase, why = "Ready", Finding("Ready", loaded)
     elif problems:
         first = problems[0]
         if ready_any:
@@ -455,6 +535,7 @@ def aggregate(
         "replicas": len(live_pods),
         "readyReplicas": len(ready_current),
         "readyText": f"{len(ready_current)}/{desired}",
+        **_member_status(model, prev, current, group),
         "selector": selector_string(model),
         "endpoint": endpoint(model, obs.runtime_port),
         **_reported_serving(model, ready_current, obs.ready_events),
@@ -493,6 +574,28 @@ def aggregate(
         kind = "Normal" if why.reason in PROGRESS_REASONS else "Warning"
         events.append(Transition(kind, why.reason, f"{phase}: {why.message}"))
     return status, events
+
+
+def _member_status(
+    model: ExoModel, prev: dict[str, Any], heads: list[dict[str, Any]], group: WorkerGroup
+) -> dict[str, Any]:
+    """status.members, readyMembers and desiredMembers of a distributed model, with readyText
+    counting members; for any other model, None for each that a former spec left (a merge
+    patch removes them)."""
+    if not model.spec.distributed:
+        keys = ("members", "readyMembers", "desiredMembers")
+        return {k: None for k in keys if prev.get(k) is not None}
+    members = [
+        _member(_name(p), "head", pod_is_ready(p), p) for p in sorted(heads, key=_name)
+    ] + group.members
+    ready = sum(1 for m in members if m["ready"])
+    wanted = model.spec.replicas * (1 + model.spec.distributed.workers)
+    return {
+        "members": members,
+        "readyMembers": ready,
+        "desiredMembers": wanted,
+        "readyText": f"{ready}/{wanted}",
+    }
 
 
 def name_conflict(model: ExoModel, conflicts: tuple[str, ...]) -> Finding:

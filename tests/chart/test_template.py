@@ -62,11 +62,12 @@ def test_cluster_role_is_least_privilege(helm):
     # Secrets: read only, to notice a fixed token Secret (never listed or watched).
     assert {verb for _, resource, verb in granted if resource == "secrets"} == {"get"}
     assert not any(verb in ("deletecollection", "escalate", "bind") for *_, verb in granted)
-    # Deleting only what the operator makes and must retire: superseded fetch Jobs and the
-    # disruption budget of a model scaled to one replica.
+    # Deleting only what the operator makes and must retire: superseded fetch Jobs, the
+    # disruption budget of a model scaled to one replica, the workers of a model no longer split.
     assert {(group, resource) for group, resource, verb in granted if verb == "delete"} == {
         ("batch", "jobs"),
         ("policy", "poddisruptionbudgets"),
+        ("apps", "statefulsets"),
     }
     # What kopf and the operator do need, all namespaces (kwok's RBAC tests check it for real).
     for needed in [

@@ -73,6 +73,10 @@ secretKeyRef). Events: list, to quote the kubelet's words when a volume cannot a
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+# The RPC workers of a model split across nodes; delete: when spec.distributed goes.
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]

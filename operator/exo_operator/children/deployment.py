@@ -14,11 +14,13 @@ from exo_operator.children.pod_security import (
     container_security_context,
     pod_security_context,
 )
+from exo_operator.children.workers import worker_addresses, workers_hash
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
     CACHE_CLAIM_ANNOTATION,
     RUNTIME,
     TEMPLATE_HASH_LABEL,
+    WORKERS_HASH_ANNOTATION,
     component_labels,
     runtime_name,
     runtime_selector,
@@ -31,6 +33,9 @@ GIB = 1024**3
 # After the drain's bound the runtime still cancels what is left (2 s) and shuts the engine
 # down; the kubelet's SIGKILL must not cut that short.
 EXIT_MARGIN_SECONDS = 15
+# Workers come up beside the head (scheduling, an image pull on a warm node): minutes at most.
+# A worker still missing after that is reported; the head, restarted, waits for it again.
+RPC_CONNECT_SECONDS = 300
 
 
 def threads_for(model: ExoModel) -> int | None:
@@ -59,14 +64,25 @@ def gpu_layers_for(model: ExoModel) -> int:
     """engineArgs.gpuLayers, else every layer (-1) with GPUs and none (0) without.
 
     Never left to the runtime's default, which is "all" in a GPU build: a CPU pod of the CUDA
-    image must not try to offload.
+    image must not try to offload. Split across workers, every layer too: llama.cpp places
+    layers only on the devices it offloads to, and the workers' RPC devices are such devices
+    even without a GPU.
     """
     if model.spec.engine_args.gpu_layers is not None:
         return model.spec.engine_args.gpu_layers
-    return -1 if model.spec.resources.gpus else 0
+    return -1 if model.spec.resources.gpus or model.spec.distributed else 0
 
 
-def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
+def rpc_connect_timeout(startup_budget: int) -> int:
+    """How long the head waits for its workers: at most RPC_CONNECT_SECONDS and half the
+    startup probe's budget, so that a worker that never answers ends the head with a message
+    naming it (WorkerUnreachable) before the probe restarts it without one."""
+    return max(1, min(RPC_CONNECT_SECONDS, startup_budget // 2))
+
+
+def serve_args(
+    model: ExoModel, settings: OperatorSettings, model_bytes: int | None = None
+) -> list[str]:
     """The `exo-runtime serve` command line for the model's spec."""
     spec = model.spec
     source = source_plan(model)
@@ -87,9 +103,18 @@ def serve_args(model: ExoModel, settings: OperatorSettings) -> list[str]:
         # tampered cache sends the model back to Downloading instead of serving garbage.
         args.append("--require-verified")
     ea = spec.engine_args
+    split = spec.distributed.tensor_split if spec.distributed else ea.tensor_split
     optional = {
         "--context-length": ea.context_length,
-        "--tensor-split": ",".join(f"{w:g}" for w in ea.tensor_split) if ea.tensor_split else None,
+        # Across workers: one entry per device, the head's own first, then the workers in the
+        # order of --rpc-workers (the CRD holds the length to workers + 1).
+        "--rpc-workers": ",".join(worker_addresses(model)) if spec.distributed else None,
+        "--rpc-connect-timeout": (
+            rpc_connect_timeout(startup_budget_seconds(model, settings, model_bytes))
+            if spec.distributed
+            else None
+        ),
+        "--tensor-split": ",".join(f"{w:g}" for w in split) if split else None,
         "--threads": threads_for(model),
         "--batch-size": ea.batch_size,
         "--parallel": ea.parallel,
@@ -214,7 +239,7 @@ def runtime_deployment_for(
         "image": spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["exo-runtime"],
-        "args": serve_args(model, settings),
+        "args": serve_args(model, settings, model_bytes),
         "env": _env(model),
         "ports": [{"name": "http", "containerPort": settings.runtime_port, "protocol": "TCP"}],
         "resources": _resources(model),
@@ -250,6 +275,8 @@ def runtime_deployment_for(
         }
         | dict(spec.pod_annotations or {}),
     }
+    if spec.distributed:
+        template_metadata["annotations"][WORKERS_HASH_ANNOTATION] = workers_hash(model, settings)
     if cache_claim_uid:
         # A claim made again (deleted by hand, then fetched anew) rolls the pods: the old ones,
         # which found no verified model on it, would otherwise wait out a crash-loop back-off.

@@ -1,4 +1,5 @@
-"""Child handlers: any change of a model's pod, Job, Deployment, claim or Service refreshes it."""
+"""Child handlers: any change of a model's pod, Job, Deployment, StatefulSet, claim or Service
+refreshes it."""
 
 import logging
 from typing import Any
@@ -14,6 +15,7 @@ log = logging.getLogger(__name__)
 @kopf.on.event("v1", "pods", labels=CHILD_FILTER)
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_FILTER)
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)
+@kopf.on.event("apps", "v1", "statefulsets", labels=CHILD_FILTER)
 @kopf.on.event("v1", "persistentvolumeclaims", labels=CHILD_FILTER)
 @kopf.on.event("v1", "services", labels=CHILD_FILTER)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)

@@ -57,3 +57,8 @@ def model_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: An
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
 def model_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {_key(namespace, labels): _slim(body)}
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=CHILD_FILTER)
+def model_statefulsets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): _slim(body)}

@@ -31,6 +31,7 @@ async def configure(
     model_claims: kopf.Index,
     model_services: kopf.Index,
     model_budgets: kopf.Index,
+    model_statefulsets: kopf.Index,
     **_: Any,
 ) -> None:
     # Keep kopf's bookkeeping in annotations of our own prefix, not in the status we own.
@@ -64,6 +65,7 @@ async def configure(
             claims=values(model_claims),
             services=values(model_services),
             budgets=values(model_budgets),
+            statefulsets=values(model_statefulsets),
         )
 
     memo.settings = operator_settings

@@ -1,0 +1,215 @@
+"""The RPC workers of a model split across nodes: a StatefulSet and its headless Service.
+
+Each worker runs `exo-runtime rpc-worker`, llama.cpp's RPC server of the same build as the
+head: it holds no model and needs no volume, since the head sends it its share of the tensors.
+A StatefulSet gives the workers stable names (`<model>-workers-<i>`) that the head's
+`--rpc-workers` list can hold, and a replaced worker comes back under the same name.
+
+One worker group serves one head, and the head is a Deployment pod whose template every
+replica shares: two heads could not be told apart to be given two groups. So a distributed
+model has one group (admission refuses spec.replicas above 1 with spec.distributed), and the
+StatefulSet's replicas are workers x spec.replicas: scaling to 0 takes the whole group away.
+"""
+
+import copy
+import math
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+from exo_operator.children import content_hash, owner_reference
+from exo_operator.children.placement import GPU_RESOURCE, NO_GPU_ENV
+from exo_operator.children.pod_security import (
+    SCRATCH_MOUNT,
+    SCRATCH_VOLUME,
+    container_security_context,
+    pod_security_context,
+)
+from exo_operator.model import ExoModel
+from exo_operator.naming import (
+    WORKER,
+    component_labels,
+    worker_address,
+    worker_selector,
+    workers_name,
+)
+from exo_operator.settings import OperatorSettings
+
+# exo-runtime rpc-worker's default port.
+RPC_PORT = 50052
+# A worker only relays tensors and computes: it has no request to drain, so it may stop fast.
+WORKER_GRACE_SECONDS = 10
+# The weight of the preference to spread a group's workers over nodes: the highest, because a
+# group of pods on one node gains nothing from the split but pays for its network hops.
+SPREAD_WEIGHT = 100
+
+
+def worker_addresses(model: ExoModel) -> list[str]:
+    """The head's `--rpc-workers` entries, in the order that tensorSplit's entries follow."""
+    assert model.spec.distributed is not None
+    return [worker_address(model, i, RPC_PORT) for i in range(model.spec.distributed.workers)]
+
+
+def _worker_resources(model: ExoModel) -> dict[str, Any]:
+    """distributed.resources, else the head's CPU and memory, plus gpusPerWorker."""
+    spec = model.spec
+    assert spec.distributed is not None
+    own = spec.distributed.resources
+    cpu = own.cpu if own and own.cpu is not None else spec.resources.cpu
+    memory = own.memory if own and own.memory is not None else spec.resources.memory
+    limits: dict[str, Any] = {}
+    requests: dict[str, Any] = {}
+    if spec.worker_gpus():
+        limits[GPU_RESOURCE] = str(spec.worker_gpus())
+    for name, value in (("cpu", cpu), ("memory", memory)):
+        if value is not None:
+            requests[name] = limits[name] = str(value)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _worker_args(model: ExoModel) -> list[str]:
+    args = ["rpc-worker", "--host", "0.0.0.0", "--port", str(RPC_PORT)]
+    cpu = (_worker_resources(model).get("limits") or {}).get("cpu")
+    if cpu is not None:
+        # One thread per whole CPU of the limit, as the head does: more would just contend.
+        args += ["--threads", str(max(1, math.floor(parse_quantity(cpu))))]
+    return args
+
+
+def _placement(model: ExoModel) -> dict[str, Any]:
+    """The model's node selector, tolerations and affinity, and a spread of the group."""
+    spec = model.spec
+    placement: dict[str, Any] = {}
+    tolerations = list(spec.tolerations)
+    if spec.worker_gpus():
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        placement["tolerations"] = tolerations
+    if spec.node_selector:
+        placement["nodeSelector"] = dict(spec.node_selector)
+    affinity = copy.deepcopy(spec.affinity or {})
+    # Preferred, not required: where there are fewer nodes than workers (a small or a
+    # single-node cluster) the group still runs, only less spread.
+    anti = affinity.setdefault("podAntiAffinity", {})
+    anti.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
+        {
+            "weight": SPREAD_WEIGHT,
+            "podAffinityTerm": {
+                "labelSelector": {"matchLabels": worker_selector(model)},
+                "topologyKey": "kubernetes.io/hostname",
+            },
+        }
+    )
+    placement["affinity"] = affinity
+    return placement
+
+
+def _worker_pod_template(model: ExoModel, settings: OperatorSettings) -> dict[str, Any]:
+    spec = model.spec
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
+    if not spec.worker_gpus():
+        env.append(NO_GPU_ENV)
+    # A TCP connect completes in the kernel's backlog even while the RPC server serves the
+    # head's session, so the probes never disturb it.
+    rpc_port = {"tcpSocket": {"port": "rpc"}, "timeoutSeconds": 2}
+    container: dict[str, Any] = {
+        "name": "rpc-worker",
+        "image": spec.image or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["exo-runtime"],
+        "args": _worker_args(model),
+        "env": env,
+        "ports": [{"name": "rpc", "containerPort": RPC_PORT, "protocol": "TCP"}],
+        "resources": _worker_resources(model),
+        "volumeMounts": [SCRATCH_MOUNT],
+        "securityContext": container_security_context(),
+        # The RPC server answers as soon as it listens: the head's own readiness (after the
+        # load and warmup across every worker) is what makes the group Ready.
+        "readinessProbe": {**rpc_port, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**rpc_port, "periodSeconds": 10, "failureThreshold": 3},
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "metadata": {"labels": component_labels(model, WORKER)},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": pod_security_context(settings.runtime_uid),
+            "terminationGracePeriodSeconds": WORKER_GRACE_SECONDS,
+            "containers": [container],
+            "volumes": [SCRATCH_VOLUME],
+            **_placement(model),
+        },
+    }
+
+
+def workers_hash(model: ExoModel, settings: OperatorSettings) -> str:
+    """A hash of the worker group (its size and pod template): on the head's template, so that
+    a changed group rolls the head, which then loads onto the new workers."""
+    assert model.spec.distributed is not None
+    group = [model.spec.distributed.workers, _worker_pod_template(model, settings)]
+    return content_hash(group)
+
+
+def workers_statefulset_for(
+    model: ExoModel, settings: OperatorSettings, running: bool = True
+) -> dict[str, Any] | None:
+    """The workers' StatefulSet, or None for a model on one pod.
+
+    With `running` False (the model not cached yet) it holds no pod: workers would only sit on
+    their GPUs while the download runs.
+    """
+    spec = model.spec
+    if not spec.distributed:
+        return None
+    replicas = spec.distributed.workers * spec.replicas if running else 0
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": workers_name(model),
+            "namespace": model.namespace,
+            "labels": component_labels(model, WORKER),
+            "ownerReferences": [owner_reference(model)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "serviceName": workers_name(model),
+            # The head needs every worker at once: start and replace them all in parallel,
+            # not one after another.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": worker_selector(model)},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": _worker_pod_template(model, settings),
+        },
+    }
+
+
+def workers_service_for(model: ExoModel) -> dict[str, Any] | None:
+    """The headless Service that gives each worker its DNS name, or None for a one-pod model."""
+    if not model.spec.distributed:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": workers_name(model),
+            "namespace": model.namespace,
+            "labels": component_labels(model, WORKER),
+            "ownerReferences": [owner_reference(model)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": worker_selector(model),
+            # The head connects while it loads, before a restarted worker has passed its probe;
+            # and a worker's readiness must not hide the name the head already holds.
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rpc", "port": RPC_PORT, "targetPort": "rpc", "protocol": "TCP"}],
+        },
+    }

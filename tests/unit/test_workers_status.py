@@ -1,0 +1,162 @@
+"""The status of a model split across workers: members, READY n/m, and the group's reasons."""
+
+import pytest
+from _models import model
+from exo_operator.cache import cache_key
+from exo_operator.status import Observed, aggregate, pod_problem, status_changed
+from test_operator_status import HASH, NOW, claim
+
+WORKERS = 2
+
+
+def head(ready=True, name="gemma-abc12", node="kwok-gpu-0", **status):
+    return _pod(name, {"exo.dev/template-hash": HASH, "exo.dev/component": "runtime"}, ready,
+                node, **status)  # fmt: skip
+
+
+def worker(ordinal, ready=True, node=None, **status):
+    name = f"gemma-workers-{ordinal}"
+    return _pod(name, {"exo.dev/component": "worker"}, ready, node or f"kwok-gpu-{ordinal + 1}",
+                **status)  # fmt: skip
+
+
+def _pod(name, labels, ready, node, **status):
+    conditions = [{"type": "Ready", "status": "True" if ready else "False",
+                   "lastTransitionTime": "2026-01-01T11:00:30Z"}]  # fmt: skip
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": node},
+        "status": {"conditions": conditions + status.pop("conditions", []), **status},
+    }
+
+
+def observed(heads, workers, previous_phase=None, **spec):
+    m = model(distributed={"workers": WORKERS}, **spec)
+    key = cache_key(m.spec.source)
+    previous = {"cacheKey": key} | ({"phase": previous_phase} if previous_phase else {})
+    return Observed(
+        model=m,
+        previous=previous,
+        template_hash=HASH,
+        claim=claim(stamp=(key, "2026-01-01T11:01:00Z")),
+        runtime_pods=heads,
+        worker_pods=workers,
+    )
+
+
+def terminated(message):
+    return [{"name": "runtime", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+             "lastState": {"terminated": {"exitCode": 1, "message": message}}}]  # fmt: skip
+
+
+def test_the_head_and_every_worker_ready_is_ready_three_of_three_with_members():
+    status, events = aggregate(observed([head()], [worker(0), worker(1)]), NOW)
+    assert status["phase"] == "Ready"
+    assert status["message"] == "1/1 replicas loaded across 2 workers and warmed up"
+    assert status["readyText"] == "3/3"
+    assert status["readyMembers"] == 3 and status["desiredMembers"] == 3
+    assert status["members"] == [
+        {"name": "gemma-abc12", "role": "head", "ready": True, "node": "kwok-gpu-0"},
+        {"name": "gemma-workers-0", "role": "worker", "ready": True, "node": "kwok-gpu-1"},
+        {"name": "gemma-workers-1", "role": "worker", "ready": True, "node": "kwok-gpu-2"},
+    ]
+    # The scale subresource still counts head pods.
+    assert status["replicas"] == 1 and status["readyReplicas"] == 1
+    assert [e.reason for e in events] == ["Ready"]
+
+
+@pytest.mark.parametrize("previous", ["Ready", "Degraded"])
+def test_a_worker_lost_from_a_ready_model_degrades_it_naming_the_pod(previous):
+    # Deleted: its replacement not made yet, so it is missing, not merely not ready.
+    status, events = aggregate(observed([head()], [worker(0)], previous_phase=previous), NOW)
+    assert status["phase"] == "Degraded"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "WorkerNotReady"
+    assert "gemma-workers-1" in status["message"]
+    assert status["readyText"] == "2/3"
+    assert status["members"][2] == {"name": "gemma-workers-1", "role": "worker", "ready": False}
+    if previous == "Ready":
+        assert [(e.type, e.reason) for e in events] == [("Warning", "WorkerNotReady")]
+
+
+def test_the_group_recovers_by_itself_once_the_worker_is_back():
+    status, _ = aggregate(observed([head()], [worker(0), worker(1)], "Degraded"), NOW)
+    assert status["phase"] == "Ready"
+
+
+def test_workers_starting_behind_a_ready_head_is_loading_not_degraded():
+    status, events = aggregate(observed([head()], [worker(0, ready=False)]), NOW)
+    assert status["phase"] == "Loading"
+    assert [(e.type, e.reason) for e in events] == [("Normal", "WaitingForWorkers")]
+
+
+def test_an_unschedulable_worker_says_which_and_why():
+    why = "0/5 nodes are available: 4 Insufficient nvidia.com/gpu."
+    unschedulable = {"type": "PodScheduled", "status": "False", "message": why}
+    status, _ = aggregate(
+        observed(
+            [head(ready=False)],
+            [worker(0), worker(1, ready=False, conditions=[unschedulable])],
+        ),
+        NOW,
+    )
+    assert status["phase"] == "Pending"
+    assert "worker pod gemma-workers-1" in status["message"]
+    assert "Insufficient nvidia.com/gpu" in status["message"]
+
+
+ADDRESS = "gemma-workers-1.gemma-workers.ml.svc:50052"
+
+
+@pytest.mark.parametrize(
+    ("line", "reason", "phase"),
+    [
+        # The head keeps retrying (a worker may yet come): waiting, with the worker named.
+        (f"exo-runtime: load failed: rpc worker unreachable: {ADDRESS}", "WorkerUnreachable",
+         "Pending"),
+        # Head and worker from different builds never agree: no wait mends it.
+        (f"exo-runtime: load failed: rpc worker version mismatch: {ADDRESS} speaks 2.0.0, "
+         "the head 3.0.0", "WorkerVersionMismatch", "Failed"),
+    ],
+)  # fmt: skip
+def test_the_heads_worker_failures_become_reasons_naming_the_worker(line, reason, phase):
+    pod = head(ready=False, containerStatuses=terminated(f"loading\n{line}\n"))
+    assert pod_problem(pod).reason == reason
+    status, _ = aggregate(observed([pod], [worker(0), worker(1)]), NOW)
+    assert status["phase"] == phase
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == reason
+    assert ADDRESS in status["message"]
+
+
+def test_other_load_failures_stay_load_failed():
+    pod = head(ready=False, containerStatuses=terminated("exo-runtime: load failed: bad magic"))
+    assert pod_problem(pod).reason == "LoadFailed"
+
+
+def test_scaled_to_zero_wants_no_member():
+    status, _ = aggregate(observed([], [], replicas=0), NOW)
+    assert status["phase"] == "Pending"
+    assert status["members"] == [] and status["desiredMembers"] == 0
+    assert status["readyText"] == "0/0"
+
+
+def test_a_model_no_longer_split_drops_its_members():
+    previous = {"members": [{"name": "x", "role": "head", "ready": True}], "readyMembers": 1,
+                "desiredMembers": 3}  # fmt: skip
+    m = model()
+    key = cache_key(m.spec.source)
+    obs = Observed(
+        model=m,
+        previous={"cacheKey": key, **previous},
+        template_hash=HASH,
+        claim=claim(stamp=(key, "2026-01-01T11:01:00Z")),
+        runtime_pods=[head()],
+    )
+    status, _ = aggregate(obs, NOW)
+    assert status["members"] is None and status["readyMembers"] is None
+    assert status["readyText"] == "1/1"
+    assert status_changed(previous, status)
+    # A model that never was split writes none of them.
+    fresh, _ = aggregate(Observed(**{**obs.__dict__, "previous": {"cacheKey": key}}), NOW)
+    assert "members" not in fresh
