@@ -141,8 +141,12 @@ def fetch_jobs_to_delete(
     """Fetch Jobs whose work is unwanted: superseded ones still running or failed, and the current
     one when its result is not on this claim or was refuted since (its name must be free again).
 
-    A superseded Job that completed is left to its TTL, so its log can still be read.
+    A superseded Job that completed is left to its TTL, so its log can still be read, unless
+    the claim is being deleted: Kubernetes keeps a claim until every pod that names it is gone,
+    finished pods included (kubernetes/kubernetes#120756), so every fetch Job goes with it.
     """
+    if _meta(claim).get("deletionTimestamp"):
+        return list(jobs)
     doomed = []
     for job in jobs:
         if _meta(job).get("name") != current_name:

