@@ -106,7 +106,7 @@ cluster_config() {
 create_cluster() {
 	local image=$1 config
 	config=$(cluster_config)
-	((KIND_NODES > 1)) && mkdir -p "$SHARED_VOLUMES_DIR"
+	if ((KIND_NODES > 1)); then mkdir -p "$SHARED_VOLUMES_DIR"; fi
 	log "creating kind cluster '$KIND_CLUSTER' ($KIND_NODES node(s)) from $image"
 	CREATED_HERE=true
 	mkdir -p "$(dirname "$KUBECONFIG_PATH")"
