@@ -38,8 +38,10 @@ base-image: docker ## build the Debian bookworm base image exo-operator/debian:b
 node-image: base-image ## build the kind node image with every image it needs preloaded
 	@bash scripts/node-image.sh
 
-kind: ## start the kind cluster, building what is missing (prints export KUBECONFIG=...)
-	@bash scripts/kind.sh up
+# KIND_NODES=3: a control plane and 2 workers (default 1: one node that is both).
+KIND_NODES ?= 1
+kind: ## start the kind cluster, building what is missing (KIND_NODES=3 for 3 nodes)
+	@KIND_NODES=$(KIND_NODES) bash scripts/kind.sh up
 
 kind-down: ## delete the kind cluster
 	@bash scripts/kind.sh down

@@ -11,16 +11,28 @@
 #                         e.g. kind's stock kindest/node:v1.34.x where a registry is reachable; the
 #                         cluster then keeps kind's default CNI (kindnetd)
 #   EXO_KIND_NODEPORT     host port on 127.0.0.1 that reaches NodePort 30080 (default 30080)
+#   KIND_NODES            how many nodes run pods (default 1). 1: one node, control plane and
+#                         worker. N >= 2: the control plane (left schedulable, holding the NodePort
+#                         mapping) plus N-1 workers; every node advertises the fake GPUs, pods reach
+#                         each other across nodes (the route agent, routeagent/), and the `shared`
+#                         storage class is one host folder mounted into every node, so its
+#                         ReadWriteMany volumes are shared across nodes too
+#   EXO_NODE_IMAGE_TAG    the tag scripts/node-image.sh builds and the cluster runs (default
+#                         exo-operator/kind-node:<kubernetes version>)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$REPO_ROOT/scripts/versions.env"
 
 KIND_CLUSTER="${KIND_CLUSTER:-exo}"
 NODEPORT_HOST_PORT="${EXO_KIND_NODEPORT:-30080}"
+KIND_NODES="${KIND_NODES:-1}"
+[[ $KIND_NODES =~ ^[1-9][0-9]*$ ]] || die "KIND_NODES must be a whole number of nodes, 1 or more (got '$KIND_NODES')"
 # The cluster belongs to the machine's docker daemon, not to one checkout: so does its kubeconfig.
 KUBECONFIG_PATH="$EXO_CACHE/kind/$KIND_CLUSTER.kubeconfig"
 NODE_CONTAINER="$KIND_CLUSTER-control-plane"
 DEVICE_PLUGIN_IMAGE="exo-operator/fake-gpu-device-plugin:dev"
+# The host folder behind the `shared` storage class on a multi-node cluster.
+SHARED_VOLUMES_DIR="$EXO_CACHE/kind/$KIND_CLUSTER-shared"
 
 kind() { "$TOOLS_BIN/kind" "$@"; }
 kctl() { "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
@@ -70,22 +82,41 @@ node_image() {
   else
     bash "$REPO_ROOT/scripts/base-image.sh" >&2
     bash "$REPO_ROOT/scripts/node-image.sh" >&2
-    echo "exo-operator/kind-node:$KUBERNETES_VERSION"
+    echo "${EXO_NODE_IMAGE_TAG:-exo-operator/kind-node:$KUBERNETES_VERSION}"
   fi
 }
 
-create_cluster() {
-  local image=$1 config disable_cni=true
+# cluster_config: hack/kind/cluster.yaml filled in, plus the workers of a multi-node cluster.
+cluster_config() {
+  local disable_cni=true i
   # kind's stock image brings kindnetd and no preloaded device plugin.
   [[ -n ${EXO_KIND_NODE_IMAGE:-} ]] && disable_cni=false
-  config=$(sed -e "s/\${NODEPORT_HOST_PORT}/$NODEPORT_HOST_PORT/" -e "s/\${DISABLE_DEFAULT_CNI}/$disable_cni/" \
-    "$REPO_ROOT/hack/kind/cluster.yaml")
-  log "creating kind cluster '$KIND_CLUSTER' from $image"
+  sed -e "s/\${NODEPORT_HOST_PORT}/$NODEPORT_HOST_PORT/" -e "s/\${DISABLE_DEFAULT_CNI}/$disable_cni/" \
+    "$REPO_ROOT/hack/kind/cluster.yaml"
+  ((KIND_NODES > 1)) || return 0
+  # Every node mounts the same host folder where the `shared` class keeps its volumes: the
+  # provisioner gives those volumes no node affinity, so pods on any node must see one folder.
+  local mount="    extraMounts: [{hostPath: $SHARED_VOLUMES_DIR, containerPath: /var/local-path-provisioner-shared}]"
+  echo "$mount"
+  for ((i = 1; i < KIND_NODES; i++)); do
+    printf '  - role: worker\n%s\n' "$mount"
+  done
+}
+
+create_cluster() {
+  local image=$1 config
+  config=$(cluster_config)
+  if ((KIND_NODES > 1)); then mkdir -p "$SHARED_VOLUMES_DIR"; fi
+  log "creating kind cluster '$KIND_CLUSTER' ($KIND_NODES node(s)) from $image"
   CREATED_HERE=true
   mkdir -p "$(dirname "$KUBECONFIG_PATH")"
   echo "$config" | kind create cluster --name "$KIND_CLUSTER" --image "$image" --config - \
     --kubeconfig "$KUBECONFIG_PATH" --retain --wait 0s >&2 ||
     report_failure "kind create cluster failed"
+  # kind leaves the control plane schedulable only on a one-node cluster; ours runs pods too.
+  if ((KIND_NODES > 1)); then
+    kctl taint node "$NODE_CONTAINER" node-role.kubernetes.io/control-plane:NoSchedule- >/dev/null
+  fi
   if [[ -n ${EXO_KIND_NODE_IMAGE:-} ]]; then
     bash "$REPO_ROOT/scripts/node-image.sh" device-plugin >&2
     kind load docker-image --name "$KIND_CLUSTER" "$DEVICE_PLUGIN_IMAGE" >&2
@@ -99,21 +130,32 @@ await() {
   wait_for "$seconds" "$@" || report_failure "$what did not happen within ${seconds}s"
 }
 
+# Every node advertises the fake GPUs.
 gpus_advertised() {
-  [[ $(kctl get node "$NODE_CONTAINER" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}') -gt 0 ]]
+  local counts count
+  mapfile -t counts < <(kctl get nodes -o jsonpath='{range .items[*]}{.status.allocatable.nvidia\.com/gpu}{"\n"}{end}')
+  ((${#counts[@]} == KIND_NODES)) || return 1
+  for count in "${counts[@]}"; do ((${count:-0} > 0)) || return 1; done
+}
+
+nodes_ready() {
+  [[ $(kctl get nodes --no-headers 2>/dev/null | wc -l) -eq $KIND_NODES ]] &&
+    kctl wait --for=condition=Ready nodes --all --timeout=1s
 }
 
 wait_until_usable() {
-  log "waiting for the node, cluster DNS, storage and the fake GPUs"
+  log "waiting for the nodes, cluster DNS, storage and the fake GPUs"
+  # The route agent writes each node's CNI config: no node turns Ready before it runs.
+  [[ -n ${EXO_KIND_NODE_IMAGE:-} ]] || kctl apply -f "$REPO_ROOT/hack/kind/route-agent.yaml" >/dev/null
   # Bounds of wall time, about what the earlier counts of tries a second apart took (each
   # `kctl wait` try spends its own second too).
-  await "the node becoming Ready" 240 kctl wait --for=condition=Ready "node/$NODE_CONTAINER" --timeout=1s
+  await "every node becoming Ready" 240 nodes_ready
   kctl apply -f "$REPO_ROOT/hack/kind/fake-gpu-device-plugin.yaml" >/dev/null
   await "CoreDNS becoming available" 240 \
     kctl -n kube-system wait --for=condition=Available deployment/coredns --timeout=1s
   await "the local-path provisioner becoming available" 240 \
     kctl -n local-path-storage wait --for=condition=Available deployment/local-path-provisioner --timeout=1s
-  await "the node advertising nvidia.com/gpu" 90 gpus_advertised
+  await "every node advertising nvidia.com/gpu" 90 gpus_advertised
 }
 
 up() {
@@ -128,6 +170,10 @@ up() {
       mapped=$(docker_cli port "$NODE_CONTAINER" 30080/tcp 2>/dev/null | head -n1)
       [[ $mapped == "127.0.0.1:$NODEPORT_HOST_PORT" ]] ||
         die "the running cluster maps NodePort 30080 to ${mapped:-nothing}, not 127.0.0.1:$NODEPORT_HOST_PORT; run scripts/kind.sh down first to change EXO_KIND_NODEPORT"
+      local nodes
+      nodes=$(kind get nodes --name "$KIND_CLUSTER" | wc -l)
+      [[ $nodes -eq $KIND_NODES ]] ||
+        die "the running cluster has $nodes node(s), not KIND_NODES=$KIND_NODES; run scripts/kind.sh down first to change KIND_NODES"
     else
       log "kind cluster '$KIND_CLUSTER' is left over from an earlier run and does not answer: deleting it"
       kind delete cluster --name "$KIND_CLUSTER" >&2
@@ -140,7 +186,7 @@ up() {
     create_cluster "$image"
   fi
   wait_until_usable
-  log "kind cluster '$KIND_CLUSTER' ready in $((SECONDS - started))s (NodePort 30080 on 127.0.0.1:$NODEPORT_HOST_PORT)"
+  log "kind cluster '$KIND_CLUSTER' ($KIND_NODES node(s)) ready in $((SECONDS - started))s (NodePort 30080 on 127.0.0.1:$NODEPORT_HOST_PORT)"
   echo "export KUBECONFIG=$KUBECONFIG_PATH"
 }
 
@@ -154,6 +200,7 @@ down() {
     log "kind cluster '$KIND_CLUSTER' does not exist"
   fi
   rm -f "$KUBECONFIG_PATH"
+  rm -rf "$SHARED_VOLUMES_DIR"
 }
 
 status() {

@@ -5,7 +5,8 @@
 # script does the same job from local sources instead:
 #   1. the small images kubeadm and kind's manifests name (registry.k8s.io/kube-apiserver, ...,
 #      etcd, pause, coredns, the local-path provisioner and its helper) plus the fake GPU device
-#      plugin, each a static binary on scratch, tagged under exactly the names the manifests use;
+#      plugin, each a static binary on scratch, tagged under exactly the names the manifests use,
+#      and the route agent (routeagent/: the pod network across nodes);
 #   2. the node root file system (images/node/Dockerfile): Debian's systemd, containerd, runc and
 #      CNI plugins, kind's entrypoint and units from kind's pinned module source, the Kubernetes
 #      binaries from scripts/tools.sh;
@@ -18,6 +19,7 @@ source "$REPO_ROOT/scripts/versions.env"
 
 NODE_IMAGE="${EXO_NODE_IMAGE_TAG:-exo-operator/kind-node:$KUBERNETES_VERSION}"
 DEVICE_PLUGIN_IMAGE="exo-operator/fake-gpu-device-plugin:dev"
+ROUTE_AGENT_IMAGE="exo-operator/route-agent:dev"
 IMAGES_CACHE="$EXO_CACHE/images"
 ADDON_BIN="$IMAGES_CACHE/bin"
 K8S_BINARIES=(kubelet kubeadm kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd)
@@ -42,6 +44,12 @@ build_addon_binaries() {
     log "building the fake GPU device plugin"
     (cd "$REPO_ROOT/deviceplugin" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' \
       -o "$ADDON_BIN/fake-gpu-device-plugin" .) || die "building deviceplugin/ failed (output above)"
+  fi
+  if [[ ! -x $ADDON_BIN/route-agent ]] ||
+    [[ -n $(find "$REPO_ROOT/routeagent" -newer "$ADDON_BIN/route-agent" -type f) ]]; then
+    log "building the route agent"
+    (cd "$REPO_ROOT/routeagent" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' \
+      -o "$ADDON_BIN/route-agent" .) || die "building routeagent/ failed (output above)"
   fi
   # pause is C: Kubernetes' own pause.c from the pinned module source, linked statically.
   if [[ ! -x $ADDON_BIN/pause ]]; then
@@ -113,12 +121,16 @@ build_component_images() {
     die "building the kube-proxy image failed (rerun: DOCKER_BUILDKIT=1 docker build images/kube-proxy)"
   docker_cli build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$KIND_LOCAL_PATH_HELPER_IMAGE" \
     "$REPO_ROOT/images/local-path-helper" >/dev/null || die "building the local-path helper image failed"
+  mkdir -p "$WORK/route-agent"
+  cp "$REPO_ROOT/images/route-agent/Dockerfile" "$ADDON_BIN/route-agent" "$WORK/route-agent/"
+  docker_cli build -q --build-arg "KUBE_PROXY_IMAGE=$k8s/kube-proxy:$v" -t "$ROUTE_AGENT_IMAGE" \
+    "$WORK/route-agent" >/dev/null || die "building the route agent image failed"
 
   PRELOAD_IMAGES=(
     "$k8s/kube-apiserver:$v" "$k8s/kube-controller-manager:$v" "$k8s/kube-scheduler:$v"
     "$k8s/kube-proxy:$v" "$k8s/etcd:$KUBEADM_ETCD_IMAGE_TAG" "$k8s/pause:$PAUSE_VERSION"
     "$k8s/coredns/coredns:$COREDNS_VERSION" "$KIND_LOCAL_PATH_PROVISIONER_IMAGE"
-    "$KIND_LOCAL_PATH_HELPER_IMAGE" "$DEVICE_PLUGIN_IMAGE"
+    "$KIND_LOCAL_PATH_HELPER_IMAGE" "$DEVICE_PLUGIN_IMAGE" "$ROUTE_AGENT_IMAGE"
   )
   log "saving the component images to $IMAGES_CACHE/node-preload.tar"
   docker_cli save -o "$IMAGES_CACHE/node-preload.tar" "${PRELOAD_IMAGES[@]}"
@@ -149,18 +161,18 @@ preload_and_commit() {
   trap "docker_cli rm -f -v $container >/dev/null 2>&1 || true; rm -rf '$WORK'" EXIT
   # shellcheck disable=SC2016 # these scripts run inside the container
   docker_cli exec "$container" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &
-      for i in $(seq 50); do ctr version >/dev/null 2>&1 && exit 0; sleep 0.2; done
-      cat /tmp/containerd.log; exit 1' || die "containerd did not start in the node build container"
+		for i in $(seq 50); do ctr version >/dev/null 2>&1 && exit 0; sleep 0.2; done
+		cat /tmp/containerd.log; exit 1' || die "containerd did not start in the node build container"
   docker_cli exec -i "$container" ctr --namespace=k8s.io images import \
     --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - \
     <"$IMAGES_CACHE/node-preload.tar" >/dev/null || die "importing the component images failed"
   # shellcheck disable=SC2016
   missing=$(docker_cli exec "$container" bash -c '
-      comm -23 <(kubeadm config images list --kubernetes-version "$(cat /kind/version)" 2>/dev/null | sort) \
-        <(ctr --namespace=k8s.io images list -q | sort)')
+		comm -23 <(kubeadm config images list --kubernetes-version "$(cat /kind/version)" 2>/dev/null | sort) \
+			<(ctr --namespace=k8s.io images list -q | sort)')
   [[ -z $missing ]] || die "the node image lacks images kubeadm needs: $missing"
   docker_cli exec "$container" bash -c 'pkill containerd; while pgrep -x containerd >/dev/null; do sleep 0.2; done
-      rm -f /tmp/containerd.log'
+		rm -f /tmp/containerd.log'
   docker_cli commit \
     --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
     --change 'CMD []' \
@@ -188,7 +200,7 @@ main() {
   local previous
   previous=$(docker_cli image ls -q --filter "reference=registry.k8s.io/*" --filter "reference=registry.k8s.io/*/*" \
     --filter "reference=kindest/*" --filter "reference=exo-operator/kind-node" \
-    --filter "reference=exo-operator/fake-gpu-device-plugin" | sort -u)
+    --filter "reference=exo-operator/fake-gpu-device-plugin" --filter "reference=exo-operator/route-agent" | sort -u)
   build_component_images
   local ctx
   ctx=$(stage_node_context)

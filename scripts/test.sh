@@ -52,7 +52,7 @@ has_tier fetch && paths+=(tests/fetch)
 has_tier runtime && paths+=(tests/runtime)
 has_tier mlx && paths+=(tests/mlx)
 has_tier kwok && paths+=(tests/harness/test_kwok.py tests/harness/test_kwok_script.py tests/cluster tests/chart)
-has_tier kind && paths+=(tests/harness/test_kind.py tests/harness/test_script_descriptors.py)
+has_tier kind && paths+=(tests/harness/test_kind.py tests/harness/test_kind_multinode.py tests/harness/test_script_descriptors.py)
 has_tier e2e && paths+=(tests/e2e)
 
 if [ ${#paths[@]} -eq 0 ]; then
