@@ -125,15 +125,18 @@ def test_concurrent_requests_sharing_a_prefix_are_all_right(cached_and_uncached)
 def test_a_full_cache_gives_way_to_new_requests(start_runtime) -> None:
     # Two slots, both holding cache entries after two requests: whatever comes next, alone,
     # concurrently or as long as the context allows, evicts them and succeeds.
-    runtime = start_runtime("--context-length", "512", "--parallel", "2")
+    runtime = start_runtime("--context-length", "512", "--parallel", "2", "--threads", "1")
     for i in range(4):
         complete(runtime, f"Entry {i}. {STORY}", max_tokens=4)
     with ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda i: complete(runtime, f"{i}: {STORY}", 4), range(4)))
     assert all(text for text, _ in replies)
-    long_prompt = " ".join(f"word{i}" for i in range(200))  # about 450 of the 512 tokens
-    text, hits = complete(runtime, long_prompt, max_tokens=8)
-    assert text and hits == 0
+    long_prompt = " ".join(f"word{i}" for i in range(130))  # most of the 512 tokens
+    reply = client(runtime).completions.create(
+        model=MODEL_NAME, prompt=long_prompt, max_tokens=8, temperature=0
+    )
+    assert reply.choices[0].text and reply.usage.prompt_tokens > 400
+    assert reply.usage.prompt_tokens_details.cached_tokens == 0
     assert runtime.metric("exo_runtime_requests_total", 'outcome="error"') == 0
 
 
