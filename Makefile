@@ -66,7 +66,10 @@ bench-serving: venv ## serving benchmark: exo-runtime vs llama-cpp-python vs lla
 bench-gpu: ## GPU figures (CPU half without a GPU): exo-runtime vs llama.cpp (CUDA), MLX-CUDA vs mlx-lm
 	@bash bench/gpu.sh
 
-.PHONY: bench-serving bench-gpu
+bench-prefix: venv ## prefix cache benchmark: TTFT per turn of a 10-turn chat, vs llama-server
+	@.venv/bin/python bench/prefix_cache.py
+
+.PHONY: bench-serving bench-gpu bench-prefix
 
 bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500")
 	@bash bench/operator_scale.sh

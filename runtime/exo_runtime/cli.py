@@ -101,6 +101,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--threads", type=_positive_int, help="CPU threads (default: the CPUs available)")
     _add(parser, "--batch-size", type=_positive_int, default=512, help="most tokens per decode")
     _add(parser, "--parallel", type=_positive_int, default=8, help="sequences decoded together")
+    _add(
+        parser,
+        "--prefix-cache-entries",
+        type=_non_negative_int,
+        default=8,
+        help="finished sequences kept for reuse of their prompt prefix, at most --parallel "
+        "(0: off)",
+    )
     _add(parser, "--chat-template", help="Jinja chat template: a file path or the template itself")
     _add(parser, "--warmup-prompt", default="Hello", help="prompt generated once before ready")
     _add(parser, "--warmup-max-tokens", type=_positive_int, default=8, help="warmup length")
@@ -165,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             batch_size=args.batch_size,
             parallel=args.parallel,
+            prefix_cache_entries=args.prefix_cache_entries,
         ),
         chat_template=args.chat_template,
         warmup_prompt=args.warmup_prompt,

@@ -46,6 +46,9 @@ class EngineOptions:
     threads: int | None = None  # None: the CPUs this process may use
     batch_size: int = 512
     parallel: int = 8  # most sequences decoded together; more wait in the queue
+    # Finished sequences whose KV cells are kept for a later prompt with the same start; they
+    # sit in idle slots only, so at most `parallel` of them. 0 turns the prefix cache off.
+    prefix_cache_entries: int = 8
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class Chunk:
     `text` is the newly decoded text (possibly empty while a multi-byte
     character is incomplete); `finish_reason` is set on the sequence's last chunk.
     `index` is the choice (0 .. n-1); `logprob` is set when the request asked for them.
+    `cached_tokens`, on a sequence's first chunk only, is how many prompt tokens came from the
+    prefix cache instead of being prefilled.
     """
 
     request_id: str
@@ -114,6 +119,7 @@ class Chunk:
     error: str | None = None
     index: int = 0
     logprob: TokenLogprob | None = None
+    cached_tokens: int | None = None
 
 
 class ModelLoadError(RuntimeError):

@@ -20,6 +20,12 @@ class RuntimeMetrics:
         self.prompt_tokens = Counter(
             "exo_runtime_prompt_tokens", "Prompt tokens of admitted requests", registry=r
         )
+        self.prompt_tokens_cached = Counter(
+            "exo_runtime_prompt_tokens_cached",
+            "Prompt tokens taken from the prefix cache instead of prefilled; the prefix cache's "
+            "hit ratio is this over exo_runtime_prompt_tokens_total",
+            registry=r,
+        )
         self.generated_tokens = Counter(
             "exo_runtime_generated_tokens", "Tokens generated", registry=r
         )

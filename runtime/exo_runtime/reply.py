@@ -71,6 +71,7 @@ class Reply:
         self.chat = chat
         self.created = int(time.time())
         self.prompt_tokens = prompt_tokens  # counted once, however many choices share it
+        self.cached_tokens = 0  # of those, how many the prefix cache held
         self.echo = echo
         self.logprobs = logprobs
         self.choices = [_Choice(text_offset=len(echo)) for _ in range(n)]
@@ -87,6 +88,8 @@ class Reply:
     def add(self, chunk: Chunk) -> tuple[TokenLogprob, int] | None:
         """Take `chunk` in; return its log-probability entry (with its offset), if any."""
         choice = self.choices[chunk.index]
+        if chunk.cached_tokens is not None and chunk.index == 0:
+            self.cached_tokens = chunk.cached_tokens
         if chunk.token_id is not None:
             choice.completion_tokens += 1
         if chunk.text:
@@ -99,12 +102,13 @@ class Reply:
             return choice.add_logprob(chunk.logprob)
         return None
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         completion = self.completion_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
 
     def _envelope(self, streaming: bool) -> dict[str, Any]:

@@ -237,6 +237,8 @@ class Scheduler:
             stream = self._streams.get(chunk.request_id)
             if stream is None:
                 continue
+            if chunk.cached_tokens and chunk.index == 0:  # once per request, not per choice
+                self._metrics.prompt_tokens_cached.inc(chunk.cached_tokens)
             if chunk.token_id is not None:
                 self._metrics.generated_tokens.inc()
                 if not stream.first_token_seen:

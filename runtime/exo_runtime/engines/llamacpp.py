@@ -8,6 +8,13 @@ sequence whose logits were produced. The same shape as llama.cpp's server loop.
 A request for n choices takes n slots: the first prefills the prompt, then its KV cells are
 copied into the other n-1 (`llama_memory_seq_cp`), which all sample from the same logits row
 and decode on their own from there.
+
+A finished sequence's slot keeps its KV cells as a prefix cache entry (`prefix_cache.py` keeps
+the books): a new request whose prompt starts with those tokens takes the slot over (or, when a
+free slot is at hand and the entry holds more than the match, gets a copy of its cells), drops
+the cells past the shared prefix and prefills only the rest. Entries only ever sit in idle slots,
+and a live request that needs a slot evicts the least recently used one: the cache never makes
+a request wait or fail.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from exo_runtime.engine import (
     context_length_in_use,
     warm_up,
 )
+from exo_runtime.prefix_cache import PrefixCache
 from exo_runtime.stop_strings import StopStringFilter
 
 GGUF_MAGIC = b"GGUF"
@@ -98,6 +106,11 @@ class _Sequence:
     # The other choices of the request, waiting for this one's prompt to be in the KV cache.
     siblings: list[_Sequence] = field(default_factory=list)
     prefilled: int = 0  # prompt tokens already in the KV cache
+    # The tokens whose KV cells this sequence holds, position by position: what a prefix cache
+    # entry made from it answers for.
+    decoded: list[int] = field(default_factory=list)
+    # Prompt tokens found in the prefix cache; reported once, with the first chunk.
+    cached_tokens: int | None = 0
     n_past: int = 0  # positions used in the KV cache
     next_token: int | None = None  # sampled, not yet decoded
     generated: int = 0
@@ -143,7 +156,12 @@ class LlamaCppEngine:
         self._batch_logits = np.ctypeslib.as_array(self._batch.logits, shape=(self._batch_size,))
         np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self._batch_size,))[:] = 1
         self._piece_buffer = ctypes.create_string_buffer(256)
+        # Slots holding nothing; slots holding a prefix cache entry are in `_prefix_cache`.
         self._free_seq_ids = list(range(self._parallel - 1, -1, -1))
+        self._prefix_cache = PrefixCache(min(options.prefix_cache_entries, self._parallel))
+        # A sliding-window model may overwrite its oldest cells: a prefix is reusable only
+        # while the window before it is still held (llama-server's check).
+        self._n_swa = llama_cpp.llama_model_n_swa(model)
         self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[tuple[str, int], _Sequence] = {}
         self._cancelled: set[str] = set()
@@ -299,23 +317,72 @@ class LlamaCppEngine:
         return chunks
 
     def _admit_waiting(self) -> None:
-        # First come, first served: a request for n choices waits for n free slots.
-        while self._waiting and len(self._free_seq_ids) >= self._waiting[0].n:
+        # First come, first served: a request for n choices waits for n slots, free or
+        # holding a cache entry (which it evicts).
+        while self._waiting and self._idle_slots() >= self._waiting[0].n:
             request = self._waiting.popleft()
-            first, *siblings = [self._new_sequence(request, i) for i in range(request.n)]
-            first.siblings = siblings
+            first = self._new_sequence(request, 0, *self._slot_with_prefix(request))
+            first.siblings = [
+                self._new_sequence(request, i, self._claim_slot()) for i in range(1, request.n)
+            ]
             self._active[first.key] = first
 
-    def _new_sequence(self, request: GenerationRequest, index: int) -> _Sequence:
+    def _idle_slots(self) -> int:
+        return len(self._free_seq_ids) + len(self._prefix_cache)
+
+    def _claim_slot(self) -> int:
+        """A free slot, or else the least recently used cache entry's, emptied."""
+        if self._free_seq_ids:
+            return self._free_seq_ids.pop()
+        slot = self._prefix_cache.pop_oldest()
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        return slot
+
+    def _slot_with_prefix(self, request: GenerationRequest) -> tuple[int, list[int]]:
+        """A slot for the request's first choice and the prompt tokens it already holds."""
+        prompt = request.prompt_tokens
+        match = self._prefix_cache.match(prompt)
+        if match is None:
+            return self._claim_slot(), []
+        if match.entry_length > match.tokens and len(self._free_seq_ids) >= request.n:
+            # The entry goes on past the shared prefix and may serve another prompt: copy its
+            # cells into a free slot (a whole-stream copy, done at the next decode) and keep it.
+            slot = self._free_seq_ids.pop()
+            llama_cpp.llama_memory_seq_cp(self._memory, match.slot, slot, -1, -1)
+            self._prefix_cache.touch(match.slot)
+        else:
+            slot = match.slot
+            self._prefix_cache.take(slot)
+        # Partial removal fails on recurrent models; a sliding window may have dropped the
+        # cells the tail attends to: then the slot starts empty.
+        window_start = max(0, match.tokens - self._n_swa) if self._n_swa > 0 else 0
+        if (
+            not llama_cpp.llama_memory_seq_rm(self._memory, slot, match.tokens, -1)
+            or llama_cpp.llama_memory_seq_pos_min(self._memory, slot) > window_start
+        ):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+            return slot, []
+        return slot, list(prompt[: match.tokens])
+
+    def _new_sequence(
+        self, request: GenerationRequest, index: int, seq_id: int, held: list[int] | None = None
+    ) -> _Sequence:
+        """A sequence in slot `seq_id`, whose KV cells already hold the prompt's first tokens
+        `held` (from the prefix cache)."""
         params = request.params
+        held = held or []
         return _Sequence(
             request=request,
             index=index,
-            seq_id=self._free_seq_ids.pop(),
+            seq_id=seq_id,
             sampler=_sampler_chain(params, self._n_vocab, index),
             stop_filter=StopStringFilter(params.stop),
             end_ids=self._end_ids.union(params.stop_token_ids),
             greedy=params.temperature <= 0 and not params.transforms_logits,
+            prefilled=len(held),
+            n_past=len(held),
+            decoded=held,
+            cached_tokens=len(held),
         )
 
     def _start_siblings(self, seq: _Sequence) -> None:
@@ -325,6 +392,8 @@ class LlamaCppEngine:
             llama_cpp.llama_memory_seq_cp(self._memory, seq.seq_id, sibling.seq_id, -1, -1)
             sibling.prefilled = seq.prefilled
             sibling.n_past = seq.n_past
+            sibling.decoded = list(seq.decoded)
+            sibling.cached_tokens = seq.cached_tokens
             self._active[sibling.key] = sibling
         seq.siblings = []
 
@@ -342,6 +411,7 @@ class LlamaCppEngine:
             batch.seq_id[n][0] = seq.seq_id
             logits[n] = 1
             outputs.append((n, seq))
+            seq.decoded.append(seq.next_token)
             seq.n_past += 1
             seq.next_token = None
             n += 1
@@ -354,7 +424,9 @@ class LlamaCppEngine:
             members.append(seq)
             prompt = seq.request.prompt_tokens
             take = min(room, len(prompt) - seq.prefilled)
-            tokens[n : n + take] = prompt[seq.prefilled : seq.prefilled + take]
+            chunk = prompt[seq.prefilled : seq.prefilled + take]
+            tokens[n : n + take] = chunk
+            seq.decoded.extend(chunk)
             positions[n : n + take] = np.arange(seq.n_past, seq.n_past + take)
             logits[n : n + take] = 0
             seq_ids = batch.seq_id
@@ -371,6 +443,7 @@ class LlamaCppEngine:
 
     def _sample(self, seq: _Sequence, batch_index: int) -> Chunk:
         request_id, index = seq.request.request_id, seq.index
+        cached, seq.cached_tokens = seq.cached_tokens, None  # told once, with the first chunk
         want_logprobs = seq.request.params.logprobs
         row = None
         if seq.greedy or want_logprobs is not None:
@@ -387,7 +460,9 @@ class LlamaCppEngine:
             text = seq.stop_filter.flush() + seq.decoder.decode(b"", final=True)
             self._release(seq)
             # The end-of-turn token is not part of the completion: no id, so it is not counted.
-            return Chunk(request_id, text, None, finish_reason="stop", index=index)
+            return Chunk(
+                request_id, text, None, finish_reason="stop", index=index, cached_tokens=cached
+            )
         logprob = None
         if want_logprobs is not None:
             logprob = self._token_logprob(row, token, want_logprobs)
@@ -403,7 +478,15 @@ class LlamaCppEngine:
             self._release(seq)
         else:
             seq.next_token = token
-        return Chunk(request_id, text, token, finish_reason=finish, index=index, logprob=logprob)
+        return Chunk(
+            request_id,
+            text,
+            token,
+            finish_reason=finish,
+            index=index,
+            logprob=logprob,
+            cached_tokens=cached,
+        )
 
     def _token_logprob(self, row: np.ndarray, token: int, top: int) -> TokenLogprob:
         """log-softmax of the raw logits row at `token`, and the `top` likeliest tokens."""
@@ -416,21 +499,32 @@ class LlamaCppEngine:
             likeliest = tuple((self._piece(int(t)), float(row[t]) - log_total) for t in ids)
         return TokenLogprob(self._piece(token), float(row[token]) - log_total, likeliest)
 
-    def _release(self, seq: _Sequence) -> None:
-        """Free the sequence's slot, and its siblings' if they never started."""
+    def _release(self, seq: _Sequence, *, keep_cells: bool = True) -> None:
+        """Free the sequence's slot, and its siblings' if they never started; the sequence's
+        KV cells stay as a prefix cache entry unless `keep_cells` is false (a failed decode
+        leaves them in doubt)."""
         for done in [seq, *seq.siblings]:
-            llama_cpp.llama_memory_seq_rm(self._memory, done.seq_id, -1, -1)
             llama_cpp.llama_sampler_free(done.sampler)
-            self._free_seq_ids.append(done.seq_id)
             self._active.pop(done.key, None)
+        for sibling in seq.siblings:  # never started: their slots hold nothing
+            self._free_slots([sibling.seq_id])
         seq.siblings = []
+        if keep_cells:
+            self._free_slots(self._prefix_cache.store(seq.seq_id, seq.decoded))
+        else:
+            self._free_slots([seq.seq_id])
+
+    def _free_slots(self, slots: list[int]) -> None:
+        for slot in slots:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+            self._free_seq_ids.append(slot)
 
     def _fail(self, seqs: list[_Sequence], reason: str) -> list[Chunk]:
         """End `seqs` with an error chunk each, freeing their slots and KV cells."""
         chunks = []
         for seq in seqs:
             if seq.key in self._active:
-                self._release(seq)
+                self._release(seq, keep_cells=False)
             chunks.append(
                 Chunk(
                     seq.request.request_id, "", finish_reason="error", error=reason, index=seq.index

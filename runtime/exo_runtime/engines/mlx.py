@@ -4,6 +4,10 @@
 by one token in one batched forward pass: exactly the engine's `step()`. This module keeps
 what the generator does not: request ids, cancellation, end-of-turn and stop strings, and
 streaming text per sequence.
+
+Prefix cache: a finished sequence's KV cache (the generator hands it back) goes into mlx-lm's
+own `LRUPromptCache`; a new prompt takes a copy of the nearest entry, trimmed to the shared
+prefix, and the generator prefills only the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import load_model, load_tokenizer
 
@@ -32,6 +37,7 @@ from exo_runtime.engine import (
     context_length_in_use,
     warm_up,
 )
+from exo_runtime.prefix_cache import MIN_PREFIX_TOKENS
 from exo_runtime.stop_strings import StopStringFilter
 
 # Markers that end an assistant turn in the chat formats we know, looked up in the vocabulary
@@ -50,6 +56,7 @@ class _Sequence:
     detokenizer: Any  # mlx-lm's StreamingDetokenizer: bytes of a character split over tokens
     stop_filter: StopStringFilter
     generated: int = 0
+    cached_tokens: int | None = 0  # prompt tokens from the prefix cache; told with chunk one
 
 
 class MlxEngine:
@@ -89,6 +96,8 @@ class MlxEngine:
         self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[int, _Sequence] = {}  # by BatchGenerator uid
         self._cancelled: set[str] = set()
+        entries = options.prefix_cache_entries
+        self._prompt_cache = LRUPromptCache(max_size=entries) if entries > 0 else None
 
     # -- model facts -------------------------------------------------------------------------
 
@@ -150,6 +159,8 @@ class MlxEngine:
             return chunks + self._fail_all(f"{type(err).__name__}: {err}")
         for response in responses:
             seq = self._active.get(response.uid)
+            if response.finish_reason is not None and response.prompt_cache is not None:
+                self._keep(response.all_tokens, response.prompt_cache)
             if seq is not None:
                 chunks.append(self._emit(seq, int(response.token), response.finish_reason))
         return chunks
@@ -179,9 +190,13 @@ class MlxEngine:
             if params.seed is not None:
                 # MLX has one global generator: a seed makes a lone request reproducible.
                 mx.random.seed(params.seed)
+            prompt = list(request.prompt_tokens)
+            cache, held = self._nearest_cache(prompt)
             (uid,) = self._generator.insert(
-                [list(request.prompt_tokens)],
+                [prompt[held:]],
                 max_tokens=[max(min(params.max_tokens, room), 1)],
+                caches=[cache],
+                all_tokens=[prompt[:held]],
                 samplers=[_sampler(params)],
                 logits_processors=[_logits_processors(params)],
             )
@@ -190,14 +205,39 @@ class MlxEngine:
                 uid=uid,
                 detokenizer=self._tokenizer.detokenizer,
                 stop_filter=StopStringFilter(params.stop),
+                cached_tokens=held,
             )
+
+    def _nearest_cache(self, prompt: list[int]) -> tuple[Any, int]:
+        """A copy of the cache entry sharing the longest prefix with `prompt`, trimmed to it,
+        and how many tokens it holds; (None, 0) when none shares enough."""
+        if self._prompt_cache is None:
+            return None, 0
+        cache, rest = self._prompt_cache.fetch_nearest_cache(self.model_path, prompt)
+        held = len(prompt) - len(rest)
+        if cache is not None and held == len(prompt):
+            # The last prompt token is decoded again: its logits give the first new token.
+            if not can_trim_prompt_cache(cache):
+                return None, 0
+            trim_prompt_cache(cache, 1)
+            held -= 1
+        if cache is None or held < MIN_PREFIX_TOKENS:
+            return None, 0
+        return cache, held
+
+    def _keep(self, tokens: list[int], cache: list[Any]) -> None:
+        if self._prompt_cache is not None and len(tokens) >= MIN_PREFIX_TOKENS:
+            self._prompt_cache.insert_cache(self.model_path, list(tokens), cache)
 
     def _emit(self, seq: _Sequence, token: int, finish: str | None) -> Chunk:
         request_id = seq.request.request_id
+        cached, seq.cached_tokens = seq.cached_tokens, None
         if token in self._end_ids:
             self._release(seq)
             # The end-of-turn token is not part of the completion: no id, so it is not counted.
-            return Chunk(request_id, self._flush(seq), None, finish_reason="stop")
+            return Chunk(
+                request_id, self._flush(seq), None, finish_reason="stop", cached_tokens=cached
+            )
         seq.generated += 1
         if token not in self._control_ids:  # turn markers never leak into answers
             seq.detokenizer.add_token(token)
@@ -210,35 +250,40 @@ class MlxEngine:
             text += self._flush(seq)
         if reason is not None:
             self._release(seq)
-        return Chunk(request_id, text, token, finish_reason=reason)
+        return Chunk(request_id, text, token, finish_reason=reason, cached_tokens=cached)
 
     @staticmethod
     def _flush(seq: _Sequence) -> str:
         seq.detokenizer.finalize()
         return seq.stop_filter.feed(seq.detokenizer.last_segment)[0] + seq.stop_filter.flush()
 
-    def _release(self, seq: _Sequence) -> None:
-        # The generator drops a sequence itself when it finishes; removing it again is harmless.
-        self._generator.remove([seq.uid])
+    def _release(self, seq: _Sequence, *, keep_cache: bool = True) -> None:
+        # The generator drops a sequence itself when it finishes (and hands its cache back
+        # then); removing it again is harmless.
+        keep = keep_cache and self._prompt_cache is not None
+        caches = self._generator.remove([seq.uid], return_prompt_caches=keep)
+        if seq.uid in caches:
+            cache, tokens = caches[seq.uid]
+            self._keep(tokens, cache)
         del self._active[seq.uid]
 
     def _fail_all(self, reason: str) -> list[Chunk]:
         log.error("MLX step failed, ending %d sequences: %s", len(self._active), reason)
         chunks = []
         for seq in list(self._active.values()):
-            self._release(seq)
+            self._release(seq, keep_cache=False)
             chunks.append(Chunk(seq.request.request_id, "", finish_reason="error", error=reason))
         return chunks
 
     def abort_active(self) -> list[str]:
         ids = [seq.request.request_id for seq in self._active.values()]
         for seq in list(self._active.values()):
-            self._release(seq)
+            self._release(seq, keep_cache=False)
         return ids
 
     def close(self) -> None:
         for seq in list(self._active.values()):
-            self._release(seq)
+            self._release(seq, keep_cache=False)
         self._generator.close()
 
 
