@@ -46,7 +46,7 @@ CMAKE_FLAGS = [
 ]
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the base model counts on well past 128 tokens
 # Every request gets its own first words, so no contender answers from a cached prompt
-# (llama-server and llama-cpp-python reuse a matching prefix; our runtime does not): TTFT then
+# (all three reuse a matching prefix): TTFT then
 # measures prefill plus serving overhead for all three alike.
 _request_number = iter(range(1_000_000))
 
