@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fixtures.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "exo.dev_exomodels.yaml"
@@ -62,12 +62,6 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60, every: fl
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OperatorProcess:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 from fixtures.kwok import Kubectl, tool_path
+from fixtures.net import free_port
 from fixtures.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -77,12 +78,6 @@ class StatusWatch:
     def stop(self) -> None:
         self._process.terminate()
         self._process.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

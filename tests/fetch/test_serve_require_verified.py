@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 from fetch_runner import REPO_ROOT, run_fetch
+from fixtures.net import free_port
 
 PREFIX = "exo-runtime: load failed: cache not verified: "
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_command(model: Path, port: int, *args: str) -> list[str]:

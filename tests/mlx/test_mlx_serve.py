@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,22 +10,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fixtures.net import free_port
 
 pytestmark = pytest.mark.mlx
 
 TEMPLATE_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlx_server(gemma_mlx_dir: Path, tmp_path_factory):
     """A real `exo-runtime serve --model <MLX folder>` on loopback, once warmed up."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("mlx-serve") / "serve.log"
     command = [
         sys.executable, "-m", "exo_runtime", "serve", "--model", str(gemma_mlx_dir),

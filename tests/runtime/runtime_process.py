@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fixtures.net import free_port
 
 MODEL_NAME = "gemma3-test"
 # Two threads: the runtime tier shares a 2-core machine with whatever else runs.
 COMMON_ARGS = ("--threads", "2", "--model-name", MODEL_NAME)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -7,6 +7,7 @@ import pytest
 from exo_operator import metrics
 from exo_operator.cli import build_parser, main
 from exo_operator.metrics import PHASES, OperatorMetrics
+from fixtures.net import free_port
 from prometheus_client import CollectorRegistry
 
 
@@ -53,14 +54,8 @@ def test_counters_count_each_call(registry):
     assert value("exo_operator_api_errors_total", {"operation": "apply"}) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_exposes_the_process_registry_over_http():
-    port = _free_port()
+    port = free_port()
     metrics.serve(port, "127.0.0.1")
     metrics.METRICS.status_written()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
