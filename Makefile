@@ -64,7 +64,10 @@ bench-serving: venv ## serving benchmark: exo-runtime vs llama-cpp-python vs lla
 bench-gpu: ## GPU figures (CPU half without a GPU): exo-runtime vs llama.cpp (CUDA), MLX-CUDA vs mlx-lm
 	@bash bench/gpu.sh
 
-.PHONY: bench-serving bench-gpu
+bench-structured: venv ## the cost of one json_schema request to 4 neighbours' tok/s (ARGS=--quick)
+	@.venv/bin/python bench/structured_cost.py $(ARGS)
+
+.PHONY: bench-serving bench-gpu bench-structured
 
 bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500")
 	@bash bench/operator_scale.sh
