@@ -69,7 +69,10 @@ bench-gpu: ## GPU figures (CPU half without a GPU): exo-runtime vs llama.cpp (CU
 bench-prefix: venv ## prefix cache benchmark: TTFT per turn of a 10-turn chat, vs llama-server
 	@.venv/bin/python bench/prefix_cache.py
 
-.PHONY: bench-serving bench-gpu bench-prefix
+bench-structured: venv ## the cost of one json_schema request to 4 neighbours' tok/s (ARGS=--quick)
+	@.venv/bin/python bench/structured_cost.py $(ARGS)
+
+.PHONY: bench-serving bench-gpu bench-prefix bench-structured
 
 bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500")
 	@bash bench/operator_scale.sh

@@ -25,6 +25,7 @@ from exo_runtime.request_checks import (
     parse_body,
 )
 from exo_runtime.scheduler import QueueFullError, Scheduler
+from exo_runtime.structured import StructuredOutputError, grammar_for_response_format
 from exo_runtime.unsupported import refuse_unsupported, refuse_unsupported_by_engine
 
 if TYPE_CHECKING:
@@ -220,8 +221,34 @@ def _prepared(
         repetition_penalty=body.repetition_penalty or 1.0,
         logit_bias=logit_bias,
         logprobs=logprobs,
+        grammar=_grammar(engine, body),
     )
     return Prepared(body, prompt_tokens, params, chat, n=n)
+
+
+def _grammar(engine: Engine, body: CompletionBody | ChatCompletionBody) -> str | None:
+    """The grammar the body asks for (`response_format` or a raw `grammar`), which the engine
+    has parsed: a bad one is the client's 400 here, never a failure inside a batch."""
+    try:
+        from_format = grammar_for_response_format(getattr(body, "response_format", None))
+    except StructuredOutputError as err:
+        raise OpenAIError(400, str(err), param=err.param, code="invalid_value") from err
+    raw = body.grammar or None  # "" asks for nothing, as in llama-server
+    if raw is not None and from_format is not None:
+        raise OpenAIError(
+            400,
+            "grammar and a structured response_format both constrain the answer: give one",
+            param="grammar",
+            code="invalid_value",
+        )
+    param = "grammar" if raw is not None else "response_format"
+    grammar = raw or from_format
+    if grammar is not None:
+        try:
+            engine.check_grammar(grammar)
+        except ValueError as err:
+            raise OpenAIError(400, f"{param}: {err}", param=param, code="invalid_value") from err
+    return grammar
 
 
 # -- generating ------------------------------------------------------------------------------

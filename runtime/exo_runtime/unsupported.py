@@ -60,7 +60,6 @@ def _asks_logprobs(value: Any) -> bool:
 UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("best_of", _above_one, "best_of"),
     Unsupported("suffix", _truthy, "a suffix (insertion)"),
-    Unsupported("response_format", _not_text_format, "structured output (response_format)"),
     Unsupported("tools", _truthy, "tool calls"),
     Unsupported("functions", _truthy, "function calls"),
     Unsupported("tool_choice", _tool_choice, "tool calls"),
@@ -77,12 +76,14 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
 
 
 # What the llama.cpp engine honours and another engine does not (mlx-lm's BatchGenerator gives
-# no log probabilities and no shared prompt between sequences).
+# no log probabilities, no shared prompt between sequences and no per-sequence grammar).
 ENGINE_UNSUPPORTED: dict[str, tuple[Unsupported, ...]] = {
     "mlx": (
         Unsupported("n", _above_one, "more than one choice per request"),
         Unsupported("logprobs", _asks_logprobs, "log probabilities"),
         Unsupported("top_logprobs", _non_zero, "log probabilities"),
+        Unsupported("response_format", _not_text_format, "structured output (response_format)"),
+        Unsupported("grammar", _given, "grammar-constrained sampling"),
     ),
 }
 

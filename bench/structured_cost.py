@@ -1,0 +1,186 @@
+"""What one grammar-constrained request costs its neighbours in the continuous batch.
+
+exo-runtime serving SmolLM2 135M Instruct (2 threads, 5 slots). Four free streaming clients
+decode side by side, first alone, then with a fifth client that keeps asking for
+`response_format: json_schema` answers (greedy, then sampled at temperature 0.8, which makes
+the grammar reject more first draws). Reported: the neighbours' aggregate tokens/s each way and
+the ratio, and the constrained client's own tokens/s against a free client's, each alone.
+Runs alternate between the cases so that a busy machine slows them alike; medians are shown.
+
+    .venv/bin/python bench/structured_cost.py [--tokens 128] [--runs 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fixtures.model import smollm2_instruct_gguf
+from serving import free_port, stop, wait_until_ready
+
+NEIGHBOURS = 4
+THREADS = 2
+# A list of records: long enough to keep the constrained client decoding the whole time.
+SCHEMA = {
+    "type": "array",
+    "minItems": 30,
+    "maxItems": 30,
+    "items": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 16},
+            "age": {"type": "integer"},
+            "city": {"enum": ["Paris", "Rome", "Lima", "Oslo"]},
+        },
+        "required": ["name", "age", "city"],
+        "additionalProperties": False,
+    },
+}
+CONSTRAINED = {"type": "json_schema", "json_schema": {"name": "people", "schema": SCHEMA}}
+_request_number = iter(range(1_000_000))
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def start_runtime(model: Path) -> tuple[object, str]:
+    import subprocess
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exo_runtime", "serve", "--model", str(model), "--port", str(port),
+         "--threads", str(THREADS), "--parallel", str(NEIGHBOURS + 1), "--context-length", "1024",
+         "--model-name", "bench"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    wait_until_ready(f"{base}/readyz", proc)
+    return proc, base
+
+
+@dataclass
+class Stream:
+    tokens: int
+    seconds: float  # first token to last
+
+    @property
+    def tps(self) -> float:
+        return (self.tokens - 1) / self.seconds if self.seconds > 0 else 0.0
+
+
+async def stream_tokens(client: httpx.AsyncClient, base: str, body: dict) -> Stream:
+    """Stream one chat completion; count its content deltas (one per token)."""
+    first = last = None
+    count = 0
+    async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[6:]).get("choices") or []
+            if choices and choices[0]["delta"].get("content"):
+                last = time.perf_counter()
+                first = first or last
+                count += 1
+    return Stream(count, (last - first) if first else 0.0)
+
+
+def free_body(tokens: int) -> dict:
+    # A counting prompt with a number of its own: the model goes on for all `tokens`.
+    n = next(_request_number)
+    return {"model": "bench", "max_tokens": tokens, "temperature": 0, "stream": True,
+            "messages": [{"role": "user", "content": f"Count from {n} to {n + 500}, one "
+                          "number per line."}]}  # fmt: skip
+
+
+def constrained_body(tokens: int, temperature: float) -> dict:
+    return {"model": "bench", "max_tokens": tokens, "temperature": temperature, "seed": 1,
+            "stream": True, "response_format": CONSTRAINED,
+            "messages": [{"role": "user", "content": "List thirty people as JSON."}]}  # fmt: skip
+
+
+async def neighbours_run(base: str, tokens: int, temperature: float | None) -> float:
+    """The free clients' aggregate tokens/s, with a constrained client alongside unless None."""
+    async with httpx.AsyncClient(timeout=600) as client:
+        done = asyncio.Event()
+
+        async def constrained_loop() -> None:
+            while not done.is_set():
+                await stream_tokens(client, base, constrained_body(tokens, temperature))
+
+        side = asyncio.ensure_future(constrained_loop()) if temperature is not None else None
+        if side is not None:
+            await asyncio.sleep(0.5)  # the constrained sequence is decoding before we time
+        started = time.perf_counter()
+        streams = await asyncio.gather(
+            *(stream_tokens(client, base, free_body(tokens)) for _ in range(NEIGHBOURS))
+        )
+        wall = time.perf_counter() - started
+        done.set()
+        if side is not None:
+            await side
+    return sum(s.tokens for s in streams) / wall
+
+
+async def alone(base: str, body: dict) -> float:
+    async with httpx.AsyncClient(timeout=600) as client:
+        return (await stream_tokens(client, base, body)).tps
+
+
+async def measure(base: str, tokens: int, runs: int, temperatures: list[float]) -> None:
+    async with httpx.AsyncClient(timeout=600) as client:
+        await stream_tokens(client, base, free_body(8))  # warm the server
+    cases: dict[str, list[float]] = {"free": []} | {f"T={t}": [] for t in temperatures}
+    for run in range(runs):
+        log(f"run {run + 1}/{runs}")
+        cases["free"].append(await neighbours_run(base, tokens, None))
+        for t in temperatures:
+            cases[f"T={t}"].append(await neighbours_run(base, tokens, t))
+    free_alone = statistics.median([await alone(base, free_body(tokens)) for _ in range(runs)])
+    print(f"\nSmolLM2 135M Q4_1, {THREADS} threads, {tokens} tokens per request, {runs} runs\n")
+    print(f"| case | {NEIGHBOURS} neighbours' tok/s | ratio to free | constrained alone tok/s |")
+    print("| --- | --- | --- | --- |")
+    base_tps = statistics.median(cases["free"])
+    print(f"| {NEIGHBOURS} free clients only | {base_tps:.1f} | 1.00 | "
+          f"(a free client alone: {free_alone:.1f}) |")  # fmt: skip
+    for t in temperatures:
+        with_one = statistics.median(cases[f"T={t}"])
+        own = statistics.median(
+            [await alone(base, constrained_body(tokens, t)) for _ in range(runs)]
+        )
+        print(f"| + 1 json_schema client, temperature {t} | {with_one:.1f} | "
+              f"{with_one / base_tps:.2f} | {own:.1f} |")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per request")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each case (medians shown)")
+    parser.add_argument("--quick", action="store_true", help="16 tokens, 1 run, greedy only")
+    args = parser.parse_args()
+    tokens, runs, temperatures = args.tokens, args.runs, [0.0, 0.8]
+    if args.quick:
+        tokens, runs, temperatures = 16, 1, [0.0]
+    proc, base = start_runtime(smollm2_instruct_gguf())
+    try:
+        asyncio.run(measure(base, tokens, runs, temperatures))
+    finally:
+        stop(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
