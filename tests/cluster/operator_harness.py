@@ -6,14 +6,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from fixtures.net import free_port
+from fixtures.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "exo.dev_exomodels.yaml"
@@ -52,18 +51,6 @@ def get_json(kubeconfig: str, *args: str) -> dict[str, Any] | None:
     return json.loads(proc.stdout)
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60, every: float = 0.3) -> Any:
-    """Polls until probe() is truthy; fails with `what` and the last value seen."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {last!r}")
-
-
 class OperatorProcess:
     """`exo-operator run` in a subprocess, with its log in a file."""
 
@@ -89,7 +76,7 @@ class OperatorProcess:
              "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        wait_for("the operator's liveness endpoint", self.alive, timeout=60)
+        wait_for(self.alive, "the operator's liveness endpoint", timeout=60)
 
     def alive(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
@@ -157,7 +144,7 @@ def wait_phase(kubeconfig, namespace, name, phase, timeout=60):
         return status if status.get("phase") == phase else None
 
     try:
-        return wait_for(f"ExoModel {name} phase {phase}", probe, timeout)
+        return wait_for(probe, f"ExoModel {name} phase {phase}", timeout)
     except AssertionError as error:
         raise AssertionError(
             f"{error}\nstatus: {model_status(kubeconfig, namespace, name)}"

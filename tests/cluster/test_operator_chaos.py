@@ -11,8 +11,9 @@ import threading
 import time
 
 import pytest
+from fixtures.waiting import wait_for
 from kubernetes import client, config, watch
-from operator_harness import apply, exomodel, get_json, kubectl, wait_for
+from operator_harness import apply, exomodel, get_json, kubectl
 
 pytestmark = pytest.mark.kwok
 
@@ -109,7 +110,7 @@ def test_operator_killed_at_random_converges_without_duplicates_or_flapping(
     chaos.join()
     try:
         wait_for(
-            "every model Ready at its generation", lambda: converged(kubeconfig, namespace), 75
+            lambda: converged(kubeconfig, namespace), "every model Ready at its generation", 75
         )
         took = time.monotonic() - started
 

@@ -8,6 +8,7 @@ is real, from admission to the StatefulSet, the members and the group's recovery
 from pathlib import Path
 
 import pytest
+from fixtures.waiting import wait_for
 from operator_harness import (
     REPO,
     apply,
@@ -16,7 +17,6 @@ from operator_harness import (
     get_json,
     kubectl,
     model_status,
-    wait_for,
     wait_phase,
 )
 
@@ -46,8 +46,8 @@ def test_bad_splits_are_refused_at_admission_naming_the_field_and_the_example_is
 def test_a_split_model_runs_its_workers_and_is_ready_three_of_three(kubeconfig, namespace):
     apply(kubeconfig, namespace, split_model("split"))
     status = wait_for(
-        "the head and both workers ready",
         lambda: (s := model_status(kubeconfig, namespace, "split")).get("readyMembers") == 3 and s,
+        "the head and both workers ready",
     )
     assert status["phase"] == "Ready", status
     uid = get_json(kubeconfig, "exom", "split", "-n", namespace)["metadata"]["uid"]
@@ -80,13 +80,13 @@ def test_a_split_model_runs_its_workers_and_is_ready_three_of_three(kubeconfig, 
 
     kubectl(kubeconfig, "scale", "exom", "split", "-n", namespace, "--replicas=0")
     wait_for(
-        "the whole group scaled to zero",
         lambda: (
             get_json(kubeconfig, "statefulset", "split-workers", "-n", namespace)["spec"][
                 "replicas"
             ]
             == 0
         ),
+        "the whole group scaled to zero",
     )
 
 
@@ -94,8 +94,8 @@ def test_a_lost_worker_degrades_the_model_naming_it_and_the_group_recovers(kubec
     apply(kubeconfig, namespace, split_model("group"))
     wait_phase(kubeconfig, namespace, "group", "Ready")
     wait_for(
-        "every member ready",
         lambda: model_status(kubeconfig, namespace, "group").get("readyMembers") == 3,
+        "every member ready",
     )
     nodes = [n["metadata"]["name"] for n in get_json(kubeconfig, "nodes")["items"]]
     # Cordoned nodes hold the replacement worker Pending, so the lost state lasts until the

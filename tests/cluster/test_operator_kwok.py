@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.waiting import wait_for
 from operator_harness import (
     URL,
     apply,
@@ -17,7 +18,6 @@ from operator_harness import (
     get_json,
     kubectl,
     model_status,
-    wait_for,
     wait_phase,
 )
 
@@ -85,12 +85,12 @@ def test_two_gpu_model_on_one_gpu_nodes_is_unschedulable_and_says_why(kubeconfig
     apply(kubeconfig, namespace, exomodel("big", resources={"gpus": 2}))
     status = wait_phase(kubeconfig, namespace, "big", "Pending")
     status = wait_for(
-        "the Unschedulable reason",
         lambda: (
             (s := model_status(kubeconfig, namespace, "big"))
             and condition(s, "Ready").get("reason") == "Unschedulable"
             and s
         ),
+        "the Unschedulable reason",
     )
     assert "nvidia.com/gpu" in status["message"]
     assert "nvidia.com/gpu" in condition(status, "Ready")["message"]
@@ -102,14 +102,14 @@ def test_kubectl_scale_moves_the_deployment_and_the_status_counts(kubeconfig, na
     wait_phase(kubeconfig, namespace, "small", "Ready")
     kubectl(kubeconfig, "scale", "exom", "small", "-n", namespace, "--replicas=3")
     wait_for(
-        "the Deployment at 3 replicas",
         lambda: (
             get_json(kubeconfig, "deployment", "small", "-n", namespace)["spec"]["replicas"] == 3
         ),
+        "the Deployment at 3 replicas",
     )
     status = wait_for(
-        "3/3 ready",
         lambda: (s := model_status(kubeconfig, namespace, "small")).get("readyReplicas") == 3 and s,
+        "3/3 ready",
     )
     assert status["phase"] == "Ready" and status["replicas"] == 3 and status["readyText"] == "3/3"
     scale = json.loads(
@@ -123,14 +123,14 @@ def test_kubectl_scale_moves_the_deployment_and_the_status_counts(kubeconfig, na
     assert scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == "exo.dev/component=runtime,exo.dev/model=small"
     pdb = wait_for(
-        "the disruption budget",
         lambda: get_json(kubeconfig, "pdb", "small", "-n", namespace),
+        "the disruption budget",
     )
     assert pdb["spec"]["maxUnavailable"] == 1
     kubectl(kubeconfig, "scale", "exom", "small", "-n", namespace, "--replicas=1")
     wait_for(
-        "the budget gone at one replica",
         lambda: get_json(kubeconfig, "pdb", "small", "-n", namespace) is None,
+        "the budget gone at one replica",
     )
 
 
@@ -143,7 +143,6 @@ def test_spec_change_rolls_the_deployment(kubeconfig, namespace):
         "-p", '{"spec":{"engineArgs":{"contextLength":2048}}}',
     )  # fmt: skip
     after = wait_for(
-        "a new pod template",
         lambda: (
             (d := get_json(kubeconfig, "deployment", "roll", "-n", namespace))["metadata"][
                 "generation"
@@ -151,6 +150,7 @@ def test_spec_change_rolls_the_deployment(kubeconfig, namespace):
             > before["metadata"]["generation"]
             and d
         ),
+        "a new pod template",
     )
     args = runtime_container(after)["args"]
     assert args[args.index("--context-length") + 1] == "2048"
@@ -166,7 +166,7 @@ def test_spec_change_rolls_the_deployment(kubeconfig, namespace):
             s.get("phase") == "Ready" and s.get("observedGeneration") == 2 and pods["items"] and s
         )
 
-    wait_for("the rollout to finish and the model to be Ready again", rolled)
+    wait_for(rolled, "the rollout to finish and the model to be Ready again")
 
 
 def test_delete_removes_children_and_keeps_a_retained_cache(kubeconfig, namespace):
@@ -187,10 +187,10 @@ def test_delete_removes_children_and_keeps_a_retained_cache(kubeconfig, namespac
         )["items"]
         return not left
 
-    wait_for("garbage collection of the children", children_gone, timeout=60)
+    wait_for(children_gone, "garbage collection of the children", timeout=60)
     wait_for(
-        "the unretained cache to go",
         lambda: get_json(kubeconfig, "pvc", "gone-cache", "-n", namespace) is None,
+        "the unretained cache to go",
     )
     assert get_json(kubeconfig, "pvc", "kept-cache", "-n", namespace) is not None
     time.sleep(2)
@@ -201,10 +201,10 @@ def test_fetch_failure_is_reported_with_the_runtimes_reason(kubeconfig, namespac
     # No node has this label, so the fetch pod stays unscheduled and kwok leaves it alone.
     apply(kubeconfig, namespace, exomodel("broken", nodeSelector={"exo.dev/test": "nowhere"}))
     pod = wait_for(
-        "the fetch pod",
         lambda: (
             get_json(kubeconfig, "pods", "-n", namespace, "-l", "exo.dev/component=fetch") or {}
         ).get("items"),
+        "the fetch pod",
     )[0]
     # A checksum mismatch needs a real download and a real kubelet; on kwok we write the pod
     # status that `exo-runtime fetch` would leave behind (its termination message), the one
@@ -262,7 +262,7 @@ def test_changed_source_fetches_into_a_new_cache_dir_and_rolls(kubeconfig, names
         moved = s.get("cacheKey") not in (None, first["cacheKey"])
         return moved and s.get("phase") == "Ready" and s.get("observedGeneration") == 2 and s
 
-    second = wait_for("a fetch of the new source and Ready again", refetched)
+    second = wait_for(refetched, "a fetch of the new source and Ready again")
     jobs = get_json(kubeconfig, "jobs", "-n", namespace, "-l", "exo.dev/model=moved")["items"]
     assert len(jobs) == 2
     args = runtime_container(get_json(kubeconfig, "deployment", "moved", "-n", namespace))["args"]

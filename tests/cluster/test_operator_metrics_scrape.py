@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from operator_harness import kubectl, wait_for
+from fixtures.waiting import wait_for
+from operator_harness import kubectl
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.kwok
@@ -67,8 +68,8 @@ def test_a_reconciled_model_shows_in_the_operators_metrics(kubeconfig, namespace
     )  # fmt: skip
 
     after = wait_for(
-        "exo_operator_models{phase=Ready} to match the Ready ExoModels",
         lambda: agreed_ready_count(kubeconfig, operator),
+        "exo_operator_models{phase=Ready} to match the Ready ExoModels",
         30,
     )
     assert value(after, "exo_operator_models", phase="Ready") >= 1
@@ -80,7 +81,7 @@ def test_a_reconciled_model_shows_in_the_operators_metrics(kubeconfig, namespace
 
     kubectl(kubeconfig, "delete", "-n", namespace, "exom/counted", "--wait=true")
     wait_for(
-        "the deleted model to leave exo_operator_models",
         lambda: agreed_ready_count(kubeconfig, operator),
+        "the deleted model to leave exo_operator_models",
         30,
     )

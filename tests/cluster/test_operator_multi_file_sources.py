@@ -8,13 +8,13 @@ of a file list, and the engine that follows the format, run in the e2e tier.
 import json
 
 import pytest
+from fixtures.waiting import wait_for
 from operator_harness import (
     apply,
     condition,
     get_json,
     kubectl,
     model_status,
-    wait_for,
     wait_phase,
 )
 
@@ -124,6 +124,6 @@ def test_a_changed_file_list_fetches_into_a_new_folder(kubeconfig, namespace):
         s = model_status(kubeconfig, namespace, "grows")
         return s.get("cacheKey") not in (None, first["cacheKey"]) and s.get("phase") == "Ready"
 
-    wait_for("a fetch of the longer list and Ready again", refetched)
+    wait_for(refetched, "a fetch of the longer list and Ready again")
     jobs = get_json(kubeconfig, "jobs", "-n", namespace, "-l", "exo.dev/model=grows")["items"]
     assert len(jobs) == 2

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+from fixtures.waiting import wait_for
 from operator_harness import (
     apply,
     condition,
@@ -11,7 +12,6 @@ from operator_harness import (
     get_json,
     kubectl,
     model_status,
-    wait_for,
 )
 
 pytestmark = pytest.mark.kwok
@@ -56,12 +56,12 @@ def test_a_model_named_like_a_users_service_and_claim_leaves_them_alone(kubeconf
 
     apply(kubeconfig, namespace, exomodel("clash"))
     status = wait_for(
-        "the NameConflict reason",
         lambda: (
             (s := model_status(kubeconfig, namespace, "clash"))
             and condition(s, "Ready").get("reason") == "NameConflict"
             and s
         ),
+        "the NameConflict reason",
     )
     assert status["phase"] == "Failed"
     assert "Service clash" in status["message"]

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from fixtures.waiting import wait_for
 from operator_harness import (
     apply,
     condition,
@@ -17,7 +18,6 @@ from operator_harness import (
     get_json,
     kubectl,
     model_status,
-    wait_for,
     wait_phase,
 )
 
@@ -60,7 +60,6 @@ def test_a_fetch_refused_for_its_token_starts_again_once_the_secret_is_fixed(kub
     nowhere = {"exo.dev/test": "nowhere"}
     apply(kubeconfig, namespace, exomodel("gated", source=source, nodeSelector=nowhere))
     pod = wait_for(
-        "the fetch pod of the Hugging Face source",
         lambda: [
             p
             for p in get_json(kubeconfig, "pods", "-n", namespace, "-l", "exo.dev/component=fetch")[
@@ -68,6 +67,7 @@ def test_a_fetch_refused_for_its_token_starts_again_once_the_secret_is_fixed(kub
             ]
             if "hf://org/gated/m.gguf@main" in p["spec"]["containers"][0]["args"]
         ],
+        "the fetch pod of the Hugging Face source",
     )[0]
     first = get_json(kubeconfig, "job", pod["metadata"]["labels"]["job-name"], "-n", namespace)
     refused = json.dumps({"event": "failed", "reason": "Unauthorized",
@@ -81,12 +81,12 @@ def test_a_fetch_refused_for_its_token_starts_again_once_the_secret_is_fixed(kub
         }],
     })  # fmt: skip
     status = wait_for(
-        "the model to fail for lack of access",
         lambda: (
             (s := model_status(kubeconfig, namespace, "gated")).get("phase") == "Failed"
             and "Unauthorized" in s.get("message", "")
             and s
         ),
+        "the model to fail for lack of access",
     )
     assert condition(status, "ModelCached")["reason"] == "FetchFailed"
     time.sleep(4)  # more than one Secret check: an unchanged Secret retries nothing
@@ -99,20 +99,20 @@ def test_a_fetch_refused_for_its_token_starts_again_once_the_secret_is_fixed(kub
         "-p", json.dumps({"stringData": {"token": "right"}}),
     )  # fmt: skip
     retried = wait_for(
-        "a new fetch Job in place of the failed one",
         lambda: (
             (j := one_job(kubeconfig, namespace, "gated"))
             and j["metadata"]["uid"] != first["metadata"]["uid"]
             and j
         ),
+        "a new fetch Job in place of the failed one",
         timeout=20,
     )
     took = time.monotonic() - fixed
     assert retried["metadata"]["name"] == first["metadata"]["name"]
     assert took < 10, f"the retry took {took:.1f} s"
     wait_for(
-        "the model to leave Failed",
         lambda: model_status(kubeconfig, namespace, "gated").get("phase") != "Failed",
+        "the model to leave Failed",
     )
 
 
@@ -127,7 +127,6 @@ def test_a_recreated_cache_claim_is_fetched_again(kubeconfig, namespace):
     # A claim in use cannot go: scale to zero first, as a user replacing the volume would.
     kubectl(kubeconfig, "scale", "exom", "refill", "-n", namespace, "--replicas=0")
     wait_for(
-        "the runtime pods to go",
         lambda: (
             not get_json(
                 kubeconfig,
@@ -138,6 +137,7 @@ def test_a_recreated_cache_claim_is_fetched_again(kubeconfig, namespace):
                 "exo.dev/model=refill,exo.dev/component=runtime",
             )["items"]
         ),
+        "the runtime pods to go",
     )
     # kwok keeps the finished fetch Job's pod Running, and a Running pod holds its claim (the
     # pvc-protection finalizer): remove it too, as the runtime pods went.
@@ -147,20 +147,20 @@ def test_a_recreated_cache_claim_is_fetched_again(kubeconfig, namespace):
     )  # fmt: skip
     kubectl(kubeconfig, "delete", "pvc", "refill-cache", "-n", namespace, "--timeout=60s")
     new_claim = wait_for(
-        "the operator to make the claim anew",
         lambda: (
             (c := get_json(kubeconfig, "pvc", "refill-cache", "-n", namespace))
             and c["metadata"]["uid"] != claim["metadata"]["uid"]
             and c
         ),
+        "the operator to make the claim anew",
     )
     refetch = wait_for(
-        "a fetch into the new claim",
         lambda: (
             (j := one_job(kubeconfig, namespace, "refill"))
             and j["metadata"]["uid"] != first_job["metadata"]["uid"]
             and j
         ),
+        "a fetch into the new claim",
     )
     assert refetch["metadata"]["creationTimestamp"] >= new_claim["metadata"]["creationTimestamp"]
     kubectl(kubeconfig, "scale", "exom", "refill", "-n", namespace, "--replicas=1")
@@ -195,11 +195,11 @@ def test_a_runtime_that_finds_the_cache_unverified_sends_the_model_back_to_downl
         }],
     })  # fmt: skip
     wait_for(
-        "a new fetch Job in place of the one the runtime refuted",
         lambda: (
             (j := one_job(kubeconfig, namespace, "unverified"))
             and j["metadata"]["uid"] != first_job["metadata"]["uid"]
         ),
+        "a new fetch Job in place of the one the runtime refuted",
     )
     events = get_json(
         kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=unverified"
