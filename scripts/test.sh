@@ -21,6 +21,11 @@ step() { log "[test] $*"; }
 # that watches every namespace) neither meets the tests' operator nor loses its model.
 export KIND_CLUSTER="${KIND_CLUSTER:-exo-test}" EXO_KIND_NODEPORT="${EXO_KIND_NODEPORT:-30081}"
 export KWOK_CLUSTER="${KWOK_CLUSTER:-exo-test}"
+# One two-node kind cluster serves the kind and e2e tiers: the multi-node checks and a model split
+# over workers on two nodes need the second node, and one cluster costs less than two.
+export KIND_NODES="${KIND_NODES:-2}"
+export EXO_KIND_MULTINODE_CLUSTER="${EXO_KIND_MULTINODE_CLUSTER:-$KIND_CLUSTER}"
+export EXO_KIND_MULTINODE_NODEPORT="${EXO_KIND_MULTINODE_NODEPORT:-$EXO_KIND_NODEPORT}"
 
 step "python environment"
 bash scripts/venv.sh

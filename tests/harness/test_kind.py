@@ -289,7 +289,13 @@ def test_device_plugin_registers_again_after_a_kubelet_restart(
 ) -> None:
     image, _ = harness_image
     node = kind_kubectl.json("get", "nodes")["items"][0]["metadata"]["name"]
-    plugin = ["-n", "kube-system", "logs", "daemonset/fake-gpu-device-plugin"]
+    # The plugin's pod on that node: on a multi-node cluster the DaemonSet has one per node.
+    on_node = kind_kubectl.json(
+        "get", "pods", "-n", "kube-system", "-l", "app.kubernetes.io/name=fake-gpu-device-plugin",
+        "--field-selector", f"spec.nodeName={node}",
+    )["items"]  # fmt: skip
+    assert len(on_node) == 1, on_node
+    plugin = ["-n", "kube-system", "logs", on_node[0]["metadata"]["name"]]
     restarts_before = kind_kubectl(*plugin).count("registering again")
     # kind's node is a container named after the node; its kubelet is a systemd unit.
     docker("exec", node, "systemctl", "restart", "kubelet")

@@ -34,7 +34,7 @@ CLUSTER = "descriptor-check"
 # The lock wait that used to fail was 900 s; each step here takes seconds (dockerd's start most).
 STEP_BOUND_S = 90
 # Variables of the caller that would point the steps at the machine's tools or make's jobserver.
-DROPPED_ENV = ("TOOLS_BIN", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "KIND_CLUSTER")
+DROPPED_ENV = ("TOOLS_BIN", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "KIND_CLUSTER", "KIND_NODES")
 
 
 @dataclass
