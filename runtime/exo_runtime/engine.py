@@ -66,6 +66,10 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     # None: no log probabilities; k: the chosen token's, plus the k most likely alternatives.
     logprobs: int | None = None
+    # GBNF text whose start rule is `root` (structured.py builds it from a JSON schema): the
+    # sequence's tokens are drawn only from what the grammar allows, and it ends only once the
+    # grammar is complete.
+    grammar: str | None = None
 
     @property
     def has_penalties(self) -> bool:
@@ -152,6 +156,11 @@ class Engine(Protocol):
 
     def end_of_turn_token_ids(self) -> set[int]:
         """Token ids that end a generation (EOS and end-of-turn markers)."""
+        ...
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise ValueError, saying why, unless `grammar` is GBNF this engine can sample with.
+        Reads the vocabulary only, so it may run off the scheduler thread."""
         ...
 
     def warmup(self, prompt_tokens: list[int], max_tokens: int) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Request
@@ -29,7 +29,13 @@ from exo_runtime.chat_template import ChatTemplateError
 from exo_runtime.engine import Chunk, GenerationRequest, SamplingParams
 from exo_runtime.openai_api import OpenAIError
 from exo_runtime.request_checks import check_size, parse_body
-from exo_runtime.serving import engine_constrains_output, ready_engine, receive, submit
+from exo_runtime.serving import (
+    engine_constrains_output,
+    ready_engine,
+    receive,
+    submit,
+    with_tool_grammar,
+)
 from exo_runtime.stop_strings import StopStringFilter
 from exo_runtime.tool_calls import ToolCall, ToolCallFormat
 from exo_runtime.tool_request import FUNCTION_NAME, plan_tools
@@ -217,8 +223,7 @@ def prepare_message(runtime: Runtime, raw: bytes) -> PreparedMessage:
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
     )
-    if tools.grammar is not None:
-        params = replace(params, grammar=tools.grammar)
+    params = with_tool_grammar(engine, params, tools)
     return PreparedMessage(
         body, prompt_tokens, params, context_bound=body.max_tokens > room, tool_format=tools.format
     )

@@ -81,6 +81,8 @@ class _GenerationBody(BaseModel):
     top_k: int | None = Field(default=None, ge=-1, le=TOP_K_MAX)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    # llama-server's extension: GBNF (start rule `root`) the answer must follow (structured.py).
+    grammar: str | None = None
 
     @field_validator("logit_bias")
     @classmethod

@@ -8,7 +8,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -25,6 +25,7 @@ from exo_runtime.request_checks import (
     parse_body,
 )
 from exo_runtime.scheduler import QueueFullError, Scheduler
+from exo_runtime.structured import StructuredOutputError, grammar_for_response_format
 from exo_runtime.tool_calls import ToolCallFormat
 from exo_runtime.tool_request import NO_TOOLS, ToolPlan, plan_tools
 from exo_runtime.tool_stream import ToolCallStream
@@ -150,21 +151,41 @@ def prepare_chat(runtime: Runtime, raw: bytes) -> Prepared:
         or max(1, engine.context_length - len(prompt_tokens))
     )
     prepared = _prepared(runtime, engine, body, prompt_tokens, max_tokens, chat=True)
-    return with_tools(prepared, tools)
+    return with_tools(engine, prepared, tools)
 
 
 def engine_constrains_output(engine: Engine) -> bool:
     """The engine applies a grammar per sequence (llama.cpp's grammar sampler)."""
-    return engine.name == "llamacpp" and "grammar" in {f.name for f in fields(SamplingParams)}
+    return engine.name == "llamacpp"
 
 
-def with_tools(prepared: Prepared, tools: ToolPlan) -> Prepared:
+def with_tools(engine: Engine, prepared: Prepared, tools: ToolPlan) -> Prepared:
     if tools is NO_TOOLS:
         return prepared
-    params = prepared.params
-    if tools.grammar is not None:
-        params = replace(params, grammar=tools.grammar)
+    params = with_tool_grammar(engine, prepared.params, tools)
     return replace(prepared, params=params, tool_format=tools.format)
+
+
+def with_tool_grammar(engine: Engine, params: SamplingParams, tools: ToolPlan) -> SamplingParams:
+    """`params` constrained by the grammar that forces a call, if the plan has one."""
+    if tools.grammar is None:
+        return params
+    if params.grammar is not None:
+        raise OpenAIError(
+            400,
+            "tool_choice forces a tool call and response_format (or grammar) constrains the "
+            "answer too: give one of them",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    try:
+        engine.check_grammar(tools.grammar)
+    except ValueError as err:
+        raise OpenAIError(
+            400, f"tools: the forced call's grammar is refused: {err}", param="tools",
+            code="invalid_value",
+        ) from err  # fmt: skip
+    return replace(params, grammar=tools.grammar)
 
 
 def ready_engine(runtime: Runtime, model: str) -> Engine:
@@ -246,8 +267,34 @@ def _prepared(
         repetition_penalty=body.repetition_penalty or 1.0,
         logit_bias=logit_bias,
         logprobs=logprobs,
+        grammar=_grammar(engine, body),
     )
     return Prepared(body, prompt_tokens, params, chat, n=n)
+
+
+def _grammar(engine: Engine, body: CompletionBody | ChatCompletionBody) -> str | None:
+    """The grammar the body asks for (`response_format` or a raw `grammar`), which the engine
+    has parsed: a bad one is the client's 400 here, never a failure inside a batch."""
+    try:
+        from_format = grammar_for_response_format(getattr(body, "response_format", None))
+    except StructuredOutputError as err:
+        raise OpenAIError(400, str(err), param=err.param, code="invalid_value") from err
+    raw = body.grammar or None  # "" asks for nothing, as in llama-server
+    if raw is not None and from_format is not None:
+        raise OpenAIError(
+            400,
+            "grammar and a structured response_format both constrain the answer: give one",
+            param="grammar",
+            code="invalid_value",
+        )
+    param = "grammar" if raw is not None else "response_format"
+    grammar = raw or from_format
+    if grammar is not None:
+        try:
+            engine.check_grammar(grammar)
+        except ValueError as err:
+            raise OpenAIError(400, f"{param}: {err}", param=param, code="invalid_value") from err
+    return grammar
 
 
 # -- generating ------------------------------------------------------------------------------

@@ -60,7 +60,6 @@ def _asks_logprobs(value: Any) -> bool:
 UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("best_of", _above_one, "best_of"),
     Unsupported("suffix", _truthy, "a suffix (insertion)"),
-    Unsupported("response_format", _not_text_format, "structured output (response_format)"),
     # The legacy function calling that `tools` replaced; tools are served (tool_request.py).
     Unsupported("functions", _truthy, "legacy function calls (use tools)"),
     Unsupported("function_call", _function_call, "legacy function calls (use tool_choice)"),
@@ -76,12 +75,14 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
 
 
 # What the llama.cpp engine honours and another engine does not (mlx-lm's BatchGenerator gives
-# no log probabilities and no shared prompt between sequences).
+# no log probabilities, no shared prompt between sequences and no per-sequence grammar).
 ENGINE_UNSUPPORTED: dict[str, tuple[Unsupported, ...]] = {
     "mlx": (
         Unsupported("n", _above_one, "more than one choice per request"),
         Unsupported("logprobs", _asks_logprobs, "log probabilities"),
         Unsupported("top_logprobs", _non_zero, "log probabilities"),
+        Unsupported("response_format", _not_text_format, "structured output (response_format)"),
+        Unsupported("grammar", _given, "grammar-constrained sampling"),
     ),
 }
 

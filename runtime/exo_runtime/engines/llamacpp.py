@@ -15,7 +15,9 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
+import math
 import os
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from exo_runtime.engine import (
     warm_up,
 )
 from exo_runtime.stop_strings import StopStringFilter
+from exo_runtime.structured import MAX_GBNF_NESTING, gbnf_nesting
 
 GGUF_MAGIC = b"GGUF"
 # A GGUF header (magic, version, tensor count, metadata count) is 24 bytes; anything shorter
@@ -62,6 +65,9 @@ log = logging.getLogger(__name__)
 # ggml_log_level: 3 warn, 4 error; 5 continues the previous line.
 _GGML_WARN, _GGML_ERROR, _GGML_CONT = 3, 4, 5
 _last_llama_level = 0
+# While a thread checks a grammar, llama.cpp's error lines on that thread are kept here (the
+# reason a grammar is refused) instead of logged: a client's bad grammar is not a server error.
+_captured_errors = threading.local()
 
 
 @llama_cpp.llama_log_callback
@@ -74,7 +80,10 @@ def _llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     _last_llama_level = level
     if level in (_GGML_WARN, _GGML_ERROR):
         line = text.decode("utf-8", errors="replace").rstrip()
-        if line:
+        captured = getattr(_captured_errors, "lines", None)
+        if captured is not None:
+            captured.append(line)
+        elif line:
             log.log(
                 logging.ERROR if level == _GGML_ERROR else logging.WARNING, "llama.cpp: %s", line
             )
@@ -95,6 +104,9 @@ class _Sequence:
     stop_filter: StopStringFilter
     end_ids: frozenset[int]  # the model's end-of-turn ids plus the request's stop_token_ids
     greedy: bool  # a plain argmax of the logits: no sampler call needed
+    # llama.cpp's grammar sampler, beside the chain as in llama.cpp's common sampler (freed
+    # with the slot): None for an unconstrained sequence.
+    grammar: llama_cpp.llama_sampler_p | None = None
     # The other choices of the request, waiting for this one's prompt to be in the KV cache.
     siblings: list[_Sequence] = field(default_factory=list)
     prefilled: int = 0  # prompt tokens already in the KV cache
@@ -148,6 +160,10 @@ class LlamaCppEngine:
         self._active: dict[tuple[str, int], _Sequence] = {}
         self._cancelled: set[str] = set()
         self._end_ids = frozenset(self._find_end_of_turn_ids())
+        # Built at the first constrained request: the candidate array its samplers run on, and
+        # the control tokens a grammar must not see (below).
+        self._candidates: np.ndarray | None = None
+        self._control_ids: tuple[int, ...] | None = None
 
     # -- model facts -------------------------------------------------------------------------
 
@@ -243,6 +259,8 @@ class LlamaCppEngine:
                 f"the prompt is {len(request.prompt_tokens)} tokens; the context holds "
                 f"{self.context_length}"
             )
+        if request.params.grammar is not None:
+            self.check_grammar(request.params.grammar)
         self._waiting.append(request)
 
     def cancel(self, request_id: str) -> None:
@@ -308,15 +326,91 @@ class LlamaCppEngine:
 
     def _new_sequence(self, request: GenerationRequest, index: int) -> _Sequence:
         params = request.params
+        grammar, banned = None, ()
+        if params.grammar is not None:
+            grammar = _grammar_sampler(self._vocab, params.grammar)
+            banned = self._banned_by_grammar()
+        sampler = _sampler_chain(params, self._n_vocab, index, banned)
         return _Sequence(
             request=request,
             index=index,
             seq_id=self._free_seq_ids.pop(),
-            sampler=_sampler_chain(params, self._n_vocab, index),
+            sampler=sampler,
             stop_filter=StopStringFilter(params.stop),
             end_ids=self._end_ids.union(params.stop_token_ids),
-            greedy=params.temperature <= 0 and not params.transforms_logits,
+            greedy=params.temperature <= 0 and not params.transforms_logits and grammar is None,
+            grammar=grammar,
         )
+
+    def check_grammar(self, grammar: str) -> None:
+        llama_cpp.llama_sampler_free(_grammar_sampler(self._vocab, grammar))
+
+    def _banned_by_grammar(self) -> tuple[int, ...]:
+        """Control tokens that do not end a generation (`<|im_start|>`, `<repo_name>`): the
+        grammar sampler reads them as their literal text, which a JSON string allows, while
+        the answer shows them as nothing. A constrained sequence never draws them."""
+        if self._control_ids is None:
+            vocab, control = self._vocab, llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+            self._control_ids = tuple(
+                t
+                for t in range(self._n_vocab)
+                if llama_cpp.llama_vocab_get_attr(vocab, t) & control
+                and not llama_cpp.llama_vocab_is_eog(vocab, t)
+            )
+        return self._control_ids
+
+    def _sample_constrained(
+        self, seq: _Sequence, grammar: llama_cpp.llama_sampler_p, batch_index: int
+    ) -> int:
+        """llama.cpp's common sampler, in Python: draw with the chain alone, keep the token if
+        the grammar allows it, else draw again with the grammar applied first. The grammar then
+        checks one token on most steps instead of the whole vocabulary, which is what keeps a
+        constrained sequence from slowing its batch. A grammar allowing no token at all ends
+        the sequence with an error (llama.cpp's accept would abort the process)."""
+        pointer = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        token = self._draw(seq.sampler, logits)
+        if token is None or not _grammar_allows(grammar, token):
+            token = self._draw(seq.sampler, logits, first=grammar)
+            if token is None:
+                raise RuntimeError(
+                    f"the grammar allows no token after {seq.generated} generated tokens "
+                    "(it needs text this model's vocabulary cannot produce)"
+                )
+        if token not in seq.end_ids:
+            llama_cpp.llama_sampler_accept(grammar, token)
+            llama_cpp.llama_sampler_accept(seq.sampler, token)
+        return token
+
+    def _draw(
+        self,
+        chain: llama_cpp.llama_sampler_p,
+        logits: np.ndarray,
+        first: llama_cpp.llama_sampler_p | None = None,
+    ) -> int | None:
+        """The token `chain` (after `first`) picks from every token's logit, without accepting
+        it; None when every token is forbidden."""
+        if self._candidates is None:
+            self._candidates = np.zeros(
+                self._n_vocab, dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)]
+            )
+        candidates = self._candidates
+        candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            data=candidates.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=self._n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+        if first is not None:
+            llama_cpp.llama_sampler_apply(first, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            return None
+        chosen = array.data[array.selected]
+        return int(chosen.id) if math.isfinite(chosen.logit) else None
 
     def _start_siblings(self, seq: _Sequence) -> None:
         """The prompt is decoded for `seq`: its siblings get a copy of its KV cells and go on
@@ -381,6 +475,8 @@ class LlamaCppEngine:
             # argmax over the logits row: the same token the greedy sampler picks, without
             # copying the whole vocabulary into a candidate array each step.
             token = int(row.argmax())
+        elif seq.grammar is not None:
+            token = self._sample_constrained(seq, seq.grammar, batch_index)
         else:
             token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, batch_index)
         if token in seq.end_ids:
@@ -421,6 +517,8 @@ class LlamaCppEngine:
         for done in [seq, *seq.siblings]:
             llama_cpp.llama_memory_seq_rm(self._memory, done.seq_id, -1, -1)
             llama_cpp.llama_sampler_free(done.sampler)
+            if done.grammar is not None:
+                llama_cpp.llama_sampler_free(done.grammar)
             self._free_seq_ids.append(done.seq_id)
             self._active.pop(done.key, None)
         seq.siblings = []
@@ -448,13 +546,55 @@ class LlamaCppEngine:
             self._ctx = None
 
 
-def _sampler_chain(params: SamplingParams, n_vocab: int, index: int) -> llama_cpp.llama_sampler_p:
-    """llama.cpp's own order: logit bias, penalties, top-k, top-p, min-p, temperature, then a
-    draw seeded per choice (`seed + index`, so the choices differ); greedy at temperature 0."""
+def _grammar_sampler(vocab: llama_cpp.llama_vocab_p, grammar: str) -> llama_cpp.llama_sampler_p:
+    """llama.cpp's grammar sampler for GBNF `grammar` (start rule `root`); ValueError with
+    llama.cpp's reason when it does not parse."""
+    if "\0" in grammar:
+        raise ValueError("the grammar holds a NUL character, which GBNF text cannot")
+    if (nesting := gbnf_nesting(grammar)) > MAX_GBNF_NESTING:
+        raise ValueError(
+            f"the grammar nests groups {nesting} deep; at most {MAX_GBNF_NESTING} are parsed"
+        )
+    _captured_errors.lines = []
+    try:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        errors = [line for line in _captured_errors.lines if line]
+    finally:
+        _captured_errors.lines = None
+    if not sampler:
+        reason = "; ".join(errors[:2]) or "llama.cpp refused it"
+        raise ValueError(f"the grammar is not GBNF llama.cpp accepts: {reason}")
+    return sampler
+
+
+def _grammar_allows(grammar: llama_cpp.llama_sampler_p, token: int) -> bool:
+    """Whether `grammar`, in its current state, lets `token` come next (end of generation
+    included: allowed only once the grammar is complete)."""
+    single = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
+    array = llama_cpp.llama_token_data_array(data=single, size=1, selected=-1, sorted=False)
+    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+    return math.isfinite(single[0].logit)
+
+
+def _sampler_chain(
+    params: SamplingParams,
+    n_vocab: int,
+    index: int,
+    banned: tuple[int, ...] = (),
+) -> llama_cpp.llama_sampler_p:
+    """llama.cpp's own order: bans, logit bias, penalties, top-k, top-p, min-p, temperature,
+    then a draw seeded per choice (`seed + index`, so the choices differ); greedy at
+    temperature 0. A grammar runs beside the chain (`_sample_constrained`)."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
     def add(sampler: llama_cpp.llama_sampler_p) -> None:
         llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    if banned:
+        bans = (llama_cpp.llama_logit_bias * len(banned))(
+            *(llama_cpp.llama_logit_bias(t, -math.inf) for t in banned)
+        )
+        add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(banned), bans))
 
     if params.logit_bias:
         biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(

@@ -112,6 +112,10 @@ class MlxEngine:
     def end_of_turn_token_ids(self) -> set[int]:
         return set(self._end_ids)
 
+    def check_grammar(self, grammar: str) -> None:
+        # unsupported.py refuses grammar fields for this engine before they get here.
+        raise ValueError("the mlx engine does not constrain sampling with a grammar")
+
     # -- text <-> tokens ---------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
