@@ -62,15 +62,22 @@ def create(client: anthropic.Anthropic, **kwargs):
     return client.messages.create(**request)
 
 
+@pytest.fixture(scope="module")
+def weather_message(client: anthropic.Anthropic):
+    """One message forced to use get_weather, shared by the tests that read such a block."""
+    return create(client, tool_choice=GET_WEATHER)
+
+
 @pytest.mark.parametrize(
     ("tool_choice", "names"),
     [({"type": "any"}, set(SCHEMAS)), (GET_WEATHER, {"get_weather"})],
     ids=["any", "named"],
 )
 def test_a_forced_tool_use_block_is_valid_against_its_input_schema(
-    client: anthropic.Anthropic, tool_choice: dict, names: set[str]
+    client: anthropic.Anthropic, weather_message, tool_choice: dict, names: set[str]
 ) -> None:
-    message = create(client, tool_choice=tool_choice)
+    forced_weather = tool_choice is GET_WEATHER
+    message = weather_message if forced_weather else create(client, tool_choice=tool_choice)
     assert message.stop_reason == "tool_use"
     (block,) = message.content
     assert block.type == "tool_use" and block.id.startswith("toolu_")
@@ -78,8 +85,10 @@ def test_a_forced_tool_use_block_is_valid_against_its_input_schema(
     jsonschema_rs.validate(SCHEMAS[block.name], block.input)
 
 
-def test_a_streamed_tool_use_reassembles_to_the_same_block(client: anthropic.Anthropic) -> None:
-    whole = create(client, tool_choice=GET_WEATHER).content[0]
+def test_a_streamed_tool_use_reassembles_to_the_same_block(
+    client: anthropic.Anthropic, weather_message
+) -> None:
+    whole = weather_message.content[0]
     with client.messages.stream(
         model=MODEL_NAME, messages=QUESTION, max_tokens=MAX_TOKENS, tools=TOOLS,
         tool_choice=GET_WEATHER, extra_body=GREEDY,
@@ -93,9 +102,9 @@ def test_a_streamed_tool_use_reassembles_to_the_same_block(client: anthropic.Ant
 
 
 def test_a_tool_result_goes_back_through_the_template_and_is_answered(
-    client: anthropic.Anthropic,
+    client: anthropic.Anthropic, weather_message
 ) -> None:
-    call = create(client, tool_choice=GET_WEATHER).content[0]
+    call = weather_message.content[0]
     history = [
         *QUESTION,
         {"role": "assistant", "content": [call.model_dump()]},
@@ -104,7 +113,7 @@ def test_a_tool_result_goes_back_through_the_template_and_is_answered(
              "content": [{"type": "text", "text": '{"temperature": 21, "sky": "clear"}'}]},
         ]},
     ]  # fmt: skip
-    message = create(client, messages=history, tool_choice={"type": "none"})
+    message = create(client, messages=history, tool_choice={"type": "none"}, max_tokens=16)
     assert message.content[0].type == "text" and message.content[0].text
     alone = create(client, tool_choice={"type": "none"}, max_tokens=1)
     assert message.usage.input_tokens > alone.usage.input_tokens + 20
