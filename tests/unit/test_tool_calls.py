@@ -7,6 +7,8 @@ import json
 
 import pytest
 from exo_runtime.tool_calls import FORMATS, format_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 WEATHER = {"city": "Paris", "unit": "celsius"}
 
@@ -106,3 +108,23 @@ def test_the_format_comes_from_the_template_then_the_architecture(
     template: str, architecture: str, expected: str
 ) -> None:
     assert format_for(template, architecture).name == expected
+
+
+PIECES = st.sampled_from(
+    ["<tool_call>", "</tool_call>", "<|python_tag|>", "[TOOL_CALLS]", "[ARGS]", "```tool_code\n",
+     "```json\n", "```", '{"name": "f", ', '"arguments": ', '"parameters": ', "{", "}", "[", "]",
+     ";", '"', "\\", "f(", "x=1", ")", "\n", " ", "text"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pieces=st.lists(PIECES | st.text(max_size=4), max_size=24), fmt=st.sampled_from(list(FORMATS))
+)
+def test_any_output_parses_to_text_and_calls_without_raising(pieces: list[str], fmt: str) -> None:
+    text = "".join(pieces)
+    parsed = FORMATS[fmt].parse(text)
+    for call in parsed.calls:
+        assert isinstance(json.loads(call.arguments), dict) and call.name
+    if not parsed.calls:
+        assert parsed.content == (text.strip() or None)

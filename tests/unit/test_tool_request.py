@@ -6,11 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from exo_runtime.chat_template import CHATML_TEMPLATE, ChatTemplate, read_override
+from exo_runtime.chat_template import (
+    CHATML_TEMPLATE,
+    ChatTemplate,
+    read_override,
+)
 from exo_runtime.openai_api import ChatMessage, OpenAIError
 from exo_runtime.request_checks import message_texts
 from exo_runtime.tool_calls import FORMATS
 from exo_runtime.tool_request import NO_TOOLS, plan_tools, tool_call_grammar
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 TOOLS_TEMPLATE = ChatTemplate("override", read_override("chatml-tools"))
 PLAIN_TEMPLATE = ChatTemplate("model", CHATML_TEMPLATE)
@@ -161,3 +167,54 @@ def test_a_bad_tool_call_in_the_history_is_refused_naming_it(message: dict, para
     with pytest.raises(OpenAIError) as refused:
         message_texts([ChatMessage.model_validate(message)])
     assert refused.value.param == param
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+SCHEMA_WORDS = st.sampled_from(
+    ["type", "properties", "required", "items", "enum", "const", "anyOf", "$ref", "pattern",
+     "minLength", "maxItems", "format", "additionalProperties", "object", "string", "integer"]
+)  # fmt: skip
+SCHEMAS = st.recursive(
+    JSON,
+    lambda inner: st.dictionaries(SCHEMA_WORDS, inner | SCHEMA_WORDS, max_size=4),
+    max_leaves=16,
+)
+TOOL_LISTS = st.none() | st.lists(
+    st.dictionaries(st.text(max_size=8), JSON, max_size=3)
+    | st.fixed_dictionaries(
+        {"type": st.just("function"),
+         "function": st.fixed_dictionaries(
+             {"name": st.sampled_from(["f", "g", "bad name", ""])},
+             optional={"parameters": SCHEMAS})}
+    ),
+    max_size=3,
+)  # fmt: skip
+CHOICES = (
+    st.none()
+    | st.sampled_from(["none", "auto", "required", "any"])
+    | st.dictionaries(st.text(max_size=8), JSON, max_size=2)
+    | st.fixed_dictionaries(
+        {
+            "type": st.just("function"),
+            "function": st.fixed_dictionaries({"name": st.text(max_size=3)}),
+        }
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tools=TOOL_LISTS, choice=CHOICES)
+def test_any_tools_and_tool_choice_are_planned_and_rendered_or_refused_with_a_400(tools, choice):
+    try:
+        planned = plan(tools, choice)
+    except OpenAIError as err:
+        assert err.status == 400 and err.param
+        return
+    prompt = TOOLS_TEMPLATE.render([{"role": "user", "content": "hi"}], tools=planned.tools)
+    assert ("<tools>" in prompt) == bool(planned.tools)
