@@ -1,17 +1,23 @@
 """Chat templates: choose one (override > embedded in the model > built-in) and render it.
 
 Templates are Jinja, rendered in a sandbox the way Hugging Face tokenizers do it
-(`messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`).
+(`messages`, `tools`, `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`,
+`tojson` without HTML escaping). Templates shipped in the package (`templates/`) are named by
+`--chat-template NAME`, e.g. `chatml-tools` for a ChatML model whose own template has no tools.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -77,11 +83,23 @@ class ChatTemplate:
     bos_token: str = ""
     eos_token: str = ""
 
-    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    @cached_property
+    def supports_tools(self) -> bool:
+        """The template reads `tools`: without that, tools given in a request would vanish."""
+        return "tools" in jinja2.meta.find_undeclared_variables(_ENV.parse(self.text))
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         """The prompt text for `messages`; raise ChatTemplateError when the template refuses."""
         try:
             return _compile(self.text).render(
                 messages=messages,
+                tools=tools or None,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
@@ -104,36 +122,84 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+def _tojson(
+    value: Any, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
+    # Hugging Face's tojson: Jinja's own escapes <, >, & and ' for HTML, which would put
+    # "\u003c" into a prompt where the model was trained on "<".
+    return json.dumps(
+        value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
+    return env
+
+
+_ENV = _environment()
 _COMPILED: dict[str, jinja2.Template] = {}
 
 
 def _compile(text: str) -> jinja2.Template:
     template = _COMPILED.get(text)
     if template is None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
         try:
-            template = env.from_string(text)
+            template = _ENV.from_string(text)
         except jinja2.TemplateSyntaxError as err:
             raise ChatTemplateError(f"chat template does not parse: {err}") from err
         _COMPILED[text] = template
     return template
 
 
+def shipped_template_names() -> list[str]:
+    """The templates in the package's `templates/` folder, by the name `--chat-template` takes."""
+    folder = resources.files("exo_runtime") / "templates"
+    return sorted(
+        entry.name.removesuffix(".jinja").replace("_", "-")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".jinja")
+    )
+
+
+def shipped_template(name: str) -> str | None:
+    """The text of the shipped template `name` (e.g. "chatml-tools"), or None."""
+    if name not in shipped_template_names():
+        return None
+    entry = resources.files("exo_runtime") / "templates" / (name.replace("-", "_") + ".jinja")
+    return entry.read_text(encoding="utf-8")
+
+
 def read_override(value: str) -> str:
-    """`--chat-template` is a file path or the template itself; return the template text."""
+    """`--chat-template` is a file path, a shipped template's name or the template itself;
+    return the template text."""
     path = Path(value)
     looks_like_template = "{{" in value or "{%" in value
     if not looks_like_template:
         try:
             return path.read_text(encoding="utf-8")
         except OSError as err:
+            shipped = shipped_template(value)
+            if shipped is not None:
+                return shipped
             raise ChatTemplateError(
-                f"--chat-template {value!r} is neither a readable file ({err.strerror}) nor a "
-                "Jinja template (no '{{' or '{%' in it)"
+                f"--chat-template {value!r} is neither a readable file ({err.strerror}), nor a "
+                f"shipped template ({', '.join(shipped_template_names())}), nor a Jinja "
+                "template (no '{{' or '{%' in it)"
             ) from err
     return value
+
+
+def read_template_file(path: str) -> str:
+    """`--chat-template-file`: the file's text, or ChatTemplateError naming the path."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ChatTemplateError(f"--chat-template-file {path!r} cannot be read: {reason}") from err
 
 
 def choose_chat_template(

@@ -109,7 +109,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="finished sequences kept for reuse of their prompt prefix, at most --parallel "
         "(0: off)",
     )
-    _add(parser, "--chat-template", help="Jinja chat template: a file path or the template itself")
+    _add(
+        parser,
+        "--chat-template",
+        help="Jinja chat template: a file path, a shipped template's name (chatml-tools) or the "
+        "template itself",
+    )
+    _add(
+        parser,
+        "--chat-template-file",
+        help="file holding the Jinja chat template that replaces the model's own (as llama-server)",
+    )
     _add(parser, "--warmup-prompt", default="Hello", help="prompt generated once before ready")
     _add(parser, "--warmup-max-tokens", type=_positive_int, default=8, help="warmup length")
     _add(parser, "--max-queue", type=_non_negative_int, default=64, help="most waiting requests")
@@ -159,6 +169,21 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.model:
         print("exo-runtime serve: --model (or EXO_MODEL) is required", file=sys.stderr)
         return 2
+    chat_template = args.chat_template
+    if args.chat_template_file:
+        from exo_runtime.chat_template import ChatTemplateError, read_template_file
+
+        if chat_template:
+            print(
+                "exo-runtime serve: give --chat-template or --chat-template-file, not both",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            chat_template = read_template_file(args.chat_template_file)
+        except ChatTemplateError as err:
+            print(f"exo-runtime serve: {err}", file=sys.stderr)
+            return 2
     config = ServeConfig(
         model_path=args.model,
         engine=args.engine,
@@ -175,7 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
             parallel=args.parallel,
             prefix_cache_entries=args.prefix_cache_entries,
         ),
-        chat_template=args.chat_template,
+        chat_template=chat_template,
         warmup_prompt=args.warmup_prompt,
         warmup_max_tokens=args.warmup_max_tokens,
         max_queue=args.max_queue,

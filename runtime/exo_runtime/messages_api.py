@@ -1,11 +1,15 @@
 """Anthropic's Messages API (`POST /v1/messages`): its body, its checks, its replies and errors.
 
-Text in, text out: a system prompt and user/assistant turns are rendered through the model's chat
-template (a final assistant turn is continued, as Anthropic's prefill), and the answer is one text
-block, whole or as Anthropic's stream of events. Submitting, disconnects and cancelling are the
-serving path's (serving.py), shared with the OpenAI routes, and so are the body, prompt and
-context checks. Every error on this path, whoever raised it, is answered in Anthropic's shape by
-`AnthropicErrors`.
+A system prompt and user/assistant turns are rendered through the model's chat template (a final
+assistant turn is continued, as Anthropic's prefill), and the answer is a text block, whole or as
+Anthropic's stream of events. Tool use takes the OpenAI route's path (tool_request.py): `tools`
+and `tool_choice` (`auto`, `any`, `tool`, `none`) become OpenAI's, `tool_use` blocks in and
+`tool_result` blocks become the template's tool calls and tool turns, and the calls parsed out of
+the answer come back as `tool_use` blocks with stop_reason `tool_use`.
+
+Submitting, disconnects and cancelling are the serving path's (serving.py), shared with the OpenAI
+routes, and so are the body, prompt and context checks. Every error on this path, whoever raised
+it, is answered in Anthropic's shape by `AnthropicErrors`.
 """
 
 from __future__ import annotations
@@ -25,8 +29,17 @@ from exo_runtime.chat_template import ChatTemplateError
 from exo_runtime.engine import Chunk, GenerationRequest, SamplingParams
 from exo_runtime.openai_api import OpenAIError
 from exo_runtime.request_checks import check_size, parse_body
-from exo_runtime.serving import ready_engine, receive, submit
+from exo_runtime.serving import (
+    engine_constrains_output,
+    ready_engine,
+    receive,
+    submit,
+    with_tool_grammar,
+)
 from exo_runtime.stop_strings import StopStringFilter
+from exo_runtime.tool_calls import ToolCall, ToolCallFormat
+from exo_runtime.tool_request import FUNCTION_NAME, plan_tools
+from exo_runtime.tool_stream import ToolCallStream
 from exo_runtime.unsupported import Unsupported
 
 if TYPE_CHECKING:
@@ -44,12 +57,21 @@ MAX_STOP_SEQUENCE_CHARS = 256
 
 
 class ContentBlock(BaseModel):
-    """One block of a message or of the system prompt; only text blocks are served."""
+    """One block of a message or of the system prompt: text, tool_use and tool_result are
+    served."""
 
-    model_config = ConfigDict(extra="allow")  # image, document, tool_result ... refused by name
+    model_config = ConfigDict(extra="allow")  # image, document ... refused by name
 
     type: str
     text: str | None = None
+    # tool_use
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+    # tool_result
+    tool_use_id: str | None = None
+    content: str | list[ContentBlock] | None = None
+    is_error: bool | None = None
 
 
 class MessageTurn(BaseModel):
@@ -101,10 +123,6 @@ def _given(value: Any) -> bool:
     return value is not None
 
 
-def _tool_choice(value: Any) -> bool:
-    return value is not None and value.get("type") not in ("auto", "none")
-
-
 def _thinking(value: Any) -> bool:
     return value is not None and value.get("type") != "disabled"
 
@@ -114,9 +132,6 @@ def _output_config(value: Any) -> bool:
 
 
 UNSUPPORTED_MESSAGE_FIELDS: tuple[Unsupported, ...] = (
-    # Issue 15 item 3 brings tool use to both surfaces.
-    Unsupported("tools", bool, "tool use"),
-    Unsupported("tool_choice", _tool_choice, "tool use"),
     Unsupported("top_k", _given, "top_k sampling"),
     Unsupported("thinking", _thinking, "extended thinking (not a reasoning model)"),
     Unsupported("output_config", _output_config, "output effort or structured output"),
@@ -148,6 +163,7 @@ class PreparedMessage:
     # max_tokens was lowered to the room left in the context: reaching it means the context is
     # full, which Anthropic calls model_context_window_exceeded.
     context_bound: bool
+    tool_format: ToolCallFormat | None = None  # parse tool calls out of the answer
 
 
 def prepare_message(runtime: Runtime, raw: bytes) -> PreparedMessage:
@@ -172,13 +188,23 @@ def prepare_message(runtime: Runtime, raw: bytes) -> PreparedMessage:
             param="messages",
             code="no_chat_template",
         )
+    tools = plan_tools(
+        openai_tools(body.tools),
+        openai_tool_choice(body.tool_choice),
+        template,
+        engine.architecture(),
+        can_constrain=engine_constrains_output(engine),
+    )
     turns = conversation(body)
     limit = runtime.config.limits.max_prompt_bytes
     check_size(sum(len(t["content"].encode()) for t in turns), limit, "messages")
     # A final assistant turn is a prefill: the answer continues it, so it is not closed.
-    prefill = turns.pop()["content"] if turns[-1]["role"] == "assistant" else ""
+    last = turns[-1]
+    prefill = (
+        turns.pop()["content"] if last["role"] == "assistant" and "tool_calls" not in last else ""
+    )
     try:
-        prompt = template.render(turns, add_generation_prompt=True) + prefill
+        prompt = template.render(turns, add_generation_prompt=True, tools=tools.tools) + prefill
     except ChatTemplateError as err:
         raise OpenAIError(400, str(err), param="messages") from err
     check_size(len(prompt.encode()), limit, "messages")
@@ -197,11 +223,60 @@ def prepare_message(runtime: Runtime, raw: bytes) -> PreparedMessage:
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
     )
-    return PreparedMessage(body, prompt_tokens, params, context_bound=body.max_tokens > room)
+    params = with_tool_grammar(engine, params, tools)
+    return PreparedMessage(
+        body, prompt_tokens, params, context_bound=body.max_tokens > room, tool_format=tools.format
+    )
 
 
-def conversation(body: MessagesBody) -> list[dict[str, str]]:
-    """The system prompt and turns as a chat template wants them: role and text."""
+def openai_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Anthropic's client tools as OpenAI's function tools (the template's shape)."""
+    if tools is None:
+        return None
+    converted = []
+    for i, tool in enumerate(tools):
+        if tool.get("type", "custom") != "custom":
+            raise OpenAIError(
+                400,
+                f"tools[{i}] is a {tool['type']!r} server tool; this server runs only the "
+                "client tools you define (name, description, input_schema)",
+                param=f"tools[{i}].type",
+                code="unsupported_parameter",
+            )
+        if not isinstance(tool.get("input_schema"), dict):
+            raise OpenAIError(
+                400, f"tools[{i}].input_schema must be a JSON schema object",
+                param=f"tools[{i}].input_schema", code="invalid_value",
+            )  # fmt: skip
+        function = {"name": tool.get("name"), "parameters": tool["input_schema"]}
+        if isinstance(tool.get("description"), str):
+            function["description"] = tool["description"]
+        converted.append({"type": "function", "function": function})
+    return converted
+
+
+def openai_tool_choice(choice: dict[str, Any] | None) -> str | dict[str, Any] | None:
+    """Anthropic's tool_choice as OpenAI's: auto, any (required), tool (named), none."""
+    if choice is None:
+        return None
+    kind = choice.get("type")
+    if kind in ("auto", "none"):
+        return kind
+    if kind == "any":
+        return "required"
+    if kind == "tool":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    raise OpenAIError(
+        400,
+        f"tool_choice.type must be auto, any, tool or none, not {kind!r}",
+        param="tool_choice.type",
+        code="invalid_value",
+    )
+
+
+def conversation(body: MessagesBody) -> list[dict[str, Any]]:
+    """The system prompt and turns as a chat template wants them: role and text, an assistant's
+    tool calls (its tool_use blocks) and a tool turn per tool_result block."""
     if not body.messages:
         raise OpenAIError(400, "messages must hold at least one message", param="messages")
     turns = []
@@ -211,25 +286,81 @@ def conversation(body: MessagesBody) -> list[dict[str, str]]:
             turns.append({"role": "system", "content": system})
     last = len(body.messages) - 1
     for i, message in enumerate(body.messages):
-        text = _block_text(message.content, f"messages[{i}].content")
-        if not text and not (i == last and message.role == "assistant"):
+        where = f"messages[{i}].content"
+        blocks = [] if isinstance(message.content, str) else message.content
+        results = [(j, b) for j, b in enumerate(blocks) if b.type == "tool_result"]
+        calls = [(j, b) for j, b in enumerate(blocks) if b.type == "tool_use"]
+        misplaced = (results if message.role != "user" else []) + (
+            calls if message.role != "assistant" else []
+        )
+        if misplaced:
+            j, block = misplaced[0]
+            raise OpenAIError(
+                400,
+                f"{where}[{j}]: {block.type} blocks belong in "
+                f"{'user' if block.type == 'tool_result' else 'assistant'} messages",
+                param=f"{where}[{j}]",
+                code="invalid_value",
+            )
+        turns.extend(_tool_result_turn(block, f"{where}[{j}]") for j, block in results)
+        text = _block_text(message.content, where, skip=("tool_use", "tool_result"))
+        if not text and not (results or calls) and not (i == last and message.role == "assistant"):
             raise OpenAIError(
                 400,
                 f"messages[{i}]: all messages must have non-empty content except for the "
                 "optional final assistant message",
-                param=f"messages[{i}].content",
+                param=where,
                 code="invalid_value",
             )
-        turns.append({"role": message.role, "content": text})
+        if calls:
+            tool_calls = [_tool_use_call(block, f"{where}[{j}]") for j, block in calls]
+            turns.append({"role": "assistant", "content": text, "tool_calls": tool_calls})
+        elif text or not results:
+            turns.append({"role": message.role, "content": text})
     return turns
 
 
-def _block_text(content: str | list[ContentBlock], param: str) -> str:
+def _tool_use_call(block: ContentBlock, where: str) -> dict[str, Any]:
+    if not isinstance(block.name, str) or not FUNCTION_NAME.fullmatch(block.name):
+        raise OpenAIError(
+            400, f"{where}.name must be 1 to 64 letters, digits, underscores or dashes",
+            param=f"{where}.name", code="invalid_value",
+        )  # fmt: skip
+    if block.id is None or block.input is None:
+        raise OpenAIError(
+            400, f"{where}: a tool_use block needs id and input", param=where,
+            code="invalid_value",
+        )  # fmt: skip
+    return {
+        "id": block.id,
+        "type": "function",
+        "function": {"name": block.name, "arguments": block.input},
+    }
+
+
+def _tool_result_turn(block: ContentBlock, where: str) -> dict[str, Any]:
+    if block.tool_use_id is None:
+        raise OpenAIError(
+            400, f"{where}.tool_use_id is missing", param=f"{where}.tool_use_id",
+            code="invalid_value",
+        )  # fmt: skip
+    content = block.content if block.content is not None else ""
+    text = _block_text(content, f"{where}.content")
+    if block.is_error:
+        text = f"Error: {text}"  # templates have no error flag; the model reads it in the text
+    return {"role": "tool", "content": text, "tool_call_id": block.tool_use_id}
+
+
+def _block_text(
+    content: str | list[ContentBlock], param: str, *, skip: tuple[str, ...] = ()
+) -> str:
     if isinstance(content, str):
         return content
     pieces = []
     for j, block in enumerate(content):
         where = f"{param}[{j}]"
+        if block.type in skip:
+            continue
         if block.type != "text":
             raise OpenAIError(
                 400,
@@ -258,10 +389,12 @@ async def create_message(runtime: Runtime, request: Request, prepared: PreparedM
         len(prepared.prompt_tokens),
         tuple(body.stop_sequences or ()),
         prepared.context_bound,
+        prepared.tool_format,
     )
     if body.stream:
+        events = _events if prepared.tool_format is None else _tool_events
         return StreamingResponse(
-            _events(reply, received),
+            events(reply, received),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
@@ -274,7 +407,7 @@ async def create_message(runtime: Runtime, request: Request, prepared: PreparedM
         await received.aclose()
     if reply.failure is not None:
         raise reply.failure
-    return JSONResponse(reply.message(reply.text()))
+    return JSONResponse(reply.message(reply.content_blocks()))
 
 
 async def _events(reply: _MessageReply, received: AsyncIterator[Chunk]) -> AsyncIterator[str]:
@@ -312,6 +445,106 @@ async def _events(reply: _MessageReply, received: AsyncIterator[Chunk]) -> Async
         await received.aclose()
 
 
+async def _tool_events(reply: _MessageReply, received: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+    """The stream of an answer that may hold tool calls: blocks open as their content comes, a
+    text block for text, a tool_use block (its input as one input_json_delta) per call."""
+    blocks = _BlockEvents(ToolCallStream(reply.tool_format))
+    try:
+        yield _sse("message_start", {"type": "message_start", "message": reply.message(None)})
+        yield _sse("ping", {"type": "ping"})
+        async for chunk in received:
+            for event in blocks.feed(reply.add(chunk), last=reply.ended):
+                yield event
+            if reply.ended:
+                break
+        if not reply.ended:
+            return  # the client went away
+        if reply.failure is not None:
+            yield _sse("error", anthropic_error_body(reply.failure.status, reply.failure.message))
+            return
+        for event in blocks.close():
+            yield event
+        if blocks.calls:
+            reply.stop_reason = _tool_use_stop(reply.stop_reason)
+        yield _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
+                "usage": {"output_tokens": reply.output_tokens},
+            },
+        )
+        yield _sse("message_stop", {"type": "message_stop"})
+    finally:
+        await received.aclose()
+
+
+class _BlockEvents:
+    """Turns the text and calls a ToolCallStream lets through into content block events."""
+
+    def __init__(self, stream: ToolCallStream) -> None:
+        self._stream = stream
+        self._index = 0
+        self._text_open = False
+        self.calls = 0
+
+    def feed(self, text: str, *, last: bool) -> list[str]:
+        deltas = self._stream.feed(text)
+        if last:
+            end = self._stream.finish()
+            deltas.content += end.content
+            deltas.calls += end.calls
+        events = []
+        if deltas.content:
+            if not self._text_open:
+                events.append(self._start(_text_block("")))
+                self._text_open = True
+            delta = {"type": "text_delta", "text": deltas.content}
+            events.append(self._delta(delta))
+        for _, call in deltas.calls:
+            events += self.close()
+            block = {**_tool_use_block(call), "input": {}}
+            events.append(self._start(block))
+            events.append(self._delta({"type": "input_json_delta", "partial_json": call.arguments}))
+            events += self._stop()
+            self.calls += 1
+        return events
+
+    def close(self) -> list[str]:
+        """Close the text block, if one is open."""
+        if not self._text_open:
+            return []
+        self._text_open = False
+        return self._stop()
+
+    def _start(self, block: dict[str, Any]) -> str:
+        start = {"type": "content_block_start", "index": self._index, "content_block": block}
+        return _sse("content_block_start", start)
+
+    def _delta(self, delta: dict[str, Any]) -> str:
+        event = {"type": "content_block_delta", "index": self._index, "delta": delta}
+        return _sse("content_block_delta", event)
+
+    def _stop(self) -> list[str]:
+        event = _sse("content_block_stop", {"type": "content_block_stop", "index": self._index})
+        self._index += 1
+        return [event]
+
+
+def _tool_use_block(call: ToolCall) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": "toolu_" + call.id.removeprefix("call_"),
+        "name": call.name,
+        "input": json.loads(call.arguments),
+    }
+
+
+def _tool_use_stop(stop_reason: str | None) -> str | None:
+    """A message that ended by itself after its calls stops for "tool_use"."""
+    return "tool_use" if stop_reason == "end_turn" else stop_reason
+
+
 def _sse(event: str, payload: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
@@ -330,6 +563,7 @@ class _MessageReply:
         input_tokens: int,
         stop_sequences: tuple[str, ...],
         context_bound: bool,
+        tool_format: ToolCallFormat | None = None,
     ) -> None:
         self.id = message_id
         self.model = model
@@ -343,6 +577,7 @@ class _MessageReply:
         self._held = ""  # what the filter holds back: the matched stop sequence is read from it
         self._parts: list[str] = []
         self._context_bound = context_bound
+        self.tool_format = tool_format
 
     @property
     def ended(self) -> bool:
@@ -382,14 +617,26 @@ class _MessageReply:
     def text(self) -> str:
         return "".join(self._parts)
 
-    def message(self, text: str | None) -> dict[str, Any]:
-        """The message object: whole with `text`, or the empty one that opens a stream."""
+    def content_blocks(self) -> list[dict[str, Any]]:
+        """The whole answer's blocks: its text, and a tool_use block per call parsed out of it
+        (the stop reason turns "tool_use")."""
+        text = self.text()
+        parsed = self.tool_format.parse(text) if self.tool_format else None
+        if parsed is None or not parsed.calls:
+            return [_text_block(text)]
+        self.stop_reason = _tool_use_stop(self.stop_reason)
+        blocks = [_text_block(parsed.content)] if parsed.content else []
+        return blocks + [_tool_use_block(call) for call in parsed.calls]
+
+    def message(self, content: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """The message object: whole with its content blocks, or the empty one that opens a
+        stream."""
         return {
             "id": self.id,
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": [] if text is None else [_text_block(text)],
+            "content": content or [],
             "stop_reason": self.stop_reason,
             "stop_sequence": self.stop_sequence,
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},

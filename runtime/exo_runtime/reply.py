@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exo_runtime.engine import Chunk, TokenLogprob
+from exo_runtime.tool_calls import ToolCallFormat
 
 
 def _text(token: bytes) -> str:
@@ -65,6 +66,7 @@ class Reply:
         n: int = 1,
         echo: str = "",
         logprobs: bool = False,
+        tool_format: ToolCallFormat | None = None,
     ) -> None:
         self.id = request_id
         self.model = model
@@ -75,6 +77,7 @@ class Reply:
         self.echo = echo
         self.logprobs = logprobs
         self.choices = [_Choice(text_offset=len(echo)) for _ in range(n)]
+        self.tool_format = tool_format  # set: the answers' tool calls are parsed out of the text
         self.error: str | None = None
 
     @property
@@ -159,10 +162,31 @@ class Reply:
         for index, choice in enumerate(self.choices):
             text = self.echo + "".join(choice.parts)
             logprobs = self._logprobs_block(choice.logprobs)
-            if self.chat:
+            finish = choice.finish_reason
+            if self.chat and self.tool_format is not None:
+                message, finish = self._message_with_calls(text, finish)
+                body = {"message": message}
+            elif self.chat:
                 body = {"message": {"role": "assistant", "content": text}}
             else:
                 body = {"text": text}
-            finish = choice.finish_reason
             choices.append({"index": index, **body, "logprobs": logprobs, "finish_reason": finish})
         return {**self._envelope(False), "choices": choices, "usage": self.usage()}
+
+    def _message_with_calls(
+        self, text: str, finish: str | None
+    ) -> tuple[dict[str, Any], str | None]:
+        parsed = self.tool_format.parse(text)
+        if not parsed.calls:
+            return {"role": "assistant", "content": text}, finish
+        message = {
+            "role": "assistant",
+            "content": parsed.content,
+            "tool_calls": [call.openai() for call in parsed.calls],
+        }
+        return message, tool_calls_finish(finish)
+
+
+def tool_calls_finish(finish: str | None) -> str | None:
+    """An answer that ended by itself after its calls finishes with "tool_calls"."""
+    return "tool_calls" if finish == "stop" else finish

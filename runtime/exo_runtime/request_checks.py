@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from exo_runtime.openai_api import ChatMessage, OpenAIError
+from exo_runtime.tool_request import template_tool_fields
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -125,17 +126,11 @@ def check_size(n_bytes: int, limit: int, param: str) -> None:
         )
 
 
-def message_texts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """The messages as a template wants them: role and text; only text content parts."""
+def message_texts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as a template wants them: role and text (only text content parts), and
+    their tool calls and tool results' ids."""
     rendered = []
     for i, message in enumerate(messages):
-        if message.tool_calls:
-            raise OpenAIError(
-                400,
-                f"messages[{i}].tool_calls: this server does not support tool calls yet",
-                param=f"messages[{i}].tool_calls",
-                code="unsupported_parameter",
-            )
         content = message.content
         if content is None:
             text = ""
@@ -161,5 +156,5 @@ def message_texts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
                     )
                 pieces.append(part.text)
             text = "".join(pieces)
-        rendered.append({"role": message.role, "content": text})
+        rendered.append({"role": message.role, "content": text, **template_tool_fields(message, i)})
     return rendered

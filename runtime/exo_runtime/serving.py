@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from exo_runtime.chat_template import ChatTemplateError
 from exo_runtime.engine import Chunk, Engine, GenerationRequest, SamplingParams
 from exo_runtime.openai_api import ChatCompletionBody, CompletionBody, OpenAIError
-from exo_runtime.reply import Reply
+from exo_runtime.reply import Reply, tool_calls_finish
 from exo_runtime.request_checks import (
     check_size,
     check_token_ids,
@@ -26,6 +26,9 @@ from exo_runtime.request_checks import (
 )
 from exo_runtime.scheduler import QueueFullError, Scheduler
 from exo_runtime.structured import StructuredOutputError, grammar_for_response_format
+from exo_runtime.tool_calls import ToolCallFormat
+from exo_runtime.tool_request import NO_TOOLS, ToolPlan, plan_tools
+from exo_runtime.tool_stream import ToolCallStream
 from exo_runtime.unsupported import refuse_unsupported, refuse_unsupported_by_engine
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ class Prepared:
     chat: bool
     n: int = 1
     echo: str = ""  # text put before each choice's (completions' `echo`)
+    tool_format: ToolCallFormat | None = None  # parse tool calls out of the answers
 
 
 # -- preparing (runs on a worker thread: parsing, templates and tokenizing take time) ---------
@@ -124,11 +128,18 @@ def prepare_chat(runtime: Runtime, raw: bytes) -> Prepared:
             param="messages",
             code="no_chat_template",
         )
+    tools = plan_tools(
+        body.tools,
+        body.tool_choice,
+        template,
+        engine.architecture(),
+        can_constrain=engine_constrains_output(engine),
+    )
     limit = runtime.config.limits.max_prompt_bytes
     messages = message_texts(body.messages)
     check_size(sum(len(m["content"].encode()) for m in messages), limit, "messages")
     try:
-        prompt = template.render(messages, add_generation_prompt=True)
+        prompt = template.render(messages, add_generation_prompt=True, tools=tools.tools)
     except ChatTemplateError as err:
         raise OpenAIError(400, str(err), param="messages") from err
     check_size(len(prompt.encode()), limit, "messages")
@@ -139,7 +150,42 @@ def prepare_chat(runtime: Runtime, raw: bytes) -> Prepared:
         or body.max_tokens
         or max(1, engine.context_length - len(prompt_tokens))
     )
-    return _prepared(runtime, engine, body, prompt_tokens, max_tokens, chat=True)
+    prepared = _prepared(runtime, engine, body, prompt_tokens, max_tokens, chat=True)
+    return with_tools(engine, prepared, tools)
+
+
+def engine_constrains_output(engine: Engine) -> bool:
+    """The engine applies a grammar per sequence (llama.cpp's grammar sampler)."""
+    return engine.name == "llamacpp"
+
+
+def with_tools(engine: Engine, prepared: Prepared, tools: ToolPlan) -> Prepared:
+    if tools is NO_TOOLS:
+        return prepared
+    params = with_tool_grammar(engine, prepared.params, tools)
+    return replace(prepared, params=params, tool_format=tools.format)
+
+
+def with_tool_grammar(engine: Engine, params: SamplingParams, tools: ToolPlan) -> SamplingParams:
+    """`params` constrained by the grammar that forces a call, if the plan has one."""
+    if tools.grammar is None:
+        return params
+    if params.grammar is not None:
+        raise OpenAIError(
+            400,
+            "tool_choice forces a tool call and response_format (or grammar) constrains the "
+            "answer too: give one of them",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    try:
+        engine.check_grammar(tools.grammar)
+    except ValueError as err:
+        raise OpenAIError(
+            400, f"tools: the forced call's grammar is refused: {err}", param="tools",
+            code="invalid_value",
+        ) from err  # fmt: skip
+    return replace(params, grammar=tools.grammar)
 
 
 def ready_engine(runtime: Runtime, model: str) -> Engine:
@@ -271,6 +317,7 @@ async def generate(runtime: Runtime, request: Request, prepared: Prepared) -> Re
         n=prepared.n,
         echo=prepared.echo,
         logprobs=prepared.params.logprobs is not None,
+        tool_format=prepared.tool_format,
     )
     disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
     if body.stream:
@@ -370,6 +417,9 @@ async def _stream_events(
     n = len(reply.choices)
     received = _chunks_until_disconnect(chunks, disconnected, scheduler, reply.id, n)
     choices_left = n
+    tool_streams = (
+        [ToolCallStream(reply.tool_format) for _ in range(n)] if reply.tool_format else None
+    )
     try:
         for index in range(n):
             if reply.chat:
@@ -378,16 +428,28 @@ async def _stream_events(
                 yield _sse(reply.event(index, reply.echo, None))
         async for chunk in received:
             entry = reply.add(chunk)
-            if chunk.token_id is not None or chunk.text:
+            finish_reason = chunk.finish_reason
+            if tool_streams is not None:
+                stream = tool_streams[chunk.index]
+                deltas = stream.feed(chunk.text).openai()
+                if finish_reason is not None:
+                    deltas += stream.finish().openai()
+                    if stream.calls:
+                        finish_reason = tool_calls_finish(finish_reason)
+                if entry is not None and not deltas:
+                    deltas = [{}]  # the token's log probability, its text held back
+                for i, delta in enumerate(deltas):
+                    yield _sse(reply.event(chunk.index, delta, None, entry if i == 0 else None))
+            elif chunk.token_id is not None or chunk.text:
                 yield _sse(reply.event(chunk.index, chunk.text, None, entry))
-            if chunk.finish_reason is None:
+            if finish_reason is None:
                 continue
             choices_left -= 1
             if reply.error:
                 yield _sse({"error": {"message": reply.error, "type": "server_error"}})
             else:
                 empty = "" if not reply.chat else {}
-                yield _sse(reply.event(chunk.index, empty, chunk.finish_reason))
+                yield _sse(reply.event(chunk.index, empty, finish_reason))
             if choices_left == 0 or chunk.finish_reason in ("error", "cancelled"):
                 if include_usage:
                     yield _sse(reply.usage_event())

@@ -2,7 +2,7 @@
 
 One table for every engine and one per engine, so that they shrink as features land: each row
 names the field and says when a value asks for something the runtime would silently not do. A
-field given its neutral value (`n: 1`, `logprobs: false`, `tools: []`) is accepted, as OpenAI
+field given its neutral value (`n: 1`, `logprobs: false`, `functions: []`) is accepted, as OpenAI
 accepts it.
 """
 
@@ -44,8 +44,8 @@ def _not_text_format(value: Any) -> bool:
     return value is not None and value.get("type") != "text"
 
 
-def _tool_choice(value: Any) -> bool:
-    # "auto" is harmless while no tools are given (non-empty tools are refused on their own).
+def _function_call(value: Any) -> bool:
+    # "auto" is harmless while no functions are given (non-empty functions are refused).
     return value is not None and value not in ("none", "auto")
 
 
@@ -60,10 +60,9 @@ def _asks_logprobs(value: Any) -> bool:
 UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("best_of", _above_one, "best_of"),
     Unsupported("suffix", _truthy, "a suffix (insertion)"),
-    Unsupported("tools", _truthy, "tool calls"),
-    Unsupported("functions", _truthy, "function calls"),
-    Unsupported("tool_choice", _tool_choice, "tool calls"),
-    Unsupported("function_call", _tool_choice, "function calls"),
+    # The legacy function calling that `tools` replaced; tools are served (tool_request.py).
+    Unsupported("functions", _truthy, "legacy function calls (use tools)"),
+    Unsupported("function_call", _function_call, "legacy function calls (use tool_choice)"),
     Unsupported("audio", _given, "audio output"),
     Unsupported("modalities", _not_text_only, "output other than text"),
     Unsupported("prediction", _given, "predicted outputs"),

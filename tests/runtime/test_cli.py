@@ -61,3 +61,24 @@ def test_bad_environment_value_names_the_variable(monkeypatch, capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser()
     assert "EXO_THREADS='many' is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--chat-template-file", "/nonexistent/t.jinja"], "cannot be read"),
+        (["--chat-template-file", "/dev/null", "--chat-template", "chatml-tools"], "not both"),
+    ],
+)
+def test_a_chat_template_file_that_cannot_be_used_stops_serve_at_once(
+    argv: list[str], message: str, capsys
+) -> None:
+    from exo_runtime.cli import main
+
+    assert main(["serve", "--model", "m.gguf", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_chat_template_file_reads_its_environment_variable(monkeypatch) -> None:
+    monkeypatch.setenv("EXO_CHAT_TEMPLATE_FILE", "/templates/tools.jinja")
+    assert build_parser().parse_args(["serve"]).chat_template_file == "/templates/tools.jinja"

@@ -56,9 +56,14 @@ HOSTILE = [
     ("text part without text", CHAT,
      chat(messages=[{"role": "user", "content": [{"type": "text"}]}]), 400,
      "messages[0].content[0].text", "invalid_value"),
-    ("assistant tool calls", CHAT,
+    ("assistant tool call without a function", CHAT,
      chat(messages=[*HELLO, {"role": "assistant", "tool_calls": [{"id": "1"}]}]), 400,
-     "messages[1].tool_calls", "unsupported_parameter"),
+     "messages[1].tool_calls[0].function.name", "invalid_value"),
+    ("tools to a template without tools", CHAT,
+     chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools",
+     "tools_unsupported"),
+    ("tool_choice required without tools", CHAT, chat(tool_choice="required"), 400,
+     "tool_choice", "invalid_value"),
     ("unknown field", CHAT, chat(frobnicate=1), 400, "frobnicate", "unknown_parameter"),
     ("max_completion_tokens on completions", COMPLETIONS, completion(max_completion_tokens=3),
      400, "max_completion_tokens", "unknown_parameter"),
@@ -80,9 +85,8 @@ HOSTILE = [
 
 # Fields the runtime does not implement yet, each asking for something (unsupported.py).
 UNSUPPORTED = [
-    (CHAT, "tools", [{"type": "function", "function": {"name": "f"}}]),
     (CHAT, "functions", [{"name": "f"}]),
-    (CHAT, "tool_choice", "required"),
+    (CHAT, "function_call", {"name": "f"}),
     (CHAT, "audio", {"voice": "alloy", "format": "wav"}),
     (CHAT, "modalities", ["text", "audio"]),
     (CHAT, "prediction", {"type": "content", "content": "x"}),

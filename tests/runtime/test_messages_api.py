@@ -265,8 +265,8 @@ BAD_REQUESTS = [
         "'document' block",
         id="document-block",
     ),
-    pytest.param({"tools": [WEATHER_TOOL]}, "does not support tool use yet", id="tools"),
-    pytest.param({"tool_choice": {"type": "any"}}, "tool_choice", id="tool-choice"),
+    pytest.param({"tools": [WEATHER_TOOL]}, "has no tool support", id="tools-without-template"),
+    pytest.param({"tool_choice": {"type": "any"}}, "tool_choice", id="tool-choice-without-tools"),
     pytest.param(
         {"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking", id="thinking"
     ),
