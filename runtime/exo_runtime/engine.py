@@ -46,6 +46,10 @@ class EngineOptions:
     threads: int | None = None  # None: the CPUs this process may use
     batch_size: int = 512
     parallel: int = 8  # most sequences decoded together; more wait in the queue
+    # llama.cpp RPC workers ("host:port") the model is split across; the head loads only
+    # once every one answers, waiting up to `rpc_connect_timeout` seconds.
+    rpc_workers: tuple[str, ...] = ()
+    rpc_connect_timeout: float = 300.0
 
 
 @dataclass(frozen=True)

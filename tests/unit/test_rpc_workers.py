@@ -185,3 +185,43 @@ def test_a_version_mismatch_fails_at_once_without_waiting(hello_server) -> None:
     with pytest.raises(VersionMismatch):
         wait_for_workers([server.endpoint], timeout=30, poll_interval=0.05)
     assert time.monotonic() - started < 5
+
+
+def test_serve_takes_workers_from_the_flag_or_exo_rpc_workers(monkeypatch) -> None:
+    from exo_runtime.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--rpc-workers", "w0:50052, w1:50053"])
+    assert (args.rpc_workers, args.rpc_connect_timeout) == (("w0:50052", "w1:50053"), 300.0)
+    monkeypatch.setenv("EXO_RPC_WORKERS", "w2:1")
+    monkeypatch.setenv("EXO_RPC_CONNECT_TIMEOUT", "5")
+    args = build_parser().parse_args(["serve"])
+    assert (args.rpc_workers, args.rpc_connect_timeout) == (("w2:1",), 5.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--rpc-workers", "w0"], "expected host:port"),
+        (["serve", "--rpc-connect-timeout", "0"], "must be more than 0"),
+        (["rpc-worker", "--port", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_rpc_flags_exit_2_naming_the_flag(argv: list[str], message: str, capsys) -> None:
+    from exo_runtime.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_worker_listens_on_loopback_and_port_50052_unless_told(monkeypatch) -> None:
+    from exo_runtime.cli import build_parser
+
+    args = build_parser().parse_args(["rpc-worker"])
+    assert (args.host, args.port, args.threads) == ("127.0.0.1", 50052, None)
+    monkeypatch.setenv("EXO_RPC_HOST", "0.0.0.0")
+    monkeypatch.setenv("EXO_RPC_PORT", "6000")
+    monkeypatch.setenv("EXO_RPC_THREADS", "3")
+    args = build_parser().parse_args(["rpc-worker"])
+    assert (args.host, args.port, args.threads) == ("0.0.0.0", 6000, 3)
