@@ -64,7 +64,10 @@ bench-serving: venv ## serving benchmark: exo-runtime vs llama-cpp-python vs lla
 bench-gpu: ## GPU figures (CPU half without a GPU): exo-runtime vs llama.cpp (CUDA), MLX-CUDA vs mlx-lm
 	@bash bench/gpu.sh
 
-.PHONY: bench-serving bench-gpu
+bench-distributed: venv ## one model on 1 process vs split over 2 and 3 RPC workers (QUICK=1: seconds)
+	@.venv/bin/python bench/distributed.py $(if $(QUICK),--quick)
+
+.PHONY: bench-serving bench-gpu bench-distributed
 
 bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500")
 	@bash bench/operator_scale.sh
