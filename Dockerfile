@@ -93,7 +93,7 @@ COPY .out/image-wheels /wheels
 # clusters carry. Add an architecture here to serve an older or newer card; each adds build time.
 # GGML_NATIVE=OFF: the CPU part must run on every node, not just on the build machine.
 # --allow-shlib-undefined: libcuda.so.1 comes from the node's driver at run time, not this image.
-ENV CMAKE_ARGS="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=80;86;89;90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined"
+ENV CMAKE_ARGS="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=80;86;89;90 -DGGML_RPC=ON -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined"
 # The CUDA wheel is built from the staged source of the very llama-cpp-python version the CPU
 # wheel has, then installed first, so the install line below (the runtime target's own) keeps it.
 RUN LLAMA_CPP_SDIST="$(ls /wheels/llama_cpp_python-*.tar.gz)" \

@@ -72,7 +72,10 @@ bench-prefix: venv ## prefix cache benchmark: TTFT per turn of a 10-turn chat, v
 bench-structured: venv ## the cost of one json_schema request to 4 neighbours' tok/s (ARGS=--quick)
 	@.venv/bin/python bench/structured_cost.py $(ARGS)
 
-.PHONY: bench-serving bench-gpu bench-prefix bench-structured
+bench-distributed: venv ## one model on 1 process vs split over 2 and 3 RPC workers (QUICK=1: seconds)
+	@.venv/bin/python bench/distributed.py $(if $(QUICK),--quick)
+
+.PHONY: bench-serving bench-gpu bench-prefix bench-structured bench-distributed
 
 bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500")
 	@bash bench/operator_scale.sh

@@ -52,12 +52,16 @@ staged_extras() {
 
 # Every Python package the images install, as wheels, for CPython 3.11 on x86-64 Linux.
 stage_wheels() {
-  local pyproject_hash stamp llama_version extras
+  local pyproject_hash stamp llama_version llama_wheel_dir extras
   extras="$(staged_extras)"
   llama_version="$(llama_cpp_version)"
-  ls "$WHEELHOUSE"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1 ||
+  llama_wheel_dir="$(bash "$REPO_ROOT/scripts/wheelhouse.sh" dir)"
+  ls "$llama_wheel_dir"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1 ||
     bash "$REPO_ROOT/scripts/wheelhouse.sh"
-  pyproject_hash="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -c1-16)"
+  pyproject_hash="$( (
+    cat "$REPO_ROOT/pyproject.toml"
+    echo "$llama_wheel_dir"
+  ) | sha256sum | cut -c1-16)"
   stamp="$STAGE_DIR/.pyproject-$pyproject_hash"
   if [[ ! -f $stamp ]]; then
     # New pins: start over so that no stale version lingers next to the new one.
@@ -68,7 +72,7 @@ stage_wheels() {
   rm -f "$STAGE_DIR"/exo_operator-*.whl
   log "staging the images' wheels in ${STAGE_DIR#"$REPO_ROOT"/} (the project and its extras $extras)"
   python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$STAGE_DIR" \
-    --find-links "$WHEELHOUSE" --find-links "$STAGE_DIR" \
+    --find-links "$llama_wheel_dir" --find-links "$STAGE_DIR" \
     "${REPO_ROOT}[$extras]" ||
     die "staging wheels failed (pip's error above): check that PyPI is reachable and pyproject.toml resolves"
   if [[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]]; then

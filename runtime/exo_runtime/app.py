@@ -126,6 +126,10 @@ def create_app(runtime: Runtime) -> FastAPI:
                     # sequence (vLLM calls the latter max_model_len).
                     "engine": state.engine.name if state.engine else None,
                     "context_length": state.engine.context_length if state.engine else None,
+                    # Where the weights are (the head's CPU, each RPC worker, GPUs) and which
+                    # CPU kernels run; llama.cpp only (MLX has neither).
+                    "devices": [d.as_dict() for d in getattr(state.engine, "devices", ())],
+                    "cpu_variant": getattr(state.engine, "cpu_variant", None),
                 }
             ],
         }

@@ -1,4 +1,4 @@
-"""`exo-runtime serve` and `exo-runtime fetch`; every serve flag also reads an EXO_* variable.
+"""`exo-runtime serve`, `rpc-worker` and `fetch`; every flag also reads an EXO_* variable.
 
 Pods set environment variables more easily than arguments, so `--context-length` falls back
 to `EXO_CONTEXT_LENGTH`, and so on; a flag on the command line wins.
@@ -15,6 +15,7 @@ from typing import Any
 
 from exo_runtime.engine import DEFAULT_MAX_CONTEXT_LENGTH, EngineOptions
 from exo_runtime.limits import Limits
+from exo_runtime.rpc_workers import DEFAULT_RPC_PORT, parse_endpoints
 
 
 def _env_name(flag: str) -> str:
@@ -33,6 +34,20 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _rpc_workers(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(endpoint) for endpoint in parse_endpoints(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _tensor_split(text: str) -> tuple[float, ...]:
@@ -56,10 +71,11 @@ def _add(
     type: Callable[[str], Any] = str,
     default: Any = None,
     help: str,
+    env: str | None = None,
     **kwargs: Any,
 ) -> None:
-    """Add `flag` whose default comes from its EXO_* variable when that is set."""
-    env = _env_name(flag)
+    """Add `flag` whose default comes from its EXO_* variable (or `env`) when that is set."""
+    env = env or _env_name(flag)
     raw = os.environ.get(env)
     if raw not in (None, ""):
         try:
@@ -96,7 +112,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="layers to offload to the GPU (default: all when the build supports a GPU, else 0)",
     )
     _add(
-        parser, "--tensor-split", type=_tensor_split, default=(), help="share per GPU, e.g. 0.5,0.5"
+        parser,
+        "--tensor-split",
+        type=_tensor_split,
+        default=(),
+        help="share per device (RPC workers first, in --rpc-workers order, then GPUs), e.g. "
+        "0.5,0.5 (default: in proportion to each device's free memory)",
+    )
+    _add(
+        parser,
+        "--rpc-workers",
+        type=_rpc_workers,
+        default=(),
+        help="llama.cpp RPC workers (`exo-runtime rpc-worker`) to split the model across, "
+        f"as host:port[,host:port...], e.g. worker-0:{DEFAULT_RPC_PORT}",
+    )
+    _add(
+        parser,
+        "--rpc-connect-timeout",
+        type=_positive_float,
+        default=300.0,
+        help="seconds to wait for every RPC worker to answer before the load fails",
     )
     _add(parser, "--threads", type=_positive_int, help="CPU threads (default: the CPUs available)")
     _add(parser, "--batch-size", type=_positive_int, default=512, help="most tokens per decode")
@@ -199,6 +235,8 @@ def _serve(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             parallel=args.parallel,
             prefix_cache_entries=args.prefix_cache_entries,
+            rpc_workers=args.rpc_workers,
+            rpc_connect_timeout=args.rpc_connect_timeout,
         ),
         chat_template=chat_template,
         warmup_prompt=args.warmup_prompt,
@@ -217,6 +255,40 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def add_rpc_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(
+        parser,
+        "--host",
+        default="127.0.0.1",
+        env="EXO_RPC_HOST",
+        help="address to listen on (0.0.0.0 in a pod: the server has no authentication, so "
+        "keep it on a network only the head reaches)",
+    )
+    _add(
+        parser,
+        "--port",
+        type=_positive_int,
+        default=DEFAULT_RPC_PORT,
+        env="EXO_RPC_PORT",
+        help="port to listen on",
+    )
+    _add(
+        parser,
+        "--threads",
+        type=_positive_int,
+        env="EXO_RPC_THREADS",
+        help="CPU threads of the CPU device (default: the CPUs available)",
+    )
+
+
+def _rpc_worker(args: argparse.Namespace) -> int:
+    from exo_runtime.rpc_worker import run_rpc_worker
+    from exo_runtime.rpc_workers import Endpoint
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    return run_rpc_worker(Endpoint(args.host, args.port), threads)
+
+
 def _fetch_missing(_args: argparse.Namespace) -> int:
     print("exo-runtime fetch: this build has no fetcher (exo_runtime.fetcher)", file=sys.stderr)
     return 2
@@ -228,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="serve a model (OpenAI-compatible API)")
     add_serve_arguments(serve_parser)
     serve_parser.set_defaults(run=_serve)
+    worker_parser = commands.add_parser(
+        "rpc-worker", help="serve this node's device to a head over llama.cpp RPC"
+    )
+    add_rpc_worker_arguments(worker_parser)
+    worker_parser.set_defaults(run=_rpc_worker)
     fetch_parser = commands.add_parser("fetch", help="download a model into a folder")
     try:  # the fetcher is optional at import time so `serve` never depends on it
         from exo_runtime.fetcher import add_fetch_arguments, run_fetch

@@ -97,6 +97,11 @@ def load_engine(
     if require_verified:
         cache_check.require_verified(model_path)
     name = select_engine(model_path, engine)
+    if options.rpc_workers and name != "llamacpp":
+        raise ModelLoadError(
+            f"--rpc-workers splits a GGUF model over llama.cpp workers; {model_path} is a "
+            f"{_FORMAT_NAMES[name]} for the {name} engine: serve it without workers"
+        )
     module_name = _ENGINE_MODULES[name]
     try:
         module = importlib.import_module(module_name)

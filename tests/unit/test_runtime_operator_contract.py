@@ -69,6 +69,10 @@ SPECS: dict[str, dict[str, Any]] = {
         "engine": "mlx",
     },
     "an existing claim": {"source": {"pvc": {"claimName": "models", "path": "m.gguf"}}},
+    "a model split over RPC workers": {
+        "resources": {"gpus": 1},
+        "distributed": {"workers": 2, "tensorSplit": [2, 1, 1]},
+    },
 }
 
 

@@ -147,11 +147,17 @@ def test_workers_get_the_models_placement_and_spread_over_nodes():
 
 
 def test_the_head_adds_every_worker_by_its_stable_name_and_the_split():
-    args = head_args(model(**split(2, tensorSplit=[2, 1, 1])))
+    args = head_args(model(resources={"gpus": 1}, **split(2, tensorSplit=[2, 1, 3])))
     assert flag(args, "--rpc-workers") == (
         "gemma-workers-0.gemma-workers.ml.svc:50052,gemma-workers-1.gemma-workers.ml.svc:50052"
     )
-    assert flag(args, "--tensor-split") == "2,1,1"
+    # llama.cpp's device order: the RPC workers first, then the head's GPU.
+    assert flag(args, "--tensor-split") == "1,3,2"
+
+
+def test_a_head_without_gpus_has_no_share_in_the_split():
+    args = head_args(model(**split(2, tensorSplit=[2, 1, 3])))
+    assert flag(args, "--tensor-split") == "1,3"
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,23 @@ def rpc_connect_timeout(startup_budget: int) -> int:
     return max(1, min(RPC_CONNECT_SECONDS, startup_budget // 2))
 
 
+def _device_split(model: ExoModel) -> list[float] | None:
+    """--tensor-split in llama.cpp's device order.
+
+    The spec lists the head's share first, then the workers'; llama.cpp lists the RPC workers
+    first, then the head's GPUs. A head without GPUs has no device in that list: its CPU keeps
+    only what is never offloaded (the token embeddings), so its share is dropped.
+    """
+    spec = model.spec
+    if not spec.distributed:
+        return spec.engine_args.tensor_split
+    split = spec.distributed.tensor_split
+    if not split:
+        return None
+    head, *workers = split
+    return [*workers, head] if spec.resources.gpus else workers
+
+
 def serve_args(
     model: ExoModel, settings: OperatorSettings, model_bytes: int | None = None
 ) -> list[str]:
@@ -103,11 +120,9 @@ def serve_args(
         # tampered cache sends the model back to Downloading instead of serving garbage.
         args.append("--require-verified")
     ea = spec.engine_args
-    split = spec.distributed.tensor_split if spec.distributed else ea.tensor_split
+    split = _device_split(model)
     optional = {
         "--context-length": ea.context_length,
-        # Across workers: one entry per device, the head's own first, then the workers in the
-        # order of --rpc-workers (the CRD holds the length to workers + 1).
         "--rpc-workers": ",".join(worker_addresses(model)) if spec.distributed else None,
         "--rpc-connect-timeout": (
             rpc_connect_timeout(startup_budget_seconds(model, settings, model_bytes))

@@ -32,6 +32,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from exo_runtime import ggml_backends, rpc, rpc_workers
 from exo_runtime.engine import (
     Chunk,
     EngineOptions,
@@ -45,6 +46,7 @@ from exo_runtime.engine import (
     context_length_in_use,
     warm_up,
 )
+from exo_runtime.ggml_backends import DeviceShare
 from exo_runtime.prefix_cache import PrefixCache
 from exo_runtime.stop_strings import StopStringFilter
 from exo_runtime.structured import MAX_GBNF_NESTING, gbnf_nesting
@@ -76,6 +78,8 @@ _last_llama_level = 0
 # While a thread checks a grammar, llama.cpp's error lines on that thread are kept here (the
 # reason a grammar is refused) instead of logged: a client's bad grammar is not a server error.
 _captured_errors = threading.local()
+# While a model loads: llama.cpp's lines, kept to read how it placed the weights.
+_load_log: list[str] | None = None
 
 
 @llama_cpp.llama_log_callback
@@ -86,6 +90,8 @@ def _llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     if level == _GGML_CONT:
         level = _last_llama_level
     _last_llama_level = level
+    if _load_log is not None:
+        _load_log.append(text.decode("utf-8", errors="replace"))
     if level in (_GGML_WARN, _GGML_ERROR):
         line = text.decode("utf-8", errors="replace").rstrip()
         captured = getattr(_captured_errors, "lines", None)
@@ -143,6 +149,10 @@ class LlamaCppEngine:
     """A loaded GGUF model and its context; driven by one scheduler thread only."""
 
     name = "llamacpp"
+    # Set by load(): the weights each device holds (the head's CPU, RPC workers, GPUs) and
+    # the CPU backend variant ggml picked for this machine.
+    devices: tuple[DeviceShare, ...] = ()
+    cpu_variant: str | None = None
 
     def __init__(
         self,
@@ -754,16 +764,26 @@ def load(
     model_path: str, options: EngineOptions, progress: LoadProgress | None = None
 ) -> LlamaCppEngine:
     """Load `model_path` (a GGUF file); raise ModelLoadError with the file and a remedy."""
+    global _load_log
     _check_model_file(model_path)
     _quiet_llama_logs()
+    ggml_backends.load_dynamic_backends()
     llama_cpp.llama_backend_init()
+    cpu_variant = ggml_backends.cpu_variant()
+    log.info(
+        "llama.cpp CPU backend: %s (%s)",
+        cpu_variant or "built-in",
+        ggml_backends.cpu_backend_file() or "none loaded",
+    )
+    _add_rpc_workers(options)
 
     model_params = llama_cpp.llama_model_default_params()
     if options.gpu_layers is not None:
         model_params.n_gpu_layers = options.gpu_layers
     else:
-        # -1 offloads every layer; a CPU-only build ignores it, but say 0 to be plain.
-        model_params.n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        # -1 offloads every layer to the workers and GPUs; with neither, say 0 to be plain.
+        offload = options.rpc_workers or ggml_backends.has_local_gpu()
+        model_params.n_gpu_layers = -1 if offload else 0
     split = None
     if options.tensor_split:
         max_devices = llama_cpp.llama_max_devices()
@@ -783,7 +803,12 @@ def load(
 
     callback = llama_cpp.llama_progress_callback(on_progress)
     model_params.progress_callback = callback
-    model = llama_cpp.llama_model_load_from_file(model_path.encode(), model_params)
+    _load_log = []
+    try:
+        model = llama_cpp.llama_model_load_from_file(model_path.encode(), model_params)
+        load_lines, _load_log = _load_log, None
+    finally:
+        _load_log = None
     if not model:
         raise ModelLoadError(
             f"llama.cpp could not load {model_path}: the file is truncated, corrupt or of an "
@@ -811,4 +836,27 @@ def load(
             f"{ctx_params.n_ctx} tokens ({options.parallel} x {context_length}): lower "
             "--context-length or --parallel, or give the pod more memory"
         )
-    return LlamaCppEngine(model_path, model, ctx, options, context_length)
+    engine = LlamaCppEngine(model_path, model, ctx, options, context_length)
+    engine.devices = tuple(ggml_backends.weights_per_device(load_lines))
+    engine.cpu_variant = cpu_variant
+    log.info(
+        "weights per device: %s",
+        ", ".join(
+            f"{d.name}{f' ({d.endpoint})' if d.endpoint else ''} {d.bytes / 2**20:.1f} MiB"
+            for d in engine.devices
+        ),
+    )
+    return engine
+
+
+def _add_rpc_workers(options: EngineOptions) -> None:
+    """Wait for every RPC worker to answer, then make each a device llama.cpp loads onto."""
+    if not options.rpc_workers:
+        return
+    endpoints = [rpc_workers.parse_endpoint(text) for text in options.rpc_workers]
+    rpc_workers.wait_for_workers(endpoints, options.rpc_connect_timeout)
+    for endpoint in endpoints:
+        # A worker that dies between its HELLO and here aborts the process in llama.cpp:
+        # the pod restarts and waits again.
+        names = rpc.add_worker(endpoint)
+        log.info("rpc worker %s: device %s", endpoint, ", ".join(names) or "already added")
