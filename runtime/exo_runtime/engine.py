@@ -77,6 +77,7 @@ class SamplingParams:
     # sequence's tokens are drawn only from what the grammar allows, and it ends only once the
     # grammar is complete.
     grammar: str | None = None
+    grammar_field: str = "grammar"  # the request field it came from, for the client's error
 
     @property
     def has_penalties(self) -> bool:
@@ -125,9 +126,20 @@ class Chunk:
     token_id: int | None = None
     finish_reason: FinishReason | None = None
     error: str | None = None
+    # Set when the request itself cannot be served (a grammar no token satisfies): the error is
+    # the client's, a 400 naming this field, and says nothing of the engine's health.
+    error_param: str | None = None
     index: int = 0
     logprob: TokenLogprob | None = None
     cached_tokens: int | None = None
+
+
+class RequestRefused(ValueError):
+    """The request cannot be served as asked, found only while generating; names the field."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelLoadError(RuntimeError):

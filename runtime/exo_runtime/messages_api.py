@@ -612,7 +612,10 @@ class _MessageReply:
                 503, "the server cancelled this generation while shutting down; retry"
             )
         else:
-            self.failure = OpenAIError(500, f"generation failed: {chunk.error}")
+            if chunk.error_param:
+                self.failure = OpenAIError(400, chunk.error or "", param=chunk.error_param)
+            else:
+                self.failure = OpenAIError(500, f"generation failed: {chunk.error}")
 
     def text(self) -> str:
         return "".join(self._parts)

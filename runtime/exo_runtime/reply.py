@@ -79,6 +79,7 @@ class Reply:
         self.choices = [_Choice(text_offset=len(echo)) for _ in range(n)]
         self.tool_format = tool_format  # set: the answers' tool calls are parsed out of the text
         self.error: str | None = None
+        self.error_param: str | None = None  # set: the request's own fault, naming its field
 
     @property
     def completion_tokens(self) -> int:
@@ -101,6 +102,7 @@ class Reply:
             choice.finish_reason = chunk.finish_reason
             if chunk.finish_reason == "error":
                 self.error = chunk.error
+                self.error_param = chunk.error_param
         if chunk.logprob is not None and self.logprobs:
             return choice.add_logprob(chunk.logprob)
         return None

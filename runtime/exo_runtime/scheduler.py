@@ -191,7 +191,10 @@ class Scheduler:
             failure = f"{type(err).__name__}: {err}"
         produced = any(c.token_id is not None for c in chunks)
         if failure is None and not produced:
-            failure = next((c.error for c in chunks if c.finish_reason == "error"), None)
+            # A request refused for its own sake (error_param) says nothing of the engine.
+            failure = next(
+                (c.error for c in chunks if c.finish_reason == "error" and not c.error_param), None
+            )
         if failure is not None:
             self._note_failed_step(failure)
         elif produced and self.failed_steps:

@@ -185,7 +185,7 @@ def with_tool_grammar(engine: Engine, params: SamplingParams, tools: ToolPlan) -
             400, f"tools: the forced call's grammar is refused: {err}", param="tools",
             code="invalid_value",
         ) from err  # fmt: skip
-    return replace(params, grammar=tools.grammar)
+    return replace(params, grammar=tools.grammar, grammar_field="tool_choice")
 
 
 def ready_engine(runtime: Runtime, model: str) -> Engine:
@@ -253,6 +253,7 @@ def _prepared(
         )
     # None: not asked; k: the chosen token's plus k alternatives.
     logprobs = body.logprobs if not chat else (body.top_logprobs or 0) if body.logprobs else None
+    grammar, grammar_field = _grammar(engine, body)
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -267,14 +268,16 @@ def _prepared(
         repetition_penalty=body.repetition_penalty or 1.0,
         logit_bias=logit_bias,
         logprobs=logprobs,
-        grammar=_grammar(engine, body),
+        grammar=grammar,
+        grammar_field=grammar_field,
     )
     return Prepared(body, prompt_tokens, params, chat, n=n)
 
 
-def _grammar(engine: Engine, body: CompletionBody | ChatCompletionBody) -> str | None:
+def _grammar(engine: Engine, body: CompletionBody | ChatCompletionBody) -> tuple[str | None, str]:
     """The grammar the body asks for (`response_format` or a raw `grammar`), which the engine
-    has parsed: a bad one is the client's 400 here, never a failure inside a batch."""
+    has parsed, and the field it came from: a bad one is the client's 400 here, never a
+    failure inside a batch."""
     try:
         from_format = grammar_for_response_format(getattr(body, "response_format", None))
     except StructuredOutputError as err:
@@ -294,7 +297,7 @@ def _grammar(engine: Engine, body: CompletionBody | ChatCompletionBody) -> str |
             engine.check_grammar(grammar)
         except ValueError as err:
             raise OpenAIError(400, f"{param}: {err}", param=param, code="invalid_value") from err
-    return grammar
+    return grammar, param
 
 
 # -- generating ------------------------------------------------------------------------------
@@ -333,6 +336,8 @@ async def generate(runtime: Runtime, request: Request, prepared: Prepared) -> Re
         # Closing the generator now (not at garbage collection) cancels an unfinished sequence.
         await received.aclose()
         disconnected.cancel()
+    if reply.error and reply.error_param:
+        raise OpenAIError(400, reply.error, param=reply.error_param, code="invalid_value")
     if reply.error:
         raise OpenAIError(500, f"generation failed: {reply.error}", type="server_error")
     return JSONResponse(reply.whole())
@@ -446,7 +451,9 @@ async def _stream_events(
                 continue
             choices_left -= 1
             if reply.error:
-                yield _sse({"error": {"message": reply.error, "type": "server_error"}})
+                kind = "invalid_request_error" if reply.error_param else "server_error"
+                error = {"message": reply.error, "type": kind, "param": reply.error_param}
+                yield _sse({"error": error})
             else:
                 empty = "" if not reply.chat else {}
                 yield _sse(reply.event(chunk.index, empty, finish_reason))

@@ -40,6 +40,7 @@ from exo_runtime.engine import (
     GenerationRequest,
     LoadProgress,
     ModelLoadError,
+    RequestRefused,
     SamplingParams,
     TokenLogprob,
     check_prompt_tokens,
@@ -318,6 +319,8 @@ class LlamaCppEngine:
         for batch_index, seq in outputs:
             try:
                 chunks.append(self._sample(seq, batch_index))
+            except RequestRefused as err:
+                chunks += self._fail([seq], str(err), param=err.param)
             except Exception as err:
                 chunks += self._fail([seq], f"{type(err).__name__}: {err}")
         return chunks
@@ -449,9 +452,11 @@ class LlamaCppEngine:
         if token is None or not _grammar_allows(grammar, token):
             token = self._draw(seq.sampler, logits, first=grammar)
             if token is None:
-                raise RuntimeError(
-                    f"the grammar allows no token after {seq.generated} generated tokens "
-                    "(it needs text this model's vocabulary cannot produce)"
+                raise RequestRefused(
+                    f"{seq.request.params.grammar_field}: the grammar allows no token after "
+                    f"{seq.generated} generated tokens (it needs text this model's vocabulary "
+                    "cannot produce)",
+                    seq.request.params.grammar_field,
                 )
         if token not in seq.end_ids:
             llama_cpp.llama_sampler_accept(grammar, token)
@@ -626,15 +631,21 @@ class LlamaCppEngine:
             llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
             self._free_seq_ids.append(slot)
 
-    def _fail(self, seqs: list[_Sequence], reason: str) -> list[Chunk]:
-        """End `seqs` with an error chunk each, freeing their slots and KV cells."""
+    def _fail(self, seqs: list[_Sequence], reason: str, param: str | None = None) -> list[Chunk]:
+        """End `seqs` with an error chunk each, freeing their slots and KV cells; `param` names
+        the request field to blame when the request, not the engine, is at fault."""
         chunks = []
         for seq in seqs:
             if seq.key in self._active:
                 self._release(seq, keep_cells=False)
             chunks.append(
                 Chunk(
-                    seq.request.request_id, "", finish_reason="error", error=reason, index=seq.index
+                    seq.request.request_id,
+                    "",
+                    finish_reason="error",
+                    error=reason,
+                    error_param=param,
+                    index=seq.index,
                 )
             )
         return chunks
