@@ -59,6 +59,10 @@ def worker_pod_name(model: ExoModel, ordinal: int) -> str:
     return f"{workers_name(model)}-{ordinal}"
 
 
+# exo-runtime rpc-worker's default port.
+RPC_PORT = 50052
+
+
 def worker_address(model: ExoModel, ordinal: int, port: int) -> str:
     """A worker's stable host:port, through the headless Service (it survives a restart)."""
     service = workers_name(model)

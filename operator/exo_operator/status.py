@@ -13,7 +13,14 @@ from exo_operator.cache_proof import (
     refuted_since_proof,
 )
 from exo_operator.model import ExoModel
-from exo_operator.naming import TEMPLATE_HASH_LABEL, endpoint, selector_string, worker_pod_name
+from exo_operator.naming import (
+    RPC_PORT,
+    TEMPLATE_HASH_LABEL,
+    endpoint,
+    selector_string,
+    worker_address,
+    worker_pod_name,
+)
 from exo_operator.runtime_events import (
     FETCH_EVENTS,
     download_progress,
@@ -424,6 +431,34 @@ def _member(name: str, role: str, ready: bool, pod: dict[str, Any] | None) -> di
     return member
 
 
+def _add_member_bytes(
+    model: ExoModel, members: list[dict[str, Any]], head_events: list[dict[str, Any] | None]
+) -> None:
+    """Each member's bytes of weights, from the devices its head's ready line lists: a worker
+    by its RPC endpoint, the head by everything else (its CPU and GPUs)."""
+    devices = next((e["devices"] for e in head_events if e and e.get("devices")), None)
+    if not isinstance(devices, list):
+        return
+    by_endpoint: dict[str, int] = {}
+    on_head = 0
+    for device in devices:
+        size = device.get("bytes") if isinstance(device, dict) else None
+        if not isinstance(size, int):
+            continue
+        if device.get("endpoint"):
+            by_endpoint[device["endpoint"]] = by_endpoint.get(device["endpoint"], 0) + size
+        else:
+            on_head += size
+    workers = [m for m in members if m["role"] == "worker"]
+    for i, member in enumerate(workers):
+        address = worker_address(model, i, RPC_PORT)
+        if address in by_endpoint:
+            member["bytes"] = by_endpoint[address]
+    for member in members:
+        if member["role"] == "head":
+            member["bytes"] = on_head
+
+
 def _worker_not_ready(group: WorkerGroup) -> str:
     names = ", ".join(group.not_ready)
     why = f"; {group.problems[0].message}" if group.problems else ""
@@ -535,7 +570,7 @@ def aggregate(
         "replicas": len(live_pods),
         "readyReplicas": len(ready_current),
         "readyText": f"{len(ready_current)}/{desired}",
-        **_member_status(model, prev, current, group),
+        **_member_status(model, prev, current, group, obs.ready_events),
         "selector": selector_string(model),
         "endpoint": endpoint(model, obs.runtime_port),
         **_reported_serving(model, ready_current, obs.ready_events),
@@ -577,7 +612,11 @@ def aggregate(
 
 
 def _member_status(
-    model: ExoModel, prev: dict[str, Any], heads: list[dict[str, Any]], group: WorkerGroup
+    model: ExoModel,
+    prev: dict[str, Any],
+    heads: list[dict[str, Any]],
+    group: WorkerGroup,
+    ready_events: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """status.members, readyMembers and desiredMembers of a distributed model, with readyText
     counting members; for any other model, None for each that a former spec left (a merge
@@ -585,9 +624,10 @@ def _member_status(
     if not model.spec.distributed:
         keys = ("members", "readyMembers", "desiredMembers")
         return {k: None for k in keys if prev.get(k) is not None}
-    members = [
-        _member(_name(p), "head", pod_is_ready(p), p) for p in sorted(heads, key=_name)
-    ] + group.members
+    members = [_member(_name(p), "head", pod_is_ready(p), p) for p in sorted(heads, key=_name)] + [
+        dict(m) for m in group.members
+    ]
+    _add_member_bytes(model, members, [ready_events.get(_name(p)) for p in heads])
     ready = sum(1 for m in members if m["ready"])
     wanted = model.spec.replicas * (1 + model.spec.distributed.workers)
     return {

@@ -117,6 +117,9 @@ def report_ready(runtime: RuntimeState) -> None:
         "engine": runtime.engine.name,
         "contextLength": runtime.engine.context_length,
     }
+    devices = getattr(runtime.engine, "devices", ())
+    if devices:  # a model split over RPC workers: the bytes of weights each device holds
+        event["devices"] = [d.as_dict() for d in devices]
     print(json.dumps(event), flush=True)
 
 

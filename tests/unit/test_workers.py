@@ -4,10 +4,10 @@ import pytest
 from _models import model
 from exo_operator.children.deployment import runtime_deployment_for
 from exo_operator.children.workers import (
-    RPC_PORT,
     workers_service_for,
     workers_statefulset_for,
 )
+from exo_operator.naming import RPC_PORT
 from exo_operator.plan import desired_children, obsolete_children
 from exo_operator.settings import OperatorSettings
 

@@ -30,7 +30,7 @@ def _pod(name, labels, ready, node, **status):
     }
 
 
-def observed(heads, workers, previous_phase=None, **spec):
+def observed(heads, workers, previous_phase=None, ready_events=None, **spec):
     m = model(distributed={"workers": WORKERS}, **spec)
     key = cache_key(m.spec.source)
     previous = {"cacheKey": key} | ({"phase": previous_phase} if previous_phase else {})
@@ -41,6 +41,7 @@ def observed(heads, workers, previous_phase=None, **spec):
         claim=claim(stamp=(key, "2026-01-01T11:01:00Z")),
         runtime_pods=heads,
         worker_pods=workers,
+        ready_events=ready_events or {},
     )
 
 
@@ -63,6 +64,23 @@ def test_the_head_and_every_worker_ready_is_ready_three_of_three_with_members():
     # The scale subresource still counts head pods.
     assert status["replicas"] == 1 and status["readyReplicas"] == 1
     assert [e.reason for e in events] == ["Ready"]
+
+
+def test_each_member_shows_the_bytes_of_weights_its_head_placed_on_it():
+    at = "gemma-workers-{}.gemma-workers.ml.svc:50052".format
+    devices = [
+        {"name": "RPC0", "bytes": 36_000_000, "endpoint": at(0)},
+        {"name": "RPC1", "bytes": 199_000_000, "endpoint": at(1)},
+        {"name": "CPU", "bytes": 170_000_000},
+    ]
+    events = {"gemma-abc12": {"event": "ready", "devices": devices}}
+    status, _ = aggregate(observed([head()], [worker(0), worker(1)], ready_events=events), NOW)
+    assert [m.get("bytes") for m in status["members"]] == [170_000_000, 36_000_000, 199_000_000]
+
+
+def test_members_have_no_bytes_until_the_head_reports_them():
+    status, _ = aggregate(observed([head()], [worker(0), worker(1)]), NOW)
+    assert all("bytes" not in m for m in status["members"])
 
 
 @pytest.mark.parametrize("previous", ["Ready", "Degraded"])

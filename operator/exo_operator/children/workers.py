@@ -27,6 +27,7 @@ from exo_operator.children.pod_security import (
 )
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
+    RPC_PORT,
     WORKER,
     component_labels,
     worker_address,
@@ -35,8 +36,6 @@ from exo_operator.naming import (
 )
 from exo_operator.settings import OperatorSettings
 
-# exo-runtime rpc-worker's default port.
-RPC_PORT = 50052
 # A worker only relays tensors and computes: it has no request to drain, so it may stop fast.
 WORKER_GRACE_SECONDS = 10
 # The weight of the preference to spread a group's workers over nodes: the highest, because a
