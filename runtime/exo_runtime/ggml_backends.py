@@ -38,10 +38,26 @@ def library_dir() -> Path:
     return Path(llama_cpp.llama_cpp._base_path)
 
 
+def _loaded_libggml() -> str:
+    """The libggml file libllama was linked against, as this process mapped it.
+
+    A wheel cannot hold symlinks, so libggml.so, libggml.so.0 and libggml.so.0.x are three
+    copies of one library: opening another copy than libllama's would give ggml a second,
+    empty backend registry that llama.cpp never sees.
+    """
+    import llama_cpp.llama_cpp  # noqa: F401  (maps libllama, and with it its libggml)
+
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+        if re.fullmatch(r"libggml\.so(\.\d+)*", Path(path).name):
+            return path
+    return str(library_dir() / "libggml.so")  # not linked in separately (a static build)
+
+
 @cache
 def libggml() -> ctypes.CDLL:
     """libggml, the registry's library, with the signatures the runtime calls."""
-    lib = ctypes.CDLL(str(library_dir() / "libggml.so"))
+    lib = ctypes.CDLL(_loaded_libggml())
     p, size, c_str = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
     for name, restype, argtypes in (
         ("ggml_backend_load_all_from_path", None, [c_str]),
