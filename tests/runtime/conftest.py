@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from runtime_process import RuntimeProcess, launch
+from runtime_process import RuntimeProcess, launch, ready_runtime
 
 
 @pytest.fixture
@@ -33,16 +33,8 @@ def shared_runtime(
     gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RuntimeProcess]:
     """One ready server for the tests that only send requests (8 slots, 512-token context)."""
-    runtime = launch(
-        gemma_gguf,
-        tmp_path_factory.mktemp("shared-runtime"),
-        "--context-length",
-        "512",
-        "--parallel",
-        "8",
-    )
-    try:
-        runtime.wait_ready()
+    with ready_runtime(
+        gemma_gguf, tmp_path_factory.mktemp("shared-runtime"), "--context-length", "512",
+        "--parallel", "8",
+    ) as runtime:  # fmt: skip
         yield runtime
-    finally:
-        runtime.stop()

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +82,14 @@ def launch(model: Path, log_dir: Path, *args: str) -> RuntimeProcess:
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     return RuntimeProcess(proc, f"http://127.0.0.1:{port}", log_path)
+
+
+@contextmanager
+def ready_runtime(model: Path, log_dir: Path, *args: str) -> Iterator[RuntimeProcess]:
+    """`launch`, ready to answer, stopped on the way out (a module fixture's whole body)."""
+    runtime = launch(model, log_dir, *args)
+    try:
+        runtime.wait_ready()
+        yield runtime
+    finally:
+        runtime.stop()

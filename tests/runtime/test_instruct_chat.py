@@ -12,7 +12,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from runtime_process import RuntimeProcess, launch
+from runtime_process import RuntimeProcess, ready_runtime
 
 pytestmark = pytest.mark.runtime
 
@@ -33,16 +33,12 @@ def instruct_runtime(
     smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RuntimeProcess]:
     # The later --model-name wins over the tier's default.
-    runtime = launch(
+    with ready_runtime(
         smollm2_gguf,
         tmp_path_factory.mktemp("instruct-runtime"),
         "--context-length", "512", "--parallel", "2", "--model-name", MODEL_NAME,
-    )  # fmt: skip
-    try:
-        runtime.wait_ready()
+    ) as runtime:  # fmt: skip
         yield runtime
-    finally:
-        runtime.stop()
 
 
 @pytest.fixture(scope="module")

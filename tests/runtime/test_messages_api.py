@@ -17,7 +17,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from runtime_process import RuntimeProcess, launch
+from runtime_process import RuntimeProcess, ready_runtime
 
 pytestmark = pytest.mark.runtime
 
@@ -36,17 +36,13 @@ TEMPLATE_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 def messages_runtime(
     smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RuntimeProcess]:
-    runtime = launch(
+    with ready_runtime(
         smollm2_gguf,
         tmp_path_factory.mktemp("messages-runtime"),
         "--context-length", "512", "--parallel", "2", "--model-name", MODEL_NAME,
         "--api-key", API_KEY, "--max-prompt-bytes", str(MAX_PROMPT_BYTES),
-    )  # fmt: skip
-    try:
-        runtime.wait_ready()
+    ) as runtime:  # fmt: skip
         yield runtime
-    finally:
-        runtime.stop()
 
 
 @pytest.fixture(scope="module")

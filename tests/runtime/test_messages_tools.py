@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
-import jsonschema_rs
+import jsonschema
 import pytest
 from runtime_process import RuntimeProcess, launch
 
@@ -82,7 +82,7 @@ def test_a_forced_tool_use_block_is_valid_against_its_input_schema(
     (block,) = message.content
     assert block.type == "tool_use" and block.id.startswith("toolu_")
     assert block.name in names
-    jsonschema_rs.validate(SCHEMAS[block.name], block.input)
+    jsonschema.validate(block.input, SCHEMAS[block.name])
 
 
 def test_a_streamed_tool_use_reassembles_to_the_same_block(

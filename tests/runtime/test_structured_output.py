@@ -16,7 +16,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from runtime_process import RuntimeProcess, launch
+from runtime_process import RuntimeProcess, ready_runtime
 
 pytestmark = pytest.mark.runtime
 
@@ -93,16 +93,12 @@ SCHEMAS = {
 def structured_runtime(
     smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RuntimeProcess]:
-    runtime = launch(
+    with ready_runtime(
         smollm2_gguf,
         tmp_path_factory.mktemp("structured-runtime"),
         "--context-length", "1024", "--parallel", "4", "--model-name", MODEL_NAME,
-    )  # fmt: skip
-    try:
-        runtime.wait_ready()
+    ) as runtime:  # fmt: skip
         yield runtime
-    finally:
-        runtime.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-import jsonschema_rs
+import jsonschema
 import openai
 import pytest
-from runtime_process import RuntimeProcess, launch
+from runtime_process import RuntimeProcess, ready_runtime
 
 pytestmark = pytest.mark.runtime
 
@@ -60,15 +60,11 @@ GET_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def _serve(model: Path, log_dir: Path, *args: str) -> Iterator[RuntimeProcess]:
-    runtime = launch(
+    with ready_runtime(
         model, log_dir, "--context-length", "1024", "--parallel", "2",
         "--model-name", MODEL_NAME, *args,
-    )  # fmt: skip
-    try:
-        runtime.wait_ready()
+    ) as runtime:  # fmt: skip
         yield runtime
-    finally:
-        runtime.stop()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +114,7 @@ def test_a_forced_call_is_valid_against_its_function_s_schema(
     (call,) = choice.message.tool_calls
     assert call.id.startswith("call_") and call.type == "function"
     assert call.function.name in names
-    jsonschema_rs.validate(SCHEMAS[call.function.name], json.loads(call.function.arguments))
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
 def test_a_streamed_call_reassembles_to_the_same_call(client: openai.OpenAI, weather_reply) -> None:
