@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -171,3 +172,31 @@ def wait_for_workers(
                 timeout,
             )
         sleep(poll_interval)
+
+
+def watch_workers(endpoints: Sequence[Endpoint], on_lost: Callable[[Endpoint, str], None]) -> None:
+    """Call `on_lost(endpoint, why)` from a thread of its own once a worker goes away.
+
+    A worker serves one client at a time, so this connection waits in its accept queue behind
+    llama.cpp's own and is never read; when the worker's process ends, its kernel resets every
+    connection it held, the queued one too, and the read here returns. Open it only once the
+    model is loaded, so that it never takes the place of llama.cpp's connection. Without it, a
+    worker restarted under the same name would leave the head ready but unable to compute.
+    """
+    for endpoint in endpoints:
+        try:
+            sock = socket.create_connection((endpoint.host, endpoint.port), timeout=5.0)
+        except OSError as err:
+            on_lost(endpoint, f"cannot connect again: {err.strerror or err}")
+            return
+        sock.settimeout(None)
+
+        def watch(sock: socket.socket = sock, endpoint: Endpoint = endpoint) -> None:
+            with sock:
+                try:
+                    why = "it sent data unasked" if sock.recv(1) else "it closed the connection"
+                except OSError as err:
+                    why = f"the connection failed: {err.strerror or err}"
+            on_lost(endpoint, why)
+
+        threading.Thread(target=watch, name=f"rpc-watch-{endpoint}", daemon=True).start()

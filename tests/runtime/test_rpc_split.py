@@ -157,3 +157,32 @@ def test_a_head_whose_worker_speaks_another_protocol_fails_naming_it(start_runti
         f"exo-runtime: load failed: rpc worker version mismatch: 127.0.0.1:{port} speaks RPC "
         "protocol 6.0.0" in head.log()
     )
+
+
+def test_a_head_whose_worker_goes_away_exits_naming_it(start_runtime, tmp_path) -> None:
+    # Its layers are gone with it: the head must not stay ready. It exits at once, so that
+    # the kubelet restarts it and it loads onto the worker made again under the same name.
+    worker = start_worker(tmp_path)
+    wait_listening(worker)
+    head = start_runtime("--rpc-workers", worker.endpoint, *SMALL)
+    httpx.get(f"{head.base_url}/readyz").raise_for_status()
+    worker.proc.kill()
+    worker.proc.wait(timeout=10)
+    assert wait_exit(head, timeout=30) == 1
+    assert f"exo-runtime: rpc worker lost: {worker.endpoint} (" in head.log()
+
+
+def test_a_head_keeps_serving_while_its_workers_stay(start_runtime, tmp_path) -> None:
+    # The watch holds a connection in the worker's accept queue: it must never take the place
+    # of llama.cpp's own, nor end a healthy head.
+    worker = start_worker(tmp_path)
+    wait_listening(worker)
+    try:
+        head = start_runtime("--rpc-workers", worker.endpoint, *SMALL)
+        client = openai.OpenAI(base_url=f"{head.base_url}/v1", api_key="unused", max_retries=0)
+        for _ in range(2):
+            reply = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=4)
+            assert reply.usage.completion_tokens == 4
+        assert head.proc.poll() is None, head.log()
+    finally:
+        worker.proc.kill()

@@ -24,6 +24,7 @@ import ctypes
 import logging
 import math
 import os
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -857,7 +858,26 @@ def load(
             for d in engine.devices
         ),
     )
+    if options.rpc_workers:
+        endpoints = [rpc_workers.parse_endpoint(text) for text in options.rpc_workers]
+        rpc_workers.watch_workers(endpoints, _exit_for_lost_worker)
     return engine
+
+
+def _exit_for_lost_worker(endpoint: rpc_workers.Endpoint, why: str) -> None:
+    """A worker gone holds layers no other process has: the head cannot compute any more.
+
+    Exit at once, so that the kubelet restarts the head, which waits for the worker (made again
+    under its stable name) and loads onto it. llama.cpp would abort on the next token anyway,
+    or, with a worker restarted meanwhile, compute with layers that are no longer there.
+    """
+    line = (
+        f"exo-runtime: rpc worker lost: {endpoint} ({why}); exiting so that the pod restarts "
+        "and loads the model onto it again"
+    )
+    log.error("%s", line)
+    print(line, file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def _add_rpc_workers(options: EngineOptions) -> None:
