@@ -64,6 +64,9 @@ LOAD_FAILED_MARK = "load failed"
 WORKER_FAILURES = {
     "rpc worker unreachable": "WorkerUnreachable",
     "rpc worker version mismatch": "WorkerVersionMismatch",
+    # Not a load failure: a worker of a serving head went away, and the head exited to load
+    # onto it again once it is back ("exo-runtime: rpc worker lost: HOST:PORT (...)").
+    "rpc worker lost": "WorkerLost",
 }
 
 
@@ -184,7 +187,8 @@ def pod_problem(pod: dict[str, Any], volume_problem: Finding | None = None) -> F
 
 
 def _worker_failure(message: str) -> Finding | None:
-    """WorkerUnreachable or WorkerVersionMismatch from the head's termination message."""
+    """WorkerUnreachable, WorkerVersionMismatch or WorkerLost from the head's termination
+    message."""
     for line in reversed(message.splitlines()):
         for mark, reason in WORKER_FAILURES.items():
             if mark in line:
@@ -533,7 +537,8 @@ def aggregate(
         phase, why = "Ready", Finding("Ready", loaded)
     elif problems:
         first = problems[0]
-        if ready_any:
+        recovering = first.reason == "WorkerLost" and prev.get("phase") in ("Ready", "Degraded")
+        if ready_any or recovering:
             phase = "Degraded"
         elif first.reason in FATAL_REASONS:
             phase = "Failed"

@@ -174,6 +174,14 @@ def wait_for_workers(
         sleep(poll_interval)
 
 
+def lost_worker_line(endpoint: Endpoint, why: str) -> str:
+    """What a head prints (and the operator reads) when it exits for a worker gone away."""
+    return (
+        f"exo-runtime: rpc worker lost: {endpoint} ({why}); exiting so that the pod restarts "
+        "and loads the model onto it again"
+    )
+
+
 def watch_workers(endpoints: Sequence[Endpoint], on_lost: Callable[[Endpoint, str], None]) -> None:
     """Call `on_lost(endpoint, why)` from a thread of its own once a worker goes away.
 

@@ -27,6 +27,7 @@ from exo_operator.status import pod_problem
 from exo_runtime import server
 from exo_runtime.cache_check import NOT_VERIFIED
 from exo_runtime.cli import build_parser
+from exo_runtime.rpc_workers import lost_worker_line, parse_endpoint
 
 CRD = Path(__file__).parents[2] / "crds" / "exo.dev_exomodels.yaml"
 SETTINGS = OperatorSettings(runtime_image="exo-runtime:dev")
@@ -150,6 +151,13 @@ def test_the_load_failure_the_runtime_reports_is_read_by_the_operator(
     assert reason in found.message
     if finding == "CacheNotVerified":
         assert message.startswith(CACHE_NOT_VERIFIED_MARK)
+
+
+def test_the_line_of_a_head_that_lost_a_worker_is_read_by_the_operator() -> None:
+    endpoint = parse_endpoint("split-workers-1.split-workers.ml.svc:50052")
+    found = pod_problem(_terminated_pod(lost_worker_line(endpoint, "it closed the connection")))
+    assert found is not None and found.reason == "WorkerLost"
+    assert str(endpoint) in found.message
 
 
 def _defaults(schema: dict[str, Any], path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

@@ -147,6 +147,17 @@ def test_the_heads_worker_failures_become_reasons_naming_the_worker(line, reason
     assert ADDRESS in status["message"]
 
 
+@pytest.mark.parametrize(("previous", "phase"), [("Ready", "Degraded"), (None, "Pending")])
+def test_a_head_that_lost_a_worker_is_recovering_not_failed(previous, phase):
+    # The head exited to load onto the worker again: restarted, it waits for it.
+    line = f"exo-runtime: rpc worker lost: {ADDRESS} (it closed the connection); exiting"
+    pod = head(ready=False, containerStatuses=terminated(line))
+    status, _ = aggregate(observed([pod], [worker(0), worker(1, ready=False)], previous), NOW)
+    assert status["phase"] == phase
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] == "WorkerLost"
+    assert ADDRESS in status["message"]
+
+
 def test_other_load_failures_stay_load_failed():
     pod = head(ready=False, containerStatuses=terminated("exo-runtime: load failed: bad magic"))
     assert pod_problem(pod).reason == "LoadFailed"

@@ -871,10 +871,7 @@ def _exit_for_lost_worker(endpoint: rpc_workers.Endpoint, why: str) -> None:
     under its stable name) and loads onto it. llama.cpp would abort on the next token anyway,
     or, with a worker restarted meanwhile, compute with layers that are no longer there.
     """
-    line = (
-        f"exo-runtime: rpc worker lost: {endpoint} ({why}); exiting so that the pod restarts "
-        "and loads the model onto it again"
-    )
+    line = rpc_workers.lost_worker_line(endpoint, why)
     log.error("%s", line)
     print(line, file=sys.stderr, flush=True)
     os._exit(1)
