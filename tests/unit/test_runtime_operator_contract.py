@@ -26,6 +26,7 @@ from exo_operator.settings import OperatorSettings
 from exo_operator.status import pod_problem
 from exo_runtime import server
 from exo_runtime.cache_check import NOT_VERIFIED
+from exo_runtime.chat_template import read_override
 from exo_runtime.cli import build_parser
 from exo_runtime.rpc_workers import lost_worker_line, parse_endpoint
 
@@ -151,6 +152,11 @@ def test_the_load_failure_the_runtime_reports_is_read_by_the_operator(
     assert reason in found.message
     if finding == "CacheNotVerified":
         assert message.startswith(CACHE_NOT_VERIFIED_MARK)
+
+
+def test_a_shipped_template_named_in_the_spec_is_found_by_the_runtime() -> None:
+    args = parse(serve_args(model(chatTemplate="chatml-tools"), SETTINGS))
+    assert "tools" in read_override(args.chat_template)
 
 
 def test_the_line_of_a_head_that_lost_a_worker_is_read_by_the_operator() -> None:
