@@ -26,7 +26,6 @@ import math
 import os
 import sys
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from exo_runtime.engine import (
     context_length_in_use,
     warm_up,
 )
+from exo_runtime.engines.request_book import RequestBook, end_of_turn_ids
 from exo_runtime.ggml_backends import DeviceShare
 from exo_runtime.prefix_cache import PrefixCache
 from exo_runtime.stop_strings import StopStringFilter
@@ -57,20 +57,6 @@ GGUF_MAGIC = b"GGUF"
 # A GGUF header (magic, version, tensor count, metadata count) is 24 bytes; anything shorter
 # cannot be a model.
 GGUF_MIN_BYTES = 24
-# Markers that end an assistant turn in the chat formats we know; looked up in the vocabulary
-# because some GGUFs do not flag them as end-of-generation. The start of a new turn ends the
-# answer too: base models often open the next turn without closing their own.
-END_OF_TURN_MARKERS = (
-    "<end_of_turn>",
-    "<start_of_turn>",
-    "<|eot_id|>",
-    "<|start_header_id|>",
-    "<|im_end|>",
-    "<|im_start|>",
-    "<|end|>",
-    "<|endoftext|>",
-)
-
 log = logging.getLogger(__name__)
 
 
@@ -147,7 +133,7 @@ class _Sequence:
         return (self.request.request_id, self.index)
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(RequestBook):
     """A loaded GGUF model and its context; driven by one scheduler thread only."""
 
     name = "llamacpp"
@@ -164,6 +150,7 @@ class LlamaCppEngine:
         options: EngineOptions,
         context_length: int,
     ) -> None:
+        super().__init__()
         self.model_path = model_path
         self.context_length = context_length
         self._model = model
@@ -186,10 +173,8 @@ class LlamaCppEngine:
         # A sliding-window model may overwrite its oldest cells: a prefix is reusable only
         # while the window before it is still held (llama-server's check).
         self._n_swa = llama_cpp.llama_model_n_swa(model)
-        self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[tuple[str, int], _Sequence] = {}
-        self._cancelled: set[str] = set()
-        self._end_ids = frozenset(self._find_end_of_turn_ids())
+        self._end_ids = self._find_end_of_turn_ids()
         # Built at the first constrained request: the candidate array its samplers run on, and
         # the control tokens a grammar must not see (below).
         self._candidates: np.ndarray | None = None
@@ -211,13 +196,13 @@ class LlamaCppEngine:
         text = llama_cpp.llama_vocab_get_text(self._vocab, token)
         return text.decode("utf-8", errors="replace") if text else ""
 
-    def _find_end_of_turn_ids(self) -> set[int]:
-        ids = {t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)}
-        for marker in END_OF_TURN_MARKERS:
+    def _find_end_of_turn_ids(self) -> frozenset[int]:
+        def single_token_id(marker: str) -> int | None:
             tokens = self.tokenize(marker, add_special=False)
-            if len(tokens) == 1:
-                ids.add(tokens[0])
-        return ids
+            return tokens[0] if len(tokens) == 1 else None
+
+        eog = (t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
+        return end_of_turn_ids(eog, single_token_id)
 
     def embedded_chat_template(self) -> str | None:
         return self._meta("tokenizer.chat_template")
@@ -293,12 +278,6 @@ class LlamaCppEngine:
             self.check_grammar(request.params.grammar)
         self._waiting.append(request)
 
-    def cancel(self, request_id: str) -> None:
-        self._cancelled.add(request_id)
-
-    def has_work(self) -> bool:
-        return bool(self._waiting or self._active or self._cancelled)
-
     def step(self) -> list[Chunk]:
         chunks = self._drop_cancelled()
         self._admit_waiting()
@@ -328,25 +307,6 @@ class LlamaCppEngine:
 
     def abort_active(self) -> list[str]:
         return [chunk.request_id for chunk in self._fail(list(self._active.values()), "aborted")]
-
-    def _drop_cancelled(self) -> list[Chunk]:
-        if not self._cancelled:
-            return []
-        chunks = []
-        for request_id in self._cancelled:
-            seqs = [s for s in self._active.values() if s.request.request_id == request_id]
-            for seq in seqs:
-                self._release(seq)
-                chunks.append(Chunk(request_id, "", finish_reason="cancelled", index=seq.index))
-            if seqs:
-                continue
-            for request in self._waiting:
-                if request.request_id == request_id:
-                    self._waiting.remove(request)
-                    chunks.append(Chunk(request_id, "", finish_reason="cancelled"))
-                    break
-        self._cancelled.clear()
-        return chunks
 
     def _admit_waiting(self) -> None:
         # First come, first served: a request for n choices waits for n slots, free or

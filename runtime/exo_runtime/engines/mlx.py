@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,9 @@ from exo_runtime.engine import (
     context_length_in_use,
     warm_up,
 )
+from exo_runtime.engines.request_book import RequestBook, end_of_turn_ids
 from exo_runtime.prefix_cache import MIN_PREFIX_TOKENS
 from exo_runtime.stop_strings import StopStringFilter
-
-# Markers that end an assistant turn in the chat formats we know, looked up in the vocabulary
-# because a model's config may list only its plain EOS.
-END_OF_TURN_MARKERS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>")
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +53,10 @@ class _Sequence:
     stop_filter: StopStringFilter
     generated: int = 0
     cached_tokens: int | None = 0  # prompt tokens from the prefix cache; told with chunk one
+    index: int = 0  # the request's one choice: this engine refuses n > 1
 
 
-class MlxEngine:
+class MlxEngine(RequestBook):
     """A loaded MLX model and its batch generator; driven by one scheduler thread only."""
 
     name = "mlx"
@@ -67,6 +64,7 @@ class MlxEngine:
     def __init__(
         self, model_path: str, model: Any, tokenizer: Any, config: dict, options: EngineOptions
     ) -> None:
+        super().__init__()
         self.model_path = model_path
         trained = config.get("max_position_embeddings")
         self.context_length = context_length_in_use(options, trained)
@@ -93,19 +91,14 @@ class MlxEngine:
             prefill_batch_size=options.parallel,
             prefill_step_size=options.batch_size,
         )
-        self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[int, _Sequence] = {}  # by BatchGenerator uid
-        self._cancelled: set[str] = set()
         entries = options.prefix_cache_entries
         self._prompt_cache = LRUPromptCache(max_size=entries) if entries > 0 else None
 
     # -- model facts -------------------------------------------------------------------------
 
-    def _find_end_of_turn_ids(self) -> set[int]:
-        ids = set(self._tokenizer.eos_token_ids)
-        vocab = self._hf.get_vocab()
-        ids.update(vocab[m] for m in END_OF_TURN_MARKERS if m in vocab)
-        return ids
+    def _find_end_of_turn_ids(self) -> frozenset[int]:
+        return end_of_turn_ids(self._tokenizer.eos_token_ids, self._hf.get_vocab().get)
 
     def embedded_chat_template(self) -> str | None:
         template = getattr(self._hf, "chat_template", None)
@@ -146,12 +139,6 @@ class MlxEngine:
         check_prompt_tokens(request, self.vocab_size)
         self._waiting.append(request)
 
-    def cancel(self, request_id: str) -> None:
-        self._cancelled.add(request_id)
-
-    def has_work(self) -> bool:
-        return bool(self._waiting or self._active or self._cancelled)
-
     def step(self) -> list[Chunk]:
         chunks = self._drop_cancelled()
         self._admit_waiting()
@@ -172,19 +159,6 @@ class MlxEngine:
     def _next_responses(self) -> list[Any]:
         _prompt_progress, generated = self._generator.next()
         return generated
-
-    def _drop_cancelled(self) -> list[Chunk]:
-        if not self._cancelled:
-            return []
-        chunks = []
-        for seq in [s for s in self._active.values() if s.request.request_id in self._cancelled]:
-            self._release(seq)
-            chunks.append(Chunk(seq.request.request_id, "", finish_reason="cancelled"))
-        for request in [r for r in self._waiting if r.request_id in self._cancelled]:
-            self._waiting.remove(request)
-            chunks.append(Chunk(request.request_id, "", finish_reason="cancelled"))
-        self._cancelled.clear()
-        return chunks
 
     def _admit_waiting(self) -> None:
         while self._waiting and len(self._active) < self._parallel:
