@@ -59,8 +59,9 @@ def worker_pod_name(model: ExoModel, ordinal: int) -> str:
     return f"{workers_name(model)}-{ordinal}"
 
 
-# exo-runtime rpc-worker's default port.
+# exo-runtime rpc-worker's default port, and the port of its GET /healthz (the next one).
 RPC_PORT = 50052
+RPC_HEALTH_PORT = RPC_PORT + 1
 
 
 def worker_address(model: ExoModel, ordinal: int, port: int) -> str:

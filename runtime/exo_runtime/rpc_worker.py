@@ -7,21 +7,54 @@ share over the connection.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
-from exo_runtime.rpc_workers import Endpoint, WorkerUnreachable, hello
+from exo_runtime.rpc_workers import (
+    HEALTH_PATH,
+    Endpoint,
+    WorkerUnreachable,
+    health_port,
+    hello,
+)
 
 log = logging.getLogger("exo_runtime.rpc_worker")
 
 # How long the worker waits for its own server to answer HELLO before it calls the start
 # failed (the server binds within milliseconds; the margin is for a loaded node).
 LISTEN_TIMEOUT = 30.0
+
+
+def _serve_health(endpoint: Endpoint, server: threading.Thread) -> ThreadingHTTPServer:
+    """GET /healthz on the port after the RPC port: 200 with this process's boot id while the
+    RPC server runs. The probes and the head ask here, never the RPC port, whose server takes
+    one client at a time."""
+    boot = uuid.uuid4().hex
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            alive = self.path == HEALTH_PATH and server.is_alive()
+            body = json.dumps({"boot": boot}).encode() if alive else b"{}"
+            self.send_response(200 if alive else 503 if self.path == HEALTH_PATH else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # a probe every few seconds is not news
+
+    http = ThreadingHTTPServer((endpoint.host or "0.0.0.0", health_port(endpoint)), Health)
+    threading.Thread(target=http.serve_forever, name="rpc-health", daemon=True).start()
+    return http
 
 
 def _own_address(endpoint: Endpoint) -> Endpoint:
@@ -64,14 +97,26 @@ def run_rpc_worker(endpoint: Endpoint, threads: int) -> int:
             flush=True,
         )
         return 1
+    try:
+        _serve_health(endpoint, server)
+    except OSError as err:
+        print(
+            f"exo-runtime rpc-worker: cannot serve {HEALTH_PATH} on port {health_port(endpoint)}: "
+            f"{err.strerror or err}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     variant = ggml_backends.cpu_variant()
     log.info(
-        "rpc worker listening on %s: RPC protocol %s, devices %s, cpu backend %s, %d threads",
+        "rpc worker listening on %s: RPC protocol %s, devices %s, cpu backend %s, %d threads; "
+        "health on port %d",
         endpoint,
         ".".join(map(str, version)),
         ", ".join(names),
         variant or "built-in",
         threads,
+        health_port(endpoint),
     )
     while not stop.wait(0.5):
         if not server.is_alive():

@@ -8,6 +8,8 @@ loads llama.cpp: the CLI parses worker lists with it in images without the engin
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import socket
 import struct
@@ -174,6 +176,33 @@ def wait_for_workers(
         sleep(poll_interval)
 
 
+# A worker answers GET /healthz on the port after its RPC port with its boot id. The RPC server
+# accepts one client at a time and its accept queue is tiny: a TCP probe of the RPC port times
+# out while a head is connected, and a connection left waiting there takes the queue's room.
+HEALTH_PATH = "/healthz"
+
+
+def health_port(endpoint: Endpoint) -> int:
+    return endpoint.port + 1
+
+
+def boot_id(endpoint: Endpoint, timeout: float = 2.0) -> str:
+    """The worker process's boot id (new at every start); OSError when it does not answer."""
+    conn = http.client.HTTPConnection(endpoint.host, health_port(endpoint), timeout=timeout)
+    try:
+        conn.request("GET", HEALTH_PATH)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise OSError(f"{HEALTH_PATH} answered {response.status}")
+    try:
+        return str(json.loads(body)["boot"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise OSError(f"{HEALTH_PATH} answered {body[:80]!r}") from err
+
+
 def lost_worker_line(endpoint: Endpoint, why: str) -> str:
     """What a head prints (and the operator reads) when it exits for a worker gone away."""
     return (
@@ -182,29 +211,35 @@ def lost_worker_line(endpoint: Endpoint, why: str) -> str:
     )
 
 
-def watch_workers(endpoints: Sequence[Endpoint], on_lost: Callable[[Endpoint, str], None]) -> None:
-    """Call `on_lost(endpoint, why)` from a thread of its own once a worker goes away.
+def watch_workers(
+    boots: dict[Endpoint, str],
+    on_lost: Callable[[Endpoint, str], None],
+    *,
+    every: float = 2.0,
+    misses: int = 3,
+) -> threading.Thread:
+    """Call `on_lost(endpoint, why)`, from a thread of its own, once a worker the head loaded
+    onto restarted (a new boot id: the layers it held are gone) or stopped answering `misses`
+    times in a row. `boots` holds each worker's boot id from before the load."""
 
-    A worker serves one client at a time, so this connection waits in its accept queue behind
-    llama.cpp's own and is never read; when the worker's process ends, its kernel resets every
-    connection it held, the queued one too, and the read here returns. Open it only once the
-    model is loaded, so that it never takes the place of llama.cpp's connection. Without it, a
-    worker restarted under the same name would leave the head ready but unable to compute.
-    """
-    for endpoint in endpoints:
-        try:
-            sock = socket.create_connection((endpoint.host, endpoint.port), timeout=5.0)
-        except OSError as err:
-            on_lost(endpoint, f"cannot connect again: {err.strerror or err}")
-            return
-        sock.settimeout(None)
-
-        def watch(sock: socket.socket = sock, endpoint: Endpoint = endpoint) -> None:
-            with sock:
+    def watch() -> None:
+        missed = dict.fromkeys(boots, 0)
+        while True:
+            time.sleep(every)
+            for endpoint, boot in boots.items():
                 try:
-                    why = "it sent data unasked" if sock.recv(1) else "it closed the connection"
+                    now = boot_id(endpoint, timeout=every)
                 except OSError as err:
-                    why = f"the connection failed: {err.strerror or err}"
-            on_lost(endpoint, why)
+                    missed[endpoint] += 1
+                    if missed[endpoint] >= misses:
+                        on_lost(endpoint, f"no answer {misses} times in a row: {err}")
+                        return
+                    continue
+                missed[endpoint] = 0
+                if now != boot:
+                    on_lost(endpoint, "it restarted: the layers it held are gone")
+                    return
 
-        threading.Thread(target=watch, name=f"rpc-watch-{endpoint}", daemon=True).start()
+    thread = threading.Thread(target=watch, name="rpc-watch", daemon=True)
+    thread.start()
+    return thread

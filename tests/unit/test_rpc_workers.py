@@ -225,3 +225,40 @@ def test_a_worker_listens_on_loopback_and_port_50052_unless_told(monkeypatch) ->
     monkeypatch.setenv("EXO_RPC_THREADS", "3")
     args = build_parser().parse_args(["rpc-worker"])
     assert (args.host, args.port, args.threads) == ("0.0.0.0", 6000, 3)
+
+
+def test_the_head_notices_a_worker_that_restarted_by_its_new_boot_id() -> None:
+    # A real HTTP server on loopback stands in for the worker's /healthz (the runtime tier runs
+    # the real worker); its boot id changes as a restarted worker's would.
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from exo_runtime.rpc_workers import Endpoint, watch_workers
+
+    boot = ["first"]
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"boot": boot[0]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Health) as http:
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+        endpoint = Endpoint("127.0.0.1", http.server_address[1] - 1)
+        lost: list[tuple[Endpoint, str]] = []
+        done = threading.Event()
+        watch_workers(
+            {endpoint: "first"}, lambda e, why: (lost.append((e, why)), done.set()), every=0.05
+        )
+        assert not done.wait(0.3)  # the same boot: nothing to say
+        boot[0] = "second"
+        assert done.wait(5)
+        http.shutdown()
+    assert lost == [(endpoint, "it restarted: the layers it held are gone")]

@@ -59,8 +59,14 @@ def test_workers_are_a_statefulset_of_rpc_servers_owned_by_the_model():
     assert c["image"] == "exo-runtime:dev"
     assert c["command"] == ["exo-runtime"]
     assert c["args"][:5] == ["rpc-worker", "--host", "0.0.0.0", "--port", "50052"]
-    assert c["ports"] == [{"name": "rpc", "containerPort": RPC_PORT, "protocol": "TCP"}]
-    assert c["readinessProbe"]["tcpSocket"] == {"port": "rpc"}
+    assert c["ports"] == [
+        {"name": "rpc", "containerPort": RPC_PORT, "protocol": "TCP"},
+        {"name": "health", "containerPort": RPC_PORT + 1, "protocol": "TCP"},
+    ]
+    # Never the RPC port: its server takes one client at a time, so a probe there times out
+    # while the head is connected.
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     # Tensors come from the head over RPC: no model volume, no second download.
     pod = spec["template"]["spec"]

@@ -27,6 +27,7 @@ from exo_operator.children.pod_security import (
 )
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
+    RPC_HEALTH_PORT,
     RPC_PORT,
     WORKER,
     component_labels,
@@ -113,9 +114,10 @@ def _worker_pod_template(model: ExoModel, settings: OperatorSettings) -> dict[st
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     if not spec.worker_gpus():
         env.append(NO_GPU_ENV)
-    # A TCP connect completes in the kernel's backlog even while the RPC server serves the
-    # head's session, so the probes never disturb it.
-    rpc_port = {"tcpSocket": {"port": "rpc"}, "timeoutSeconds": 2}
+    # The RPC server takes one client at a time behind a tiny accept queue: a TCP probe of its
+    # port times out while the head is connected (and a liveness probe would then restart a
+    # busy worker). `exo-runtime rpc-worker` answers GET /healthz on the next port instead.
+    health = {"httpGet": {"path": "/healthz", "port": "health"}, "timeoutSeconds": 2}
     container: dict[str, Any] = {
         "name": "rpc-worker",
         "image": spec.image or settings.runtime_image,
@@ -123,14 +125,17 @@ def _worker_pod_template(model: ExoModel, settings: OperatorSettings) -> dict[st
         "command": ["exo-runtime"],
         "args": _worker_args(model),
         "env": env,
-        "ports": [{"name": "rpc", "containerPort": RPC_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "rpc", "containerPort": RPC_PORT, "protocol": "TCP"},
+            {"name": "health", "containerPort": RPC_HEALTH_PORT, "protocol": "TCP"},
+        ],
         "resources": _worker_resources(model),
         "volumeMounts": [SCRATCH_MOUNT],
         "securityContext": container_security_context(),
         # The RPC server answers as soon as it listens: the head's own readiness (after the
         # load and warmup across every worker) is what makes the group Ready.
-        "readinessProbe": {**rpc_port, "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {**rpc_port, "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 3},
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

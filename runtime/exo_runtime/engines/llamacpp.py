@@ -747,7 +747,7 @@ def load(
         cpu_variant or "built-in",
         ggml_backends.cpu_backend_file() or "none loaded",
     )
-    _add_rpc_workers(options)
+    boots = _add_rpc_workers(options)
 
     model_params = llama_cpp.llama_model_default_params()
     if options.gpu_layers is not None:
@@ -818,9 +818,8 @@ def load(
             for d in engine.devices
         ),
     )
-    if options.rpc_workers:
-        endpoints = [rpc_workers.parse_endpoint(text) for text in options.rpc_workers]
-        rpc_workers.watch_workers(endpoints, _exit_for_lost_worker)
+    if boots:
+        rpc_workers.watch_workers(boots, _exit_for_lost_worker)
     return engine
 
 
@@ -837,14 +836,25 @@ def _exit_for_lost_worker(endpoint: rpc_workers.Endpoint, why: str) -> None:
     os._exit(1)
 
 
-def _add_rpc_workers(options: EngineOptions) -> None:
-    """Wait for every RPC worker to answer, then make each a device llama.cpp loads onto."""
+def _add_rpc_workers(options: EngineOptions) -> dict[rpc_workers.Endpoint, str]:
+    """Wait for every RPC worker to answer, then make each a device llama.cpp loads onto;
+    return each worker's boot id, to notice later that it restarted."""
     if not options.rpc_workers:
-        return
+        return {}
     endpoints = [rpc_workers.parse_endpoint(text) for text in options.rpc_workers]
     rpc_workers.wait_for_workers(endpoints, options.rpc_connect_timeout)
+    boots = {}
+    for endpoint in endpoints:
+        try:
+            boots[endpoint] = rpc_workers.boot_id(endpoint)
+        except OSError as err:
+            raise ModelLoadError(
+                f"rpc worker unreachable: {endpoint}: its health endpoint (port "
+                f"{rpc_workers.health_port(endpoint)}) did not answer: {err}"
+            ) from err
     for endpoint in endpoints:
         # A worker that dies between its HELLO and here aborts the process in llama.cpp:
         # the pod restarts and waits again.
         names = rpc.add_worker(endpoint)
         log.info("rpc worker %s: device %s", endpoint, ", ".join(names) or "already added")
+    return boots
