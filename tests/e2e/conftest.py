@@ -82,6 +82,19 @@ def image_values(prefix: str, reference: str) -> list[str]:
     return ["--set", f"{prefix}.repository={repository}", "--set", f"{prefix}.tag={tag}"]
 
 
+def image_id_annotation(reference: str) -> list[str]:
+    """The local image's id as a pod annotation: a rebuilt image keeps its tag, and without a
+    changed template a reused cluster would go on running the operator built before."""
+    found = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", reference],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if found.returncode != 0:
+        return []  # not built here (EXO_E2E_KUBECONFIG and a registry): the tag decides
+    image_id = found.stdout.strip().removeprefix("sha256:")[:16]
+    return ["--set-string", f"podAnnotations.exo\\.dev/image-id={image_id}"]
+
+
 @pytest.fixture(scope="session")
 def operator_release(
     helm: Helm, kubectl: Kubectl, images: dict[str, str]
@@ -96,7 +109,7 @@ def operator_release(
         "upgrade", "--install", release["name"], str(CHART), "--namespace", release["namespace"],
         "--create-namespace", *image_values("image", images["operator"]),
         *image_values("runtimeImage", images["runtime"]), "--set", "logLevel=debug",
-        "--wait", "--timeout", "180s",
+        *image_id_annotation(images["operator"]), "--wait", "--timeout", "180s",
     )  # fmt: skip
     yield release
     if not keep():
