@@ -145,14 +145,28 @@ def test_a_recreated_cache_claim_is_fetched_again(kubeconfig, namespace):
         kubeconfig, "delete", "pods", "-n", namespace, "-l", "exo.dev/model=refill",
         "--grace-period=0", "--force",
     )  # fmt: skip
-    kubectl(kubeconfig, "delete", "pvc", "refill-cache", "-n", namespace, "--timeout=60s")
+    kubectl(kubeconfig, "delete", "pvc", "refill-cache", "-n", namespace, "--wait=false")
+
+    def what_holds_the_claim() -> str:
+        # pvc-protection keeps it while any pod names it: show which, if one still does.
+        pods = get_json(kubeconfig, "pods", "-n", namespace) or {"items": []}
+        return "pods: " + json.dumps(
+            [
+                (p["metadata"]["name"], p["status"].get("phase"), p["metadata"].get("labels"))
+                for p in pods["items"]
+            ]
+        )
+
+    # Generous: on a loaded machine the controller-manager's pvc-protection takes its time.
     new_claim = wait_for(
         lambda: (
             (c := get_json(kubeconfig, "pvc", "refill-cache", "-n", namespace))
             and c["metadata"]["uid"] != claim["metadata"]["uid"]
             and c
         ),
-        "the operator to make the claim anew",
+        "the claim deleted and made anew by the operator",
+        timeout=180,
+        explain=what_holds_the_claim,
     )
     refetch = wait_for(
         lambda: (
