@@ -28,15 +28,8 @@ import httpx
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("EXO_CACHE", Path.home() / ".cache" / "exo-operator")) / "llama-server"
-# The same CPU flags as the project's llama-cpp-python wheel (scripts/wheelhouse.sh), so the
-# three contenders run the same kernels.
-CMAKE_FLAGS = [
+_COMMON_FLAGS = [
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=OFF",
-    "-DGGML_AVX=ON",
-    "-DGGML_AVX2=ON",
-    "-DGGML_FMA=ON",
-    "-DGGML_F16C=ON",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
@@ -44,6 +37,21 @@ CMAKE_FLAGS = [
     "-DLLAMA_BUILD_SERVER=ON",
     "-DBUILD_SHARED_LIBS=OFF",
 ]
+# Two llama-server builds: "native" is what a user builds for their own machine (llama.cpp's
+# defaults, GGML_NATIVE=ON: every instruction set this CPU has), the anchor of every ratio;
+# "wheel-flags" has the x86-64-v3 flags of the project's wheel (scripts/wheelhouse.sh), so it
+# runs the same kernels as the runtime and isolates the runtime's own overhead.
+BUILDS = {
+    "native": [*_COMMON_FLAGS, "-DGGML_NATIVE=ON"],
+    "wheel-flags": [
+        *_COMMON_FLAGS,
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AVX=ON",
+        "-DGGML_AVX2=ON",
+        "-DGGML_FMA=ON",
+        "-DGGML_F16C=ON",
+    ],
+}
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the base model counts on well past 128 tokens
 # Every request gets its own first words, so no contender answers from a cached prompt
 # (all three reuse a matching prefix): TTFT then
@@ -68,9 +76,10 @@ def log(message: str) -> None:
 # -- llama-server --------------------------------------------------------------------------
 
 
-def llama_server_binary() -> Path:
-    """Build llama-server from the sdist's vendored llama.cpp once; return its path."""
-    binary = CACHE / "build" / "bin" / "llama-server"
+def llama_server_binary(build: str = "native") -> Path:
+    """Build llama-server (`build`: a key of BUILDS) from the sdist's vendored llama.cpp once;
+    return its path."""
+    binary = CACHE / f"build-{build}" / "bin" / "llama-server"
     if binary.is_file():
         return binary
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -87,15 +96,20 @@ def llama_server_binary() -> Path:
         log("unpacking the vendored llama.cpp")
         with tarfile.open(sdist) as tar:
             tar.extractall(CACHE / "src", filter="data")
-    log("building llama-server (several minutes on 2 cores, once)")
-    build = CACHE / "build"
-    subprocess.run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS], check=True)
+    log(f"building llama-server ({build}; several minutes on 2 cores, once)")
+    directory = binary.parent.parent
+    subprocess.run(["cmake", "-S", str(source), "-B", str(directory), *BUILDS[build]], check=True)
     subprocess.run(
-        ["nice", "-n", "10", "cmake", "--build", str(build), "--target", "llama-server",
+        ["nice", "-n", "10", "cmake", "--build", str(directory), "--target", "llama-server",
          "-j", str(os.cpu_count() or 2)],
         check=True,
     )  # fmt: skip
     return binary
+
+
+def build_description(build: str) -> str:
+    """How a llama-server build was made, printed beside its figures."""
+    return f"{build} (" + " ".join(BUILDS[build][len(_COMMON_FLAGS) :]) + ")"
 
 
 # -- servers -------------------------------------------------------------------------------
@@ -260,7 +274,7 @@ def main() -> int:
     parser.add_argument("--llama-server", type=Path, help="a llama-server binary to use as is")
     parser.add_argument(
         "--llama-server-build",
-        default="x86-64-v3 CPU flags (" + " ".join(CMAKE_FLAGS) + ")",
+        default=build_description("native"),
         help="how that llama-server was built, printed beside its figures",
     )
     args = parser.parse_args()
