@@ -145,6 +145,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="finished sequences kept for reuse of their prompt prefix, at most --parallel "
         "(0: off)",
     )
+    parser.add_argument(
+        "--swa-full",
+        action="store_true",
+        default=os.environ.get("EXO_SWA_FULL", "").lower() in ("1", "true", "yes"),
+        help="keep a sliding-window model's whole KV cache, so prefixes longer than the window "
+        "are reused; batched decode is slower (off, as llama-server; env EXO_SWA_FULL=true)",
+    )
     _add(
         parser,
         "--chat-template",
@@ -235,6 +242,7 @@ def _serve(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             parallel=args.parallel,
             prefix_cache_entries=args.prefix_cache_entries,
+            swa_full=args.swa_full,
             rpc_workers=args.rpc_workers,
             rpc_connect_timeout=args.rpc_connect_timeout,
         ),

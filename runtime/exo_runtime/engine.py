@@ -49,6 +49,9 @@ class EngineOptions:
     # Finished sequences whose KV cells are kept for a later prompt with the same start; they
     # sit in idle slots only, so at most `parallel` of them. 0 turns the prefix cache off.
     prefix_cache_entries: int = 8
+    # Keep a sliding-window model's KV cells outside the window (llama.cpp's swa_full): a
+    # prefix longer than the window can then be reused, at the cost of slower batched decode.
+    swa_full: bool = False
     # llama.cpp RPC workers ("host:port") the model is split across; the head loads only
     # once every one answers, waiting up to `rpc_connect_timeout` seconds.
     rpc_workers: tuple[str, ...] = ()

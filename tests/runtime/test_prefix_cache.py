@@ -140,9 +140,39 @@ def test_a_full_cache_gives_way_to_new_requests(start_runtime) -> None:
     assert runtime.metric("exo_runtime_requests_total", 'outcome="error"') == 0
 
 
+def test_a_prefix_far_behind_the_sliding_window_is_reused_only_with_swa_full(
+    start_runtime,
+) -> None:
+    # Gemma 3 attends over a 512-token sliding window on most layers. By default (as in
+    # llama-server) those layers keep only the last window and a batch of cells, which is all
+    # that the next turn of a chat needs. A prompt sharing only the first half of a long
+    # cached one needs cells already dropped: it prefills from scratch, with the same answer;
+    # --swa-full keeps every cell and reuses the half.
+    args = ("--context-length", "2048", "--parallel", "1", "--threads", "2")
+    default = start_runtime(*args)
+    full = start_runtime(*args, "--swa-full")
+    long_prompt = " ".join(f"{STORY} ({i})" for i in range(24))  # ~1200 tokens
+    half = " ".join(f"{STORY} ({i})" for i in range(12)) + " Then the storm came back and"
+    answers = {}
+    for name, runtime in (("default", default), ("full", full)):
+        complete(runtime, long_prompt, max_tokens=4)
+        answers[name] = complete(runtime, half, max_tokens=8)
+    (default_text, default_reused), (full_text, full_reused) = answers.values()
+    assert default_text == full_text
+    assert default_reused == 0
+    assert full_reused > 512, full_reused
+
+
 def test_the_flag_reads_its_variable_and_refuses_a_negative(monkeypatch, capsys) -> None:
     monkeypatch.setenv("EXO_PREFIX_CACHE_ENTRIES", "3")
     assert build_parser().parse_args(["serve"]).prefix_cache_entries == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--prefix-cache-entries", "-1"])
     assert "0 or more" in capsys.readouterr().err
+
+
+def test_swa_full_is_off_unless_its_flag_or_variable_says_so(monkeypatch) -> None:
+    assert build_parser().parse_args(["serve"]).swa_full is False
+    assert build_parser().parse_args(["serve", "--swa-full"]).swa_full is True
+    monkeypatch.setenv("EXO_SWA_FULL", "true")
+    assert build_parser().parse_args(["serve"]).swa_full is True

@@ -800,6 +800,10 @@ def load(
     ctx_params.n_threads = threads
     ctx_params.n_threads_batch = threads
     ctx_params.no_perf = True
+    # llama_context_default_params() keeps full-size sliding-window caches, llama-server does
+    # not: with one KV stream per sequence, full-size SWA cells made every batched decode of a
+    # sliding-window model (Gemma 3) attend over far more cells, ~1.5x slower at 8 sequences.
+    ctx_params.swa_full = options.swa_full
     ctx = llama_cpp.llama_init_from_model(model, ctx_params)
     if not ctx:
         llama_cpp.llama_model_free(model)
