@@ -1,12 +1,13 @@
 """A model split across RPC workers: the workers' StatefulSet and Service, and the head's flags."""
 
 import pytest
-from _models import model
+from _models import body, model
 from exo_operator.children.deployment import runtime_deployment_for
 from exo_operator.children.workers import (
     workers_service_for,
     workers_statefulset_for,
 )
+from exo_operator.model import ExoModel
 from exo_operator.naming import RPC_PORT
 from exo_operator.plan import desired_children, obsolete_children
 from exo_operator.settings import OperatorSettings
@@ -343,3 +344,19 @@ def test_scaling_down_deletes_the_groups_past_replicas_and_nothing_else():
         ("StatefulSet", "ml", "gemma-g2-workers"),
         ("StatefulSet", "ml", "gemma-workers"),
     ]
+
+
+def test_the_last_group_of_the_longest_name_fits_kubernetes_name_limits():
+    # Admission allows names of 40 characters and, split, 100 groups (0 to 99).
+    spec = body(replicas=100, **RWX, **split(2))
+    spec["metadata"]["name"] = "m" * 40
+    m = ExoModel.from_body(spec)
+    sts = workers_statefulset_for(m, SETTINGS, group=99)
+    # A StatefulSet's pods carry the label controller-revision-hash NAME-<10 characters>: a
+    # label value holds 63 (kubernetes/kubernetes#64023).
+    assert len(sts["metadata"]["name"]) <= 63 - 11
+    head = runtime_deployment_for(m, SETTINGS, group=99)
+    assert head["metadata"]["name"] == f"{'m' * 40}-g99"
+    # A worker's pod name is its hostname under the headless Service: one DNS label.
+    address = flag(head["spec"]["template"]["spec"]["containers"][0]["args"], "--rpc-workers")
+    assert all(len(a.split(".")[0]) <= 63 for a in address.split(","))
