@@ -122,6 +122,7 @@ def delete(kind: str, namespace: str, name: str) -> None:
     deleters = {
         "Job": client.BatchV1Api().delete_namespaced_job,
         "StatefulSet": client.AppsV1Api().delete_namespaced_stateful_set,
+        "Deployment": client.AppsV1Api().delete_namespaced_deployment,
         "PodDisruptionBudget": client.PolicyV1Api().delete_namespaced_pod_disruption_budget,
     }
     try:

@@ -5,14 +5,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from exo_operator.children import applied_hash, stamp_applied_hash
-from exo_operator.children.deployment import runtime_deployment_for
+from exo_operator.children.deployment import runtime_deployments_for
 from exo_operator.children.disruption_budget import runtime_pdb_for
 from exo_operator.children.fetch_job import fetch_job_for
 from exo_operator.children.pvc import cache_pvc_for
 from exo_operator.children.service import runtime_service_for
-from exo_operator.children.workers import workers_service_for, workers_statefulset_for
+from exo_operator.children.workers import workers_service_for, workers_statefulsets_for
 from exo_operator.model import ExoModel
-from exo_operator.naming import TEMPLATE_HASH_LABEL, fetch_job_name
+from exo_operator.naming import GROUP_LABEL, TEMPLATE_HASH_LABEL, fetch_job_name
 from exo_operator.settings import OperatorSettings
 from exo_operator.source_plan import source_plan
 
@@ -44,14 +44,15 @@ def desired_children(
 
     The Service comes first of all, so that the endpoint exists before the pods do; the
     disruption budget (more than one replica) before the pods too. A model split across
-    workers has their headless Service and StatefulSet too, the latter without pods until the
-    model is cached, and applied before the head so that its workers start first.
+    workers has their headless Service and a StatefulSet per group too, the latter without pods
+    until the model is cached, and applied before the heads so that their workers start first.
     """
-    deployment = runtime_deployment_for(model, settings, model_bytes, cache_claim_uid)
+    deployments = runtime_deployments_for(model, settings, model_bytes, cache_claim_uid)
     if cache_claim_going:
         # A claim being deleted waits for every pod that mounts it, the Deployment's new ones
         # too: none may run until it is gone and made again (then fetched, then scaled back).
-        deployment["spec"]["replicas"] = 0
+        for deployment in deployments:
+            deployment["spec"]["replicas"] = 0
     manifests = [runtime_service_for(model, settings)]
     workers_service = workers_service_for(model)
     if workers_service:
@@ -62,24 +63,25 @@ def desired_children(
     pvc = cache_pvc_for(model)
     if pvc:
         manifests.append(pvc)
-    workers = workers_statefulset_for(model, settings, running=cached and not cache_claim_going)
-    if workers:
-        manifests.append(workers)
+    manifests += workers_statefulsets_for(model, settings, running=cached and not cache_claim_going)
     if cached or cache_claim_going:
-        manifests.append(deployment)
+        manifests += deployments
     else:
         job = fetch_job_for(model, settings)
         if job:
             manifests.append(job)
-    template_hash = deployment["spec"]["template"]["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+    template = deployments[0]["spec"]["template"]
+    template_hash = template["metadata"]["labels"][TEMPLATE_HASH_LABEL]
     return Desired([stamp_applied_hash(m) for m in manifests], template_hash)
 
 
-# Kinds whose absence from the plan means "delete it": a Service, claim or Deployment is never
-# dropped from a live model's plan (a Deployment waits, unapplied, while a fetch retries). The
-# workers' StatefulSet is, when spec.distributed goes; their headless Service, which holds no
-# pod, stays until the model goes (the operator may delete no Service).
-PRUNED_KINDS = ("PodDisruptionBudget", "Job", "StatefulSet")
+# Kinds whose absence from the plan means "delete it": a Service, claim or the model's own
+# Deployment is never dropped from a live model's plan (a Deployment waits, unapplied, while a
+# fetch retries). The workers' StatefulSets are, when spec.distributed goes or their group
+# does, and so is a group's head Deployment past group 0 (it carries the group's label);
+# the workers' headless Service, which holds no pod, stays until the model goes (the operator
+# may delete no Service).
+PRUNED_KINDS = ("PodDisruptionBudget", "Job", "StatefulSet", "Deployment")
 
 
 def obsolete_children(
@@ -88,11 +90,11 @@ def obsolete_children(
     """Children of this model that its plan no longer holds, to delete.
 
     A disruption budget once the replicas drop to one; the workers once the model is no longer
-    split; a fetch Job of an older try (a changed
-    source, cache size or token) while it still runs, so that two fetches never write into
-    one cache. A finished Job stays, as does the current try's once the model is cached: its
-    log is the user's until its TTL. Only what the model controls is ever named; delete a Job
-    with propagationPolicy Background, or its pods stay behind.
+    split; a split model's groups past spec.replicas, head and workers; a fetch Job of an
+    older try (a changed source, cache size or token) while it still runs, so that two fetches
+    never write into one cache. A finished Job stays, as does the current try's once the model
+    is cached: its log is the user's until its TTL. Only what the model controls is ever named;
+    delete a Job with propagationPolicy Background, or its pods stay behind.
     """
     wanted = {child_key(m) for m in desired.manifests}
     current_job = fetch_job_name(model) if source_plan(model).fetched else None
@@ -103,6 +105,8 @@ def obsolete_children(
             continue
         if key[0] == "Job" and (key[2] == current_job or _finished(obj)):
             continue
+        if key[0] == "Deployment" and GROUP_LABEL not in _labels(obj):
+            continue
         obsolete.append(key)
     return obsolete
 
@@ -110,6 +114,10 @@ def obsolete_children(
 def _finished(job: dict[str, Any]) -> bool:
     conditions = (job.get("status") or {}).get("conditions") or []
     return any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions)
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return obj["metadata"].get("labels") or {}
 
 
 def _controlled_by(obj: dict[str, Any], uid: str) -> bool:

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import product
 from typing import Any
 
 from exo_operator.cache_proof import (
@@ -17,6 +18,7 @@ from exo_operator.naming import (
     RPC_PORT,
     TEMPLATE_HASH_LABEL,
     endpoint,
+    group_of,
     selector_string,
     worker_address,
     worker_pod_name,
@@ -394,41 +396,48 @@ def _done_download(obs: Observed) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class WorkerGroup:
-    """The RPC workers a distributed model should have, as observed."""
+    """The RPC workers a distributed model should have (every group's), as observed."""
 
-    # status.members entries of the workers, one per expected worker, in ordinal order.
+    # status.members entries of the workers, one per expected worker, by group then ordinal.
     members: list[dict[str, Any]]
     # The expected workers that are missing or not ready, by pod name.
     not_ready: list[str]
     # Why some of them do not run, each message naming its pod.
     problems: list[Finding]
+    # The groups with a worker in not_ready, in order.
+    broken: tuple[int, ...] = ()
 
 
 def worker_group(obs: Observed) -> WorkerGroup:
-    """Each expected worker (`<model>-workers-<i>`, workers x replicas of them) and its state.
+    """Each expected worker (`<model>-workers-<i>`, then `<model>-g<g>-workers-<i>` for each
+    further group) and its state.
 
     A worker is expected by name: one deleted and not yet made again counts as not ready.
     """
     spec = obs.model.spec
-    wanted = spec.distributed.workers * spec.replicas if spec.distributed else 0
+    workers = spec.distributed.workers if spec.distributed else 0
     live = {_name(p): p for p in obs.worker_pods if not _is_terminating(p)}
-    members, not_ready, problems = [], [], []
-    for ordinal in range(wanted):
-        name = worker_pod_name(obs.model, ordinal)
+    members, not_ready, problems, broken = [], [], [], []
+    for group, ordinal in product(range(spec.replicas if workers else 0), range(workers)):
+        name = worker_pod_name(obs.model, ordinal, group)
         pod = live.get(name)
         ready = bool(pod and pod_is_ready(pod))
-        members.append(_member(name, "worker", ready, pod))
+        members.append(_member(name, "worker", group, ready, pod))
         if ready:
             continue
         not_ready.append(name)
+        if group not in broken:
+            broken.append(group)
         problem = pod and pod_problem(pod, obs.volume_problems.get(name))
         if problem:
             problems.append(Finding(problem.reason, f"worker pod {name}: {problem.message}"))
-    return WorkerGroup(members, not_ready, problems)
+    return WorkerGroup(members, not_ready, problems, tuple(broken))
 
 
-def _member(name: str, role: str, ready: bool, pod: dict[str, Any] | None) -> dict[str, Any]:
-    member: dict[str, Any] = {"name": name, "role": role, "ready": ready}
+def _member(
+    name: str, role: str, group: int, ready: bool, pod: dict[str, Any] | None
+) -> dict[str, Any]:
+    member: dict[str, Any] = {"name": name, "role": role, "group": group, "ready": ready}
     node = ((pod or {}).get("spec") or {}).get("nodeName")
     if node:
         member["node"] = node
@@ -436,7 +445,20 @@ def _member(name: str, role: str, ready: bool, pod: dict[str, Any] | None) -> di
 
 
 def _add_member_bytes(
-    model: ExoModel, members: list[dict[str, Any]], head_events: list[dict[str, Any] | None]
+    model: ExoModel, members: list[dict[str, Any]], ready_events: dict[str, dict[str, Any]]
+) -> None:
+    """Each group's members' bytes of weights, from what that group's head placed."""
+    for group in sorted({m["group"] for m in members}):
+        of_group = [m for m in members if m["group"] == group]
+        heads = [ready_events.get(m["name"]) for m in of_group if m["role"] == "head"]
+        _add_group_bytes(model, group, of_group, heads)
+
+
+def _add_group_bytes(
+    model: ExoModel,
+    group: int,
+    members: list[dict[str, Any]],
+    head_events: list[dict[str, Any] | None],
 ) -> None:
     """Each member's bytes of weights, from the devices its head's ready line lists: a worker
     by its RPC endpoint, the head by everything else (its CPU and GPUs)."""
@@ -455,7 +477,7 @@ def _add_member_bytes(
             on_head += size
     workers = [m for m in members if m["role"] == "worker"]
     for i, member in enumerate(workers):
-        address = worker_address(model, i, RPC_PORT)
+        address = worker_address(model, i, RPC_PORT, group)
         if address in by_endpoint:
             member["bytes"] = by_endpoint[address]
     for member in members:
@@ -463,9 +485,14 @@ def _add_member_bytes(
             member["bytes"] = on_head
 
 
-def _worker_not_ready(group: WorkerGroup) -> str:
+def _worker_not_ready(model: ExoModel, group: WorkerGroup) -> str:
     names = ", ".join(group.not_ready)
     why = f"; {group.problems[0].message}" if group.problems else ""
+    if model.spec.replicas > 1:
+        # Only these groups stop serving: the message says which, the others keep serving.
+        groups = ", ".join(map(str, group.broken))
+        label = "groups" if len(group.broken) > 1 else "group"
+        return f"{label} {groups}: worker pod {names} not ready{why}"
     return f"worker pod {names} not ready{why}"
 
 
@@ -485,12 +512,17 @@ def aggregate(
         p
         for p in live_pods
         if (p["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL) == obs.template_hash
+        # A split model's groups share the hash: a head of a group scaled away, its
+        # Deployment deleted, counts no more while it goes.
+        and (not model.spec.distributed or group_of(p) < desired)
     ]
     ready_current = [p for p in current if pod_is_ready(p)]
     ready_any = [p for p in live_pods if pod_is_ready(p)]
     group = worker_group(obs)
     workers = model.spec.distributed.workers if model.spec.distributed else 0
-    across = f" across {workers} workers" if workers else ""
+    across = f" across {workers} workers{' each' if desired > 1 else ''}" if workers else ""
+    # Groups that serve: a ready head of the current spec and every worker of its group ready.
+    serving = {group_of(p) for p in ready_current} - set(group.broken)
     problems = [
         f
         for f in (
@@ -527,11 +559,12 @@ def aggregate(
     elif desired == 0:
         phase, why = "Pending", Finding("ScaledToZero", "spec.replicas is 0")
     elif ready_current and group.not_ready:
-        # The head serves only with its whole group; it reloads onto a replaced worker.
-        if prev.get("phase") in ("Ready", "Degraded"):
-            phase, why = "Degraded", Finding("WorkerNotReady", _worker_not_ready(group))
+        # A head serves only with its whole group; it reloads onto a replaced worker. Another
+        # group that is whole keeps serving meanwhile.
+        if serving or prev.get("phase") in ("Ready", "Degraded"):
+            phase, why = "Degraded", Finding("WorkerNotReady", _worker_not_ready(model, group))
         else:
-            phase, why = "Loading", Finding("WaitingForWorkers", _worker_not_ready(group))
+            phase, why = "Loading", Finding("WaitingForWorkers", _worker_not_ready(model, group))
     elif len(ready_current) >= desired:
         loaded = f"{len(ready_current)}/{desired} replicas loaded{across} and warmed up"
         phase, why = "Ready", Finding("Ready", loaded)
@@ -629,10 +662,11 @@ def _member_status(
     if not model.spec.distributed:
         keys = ("members", "readyMembers", "desiredMembers")
         return {k: None for k in keys if prev.get(k) is not None}
-    members = [_member(_name(p), "head", pod_is_ready(p), p) for p in sorted(heads, key=_name)] + [
-        dict(m) for m in group.members
-    ]
-    _add_member_bytes(model, members, [ready_events.get(_name(p)) for p in heads])
+    ordered = sorted(heads, key=_name)
+    members = [_member(_name(p), "head", group_of(p), pod_is_ready(p), p) for p in ordered]
+    members += [dict(m) for m in group.members]
+    members.sort(key=lambda m: m["group"])  # stable: each group's head, then its workers
+    _add_member_bytes(model, members, ready_events)
     ready = sum(1 for m in members if m["ready"])
     wanted = model.spec.replicas * (1 + model.spec.distributed.workers)
     return {

@@ -63,11 +63,13 @@ def test_cluster_role_is_least_privilege(helm):
     assert {verb for _, resource, verb in granted if resource == "secrets"} == {"get"}
     assert not any(verb in ("deletecollection", "escalate", "bind") for *_, verb in granted)
     # Deleting only what the operator makes and must retire: superseded fetch Jobs, the
-    # disruption budget of a model scaled to one replica, the workers of a model no longer split.
+    # disruption budget of a model scaled to one replica, the workers of a model no longer split,
+    # the head and workers of a split model's group scaled away.
     assert {(group, resource) for group, resource, verb in granted if verb == "delete"} == {
         ("batch", "jobs"),
         ("policy", "poddisruptionbudgets"),
         ("apps", "statefulsets"),
+        ("apps", "deployments"),
     }
     # What kopf and the operator do need, all namespaces (kwok's RBAC tests check it for real).
     for needed in [

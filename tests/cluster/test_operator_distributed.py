@@ -118,3 +118,87 @@ def test_a_lost_worker_degrades_the_model_naming_it_and_the_group_recovers(kubec
     )["items"]
     lost = [e for e in events if e["reason"] == "WorkerNotReady"]
     assert lost and "group-workers-1" in lost[0]["message"]
+
+
+def test_replicas_scale_a_split_model_by_whole_groups(kubeconfig, namespace):
+    # CPU pods, so that six members fit (the GPU nodes have one GPU each); two heads share the
+    # cache, hence ReadWriteMany.
+    apply(
+        kubeconfig,
+        namespace,
+        exomodel(
+            "duo",
+            replicas=2,
+            storage={"accessMode": "ReadWriteMany"},
+            resources={"cpu": "250m"},
+            distributed={"workers": 2},
+        ),
+    )
+    status = wait_for(
+        lambda: (s := model_status(kubeconfig, namespace, "duo")).get("readyMembers") == 6 and s,
+        "two heads and four workers ready",
+    )
+    assert status["phase"] == "Ready", status
+    table = kubectl(kubeconfig, "get", "exom", "duo", "-n", namespace).stdout
+    assert "6/6" in table
+    assert [(m["role"], m["group"]) for m in status["members"]] == [
+        ("head", 0), ("worker", 0), ("worker", 0), ("head", 1), ("worker", 1), ("worker", 1)
+    ]  # fmt: skip
+
+    def worker_list(deployment):
+        args = get_json(kubeconfig, "deployment", deployment, "-n", namespace)["spec"]["template"][
+            "spec"]["containers"][0]["args"]  # fmt: skip
+        return args[args.index("--rpc-workers") + 1].split(",")
+
+    at = f".duo-workers.{namespace}.svc:50052"
+    assert worker_list("duo") == [f"duo-workers-{i}{at}" for i in range(2)]
+    assert worker_list("duo-g1") == [f"duo-g1-workers-{i}{at}" for i in range(2)]
+    # The model's Service balances over both heads.
+    endpoints = get_json(
+        kubeconfig, "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=duo"
+    )["items"]
+    served = {e["targetRef"]["name"] for s in endpoints for e in s.get("endpoints") or []}
+    heads = {m["name"] for m in status["members"] if m["role"] == "head"}
+    assert served == heads
+
+    # A worker of group 1 lost: only group 1 stops serving (nodes cordoned hold its
+    # replacement Pending until the test has seen that).
+    nodes = [n["metadata"]["name"] for n in get_json(kubeconfig, "nodes")["items"]]
+    try:
+        for node in nodes:
+            kubectl(kubeconfig, "cordon", node)
+        kubectl(kubeconfig, "delete", "pod", "duo-g1-workers-1", "-n", namespace, "--wait=false")
+        status = wait_phase(kubeconfig, namespace, "duo", "Degraded")
+        assert condition(status, "Ready")["reason"] == "WorkerNotReady"
+        assert status["message"].startswith("group 1: worker pod duo-g1-workers-1 not ready")
+        assert condition(status, "Available")["status"] == "True"
+        assert [m["name"] for m in status["members"] if not m["ready"]] == ["duo-g1-workers-1"]
+    finally:
+        for node in nodes:
+            kubectl(kubeconfig, "uncordon", node, check=False)
+    status = wait_phase(kubeconfig, namespace, "duo", "Ready")
+    assert status["readyText"] == "6/6"
+
+    # Scaled to one: group 1's head and workers go, and nothing of group 0 changes.
+    def identity(kind, name):
+        meta = get_json(kubeconfig, kind, name, "-n", namespace)["metadata"]
+        return meta["uid"], meta.get("generation")
+
+    kept = [("deployment", "duo"), ("statefulset", "duo-workers"), ("service", "duo"),
+            ("service", "duo-workers"), ("pvc", "duo-cache")]  # fmt: skip
+    before = {child: identity(*child) for child in kept}
+    kubectl(kubeconfig, "scale", "exom", "duo", "-n", namespace, "--replicas=1")
+    wait_for(
+        lambda: (
+            get_json(kubeconfig, "deployment", "duo-g1", "-n", namespace) is None
+            and get_json(kubeconfig, "statefulset", "duo-g1-workers", "-n", namespace) is None
+        ),
+        "group 1's Deployment and StatefulSet deleted",
+    )
+    status = wait_for(
+        lambda: (s := model_status(kubeconfig, namespace, "duo")).get("readyText") == "3/3" and s,
+        "one group of three members",
+    )
+    assert status["phase"] == "Ready"
+    assert {m["group"] for m in status["members"]} == {0}
+    assert {child: identity(*child) for child in kept} == before

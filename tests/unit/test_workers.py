@@ -1,12 +1,13 @@
 """A model split across RPC workers: the workers' StatefulSet and Service, and the head's flags."""
 
 import pytest
-from _models import model
+from _models import body, model
 from exo_operator.children.deployment import runtime_deployment_for
 from exo_operator.children.workers import (
     workers_service_for,
     workers_statefulset_for,
 )
+from exo_operator.model import ExoModel
 from exo_operator.naming import RPC_PORT
 from exo_operator.plan import desired_children, obsolete_children
 from exo_operator.settings import OperatorSettings
@@ -242,3 +243,120 @@ def test_workers_no_longer_wanted_are_deleted_but_never_someone_elses():
     still = model(**split())
     plan = desired_children(still, SETTINGS, cached=True, model_bytes=None)
     assert obsolete_children(still, plan, [sts(ours)]) == []
+
+
+RWX = {"storage": {"accessMode": "ReadWriteMany"}}
+
+
+def children(m, cached=True):
+    plan = desired_children(m, SETTINGS, cached=cached, model_bytes=None)
+    return {(x["kind"], x["metadata"]["name"]): x for x in plan.manifests}
+
+
+def test_each_replica_is_a_group_with_its_own_head_and_workers():
+    got = children(model(replicas=2, **RWX, **split(2)))
+    heads = {name: d for (kind, name), d in got.items() if kind == "Deployment"}
+    workers = {name: s for (kind, name), s in got.items() if kind == "StatefulSet"}
+    assert sorted(heads) == ["gemma", "gemma-g1"]
+    assert sorted(workers) == ["gemma-g1-workers", "gemma-workers"]
+    # One headless Service names every group's workers; one Service balances over every head.
+    assert [n for k, n in got if k == "Service"] == ["gemma", "gemma-workers"]
+    g1, sts1 = heads["gemma-g1"], workers["gemma-g1-workers"]
+    assert g1["spec"]["replicas"] == 1 and sts1["spec"]["replicas"] == 2
+    assert sts1["spec"]["serviceName"] == "gemma-workers"
+    group_one = {"exo.dev/model": "gemma", "exo.dev/group": "1"}
+    assert g1["spec"]["selector"]["matchLabels"] == group_one | {"exo.dev/component": "runtime"}
+    assert sts1["spec"]["selector"]["matchLabels"] == group_one | {"exo.dev/component": "worker"}
+    for child in (g1, sts1):
+        template = child["spec"]["template"]["metadata"]["labels"]
+        assert child["spec"]["selector"]["matchLabels"].items() <= template.items()
+        assert child["metadata"]["labels"]["exo.dev/group"] == "1"
+        assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    # The Service's selector (every head) takes in group 1's.
+    service = got[("Service", "gemma")]["spec"]["selector"]
+    assert service.items() <= g1["spec"]["template"]["metadata"]["labels"].items()
+    # Heads of one spec share the template hash that the status counts ready heads by.
+    hashes = {d["spec"]["template"]["metadata"]["labels"]["exo.dev/template-hash"] for d in
+              heads.values()}  # fmt: skip
+    assert len(hashes) == 1
+
+
+def test_each_head_loads_onto_its_own_groups_workers_only():
+    m = model(replicas=3, **RWX, **split(2))
+    lists = [
+        flag(runtime_deployment_for(m, SETTINGS, group=g)["spec"]["template"]["spec"][
+            "containers"][0]["args"], "--rpc-workers").split(",")
+        for g in range(3)
+    ]  # fmt: skip
+    assert lists[0] == [f"gemma-workers-{i}.gemma-workers.ml.svc:50052" for i in range(2)]
+    assert lists[2] == [f"gemma-g2-workers-{i}.gemma-workers.ml.svc:50052" for i in range(2)]
+    every = [address for group in lists for address in group]
+    assert len(set(every)) == 6
+
+
+def test_adding_groups_leaves_group_zero_untouched():
+    one = children(model(replicas=1, **RWX, **split(2)))
+    two = children(model(replicas=2, **RWX, **split(2)))
+    for key in [("Deployment", "gemma"), ("StatefulSet", "gemma-workers"),
+                ("Service", "gemma-workers")]:  # fmt: skip
+        assert two[key] == one[key], key
+
+
+def test_scaled_to_zero_only_group_zero_stays_with_no_pod():
+    got = children(model(replicas=0, **split(2)))
+    assert got[("Deployment", "gemma")]["spec"]["replicas"] == 0
+    assert got[("StatefulSet", "gemma-workers")]["spec"]["replicas"] == 0
+    assert not [k for k in got if "-g" in k[1]]
+
+
+def test_scaling_down_deletes_the_groups_past_replicas_and_nothing_else():
+    ours = [{"uid": "uid-1", "controller": True}]
+
+    def child(kind, name, group=None, refs=ours):
+        labels = {"exo.dev/group": str(group)} if group else {}
+        return {"kind": kind, "metadata": {"namespace": "ml", "name": name, "labels": labels,
+                                           "ownerReferences": refs}}  # fmt: skip
+
+    observed = [
+        child("Deployment", "gemma"),
+        child("StatefulSet", "gemma-workers"),
+        child("Deployment", "gemma-g1", 1),
+        child("StatefulSet", "gemma-g1-workers", 1),
+        child("Deployment", "gemma-g2", 2),
+        child("StatefulSet", "gemma-g2-workers", 2),
+        # Another model's (or a user's) objects that happen to match the names: never.
+        child("Deployment", "gemma-g3", 3, refs=[{"uid": "other", "controller": True}]),
+        child("StatefulSet", "gemma-g3-workers", 3, refs=[]),
+    ]
+    m = model(replicas=2, **RWX, **split(2))
+    plan = desired_children(m, SETTINGS, cached=True, model_bytes=None)
+    assert obsolete_children(m, plan, observed) == [
+        ("Deployment", "ml", "gemma-g2"),
+        ("StatefulSet", "ml", "gemma-g2-workers"),
+    ]
+    # No longer split: every group's workers and heads go, but never the model's own Deployment.
+    plain = model(replicas=2, **RWX)
+    plan = desired_children(plain, SETTINGS, cached=True, model_bytes=None)
+    assert sorted(obsolete_children(plain, plan, observed)) == [
+        ("Deployment", "ml", "gemma-g1"),
+        ("Deployment", "ml", "gemma-g2"),
+        ("StatefulSet", "ml", "gemma-g1-workers"),
+        ("StatefulSet", "ml", "gemma-g2-workers"),
+        ("StatefulSet", "ml", "gemma-workers"),
+    ]
+
+
+def test_the_last_group_of_the_longest_name_fits_kubernetes_name_limits():
+    # Admission allows names of 40 characters and, split, 100 groups (0 to 99).
+    spec = body(replicas=100, **RWX, **split(2))
+    spec["metadata"]["name"] = "m" * 40
+    m = ExoModel.from_body(spec)
+    sts = workers_statefulset_for(m, SETTINGS, group=99)
+    # A StatefulSet's pods carry the label controller-revision-hash NAME-<10 characters>: a
+    # label value holds 63 (kubernetes/kubernetes#64023).
+    assert len(sts["metadata"]["name"]) <= 63 - 11
+    head = runtime_deployment_for(m, SETTINGS, group=99)
+    assert head["metadata"]["name"] == f"{'m' * 40}-g99"
+    # A worker's pod name is its hostname under the headless Service: one DNS label.
+    address = flag(head["spec"]["template"]["spec"]["containers"][0]["args"], "--rpc-workers")
+    assert all(len(a.split(".")[0]) <= 63 for a in address.split(","))

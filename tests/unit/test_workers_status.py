@@ -9,15 +9,19 @@ from test_operator_status import HASH, NOW, claim
 WORKERS = 2
 
 
-def head(ready=True, name="gemma-abc12", node="kwok-gpu-0", **status):
-    return _pod(name, {"exo.dev/template-hash": HASH, "exo.dev/component": "runtime"}, ready,
-                node, **status)  # fmt: skip
+def group_labels(group):
+    return {"exo.dev/group": str(group)} if group else {}
 
 
-def worker(ordinal, ready=True, node=None, **status):
-    name = f"gemma-workers-{ordinal}"
-    return _pod(name, {"exo.dev/component": "worker"}, ready, node or f"kwok-gpu-{ordinal + 1}",
-                **status)  # fmt: skip
+def head(ready=True, name="gemma-abc12", node="kwok-gpu-0", group=0, **status):
+    labels = {"exo.dev/template-hash": HASH, "exo.dev/component": "runtime"}
+    return _pod(name, labels | group_labels(group), ready, node, **status)
+
+
+def worker(ordinal, ready=True, node=None, group=0, **status):
+    name = f"gemma{f'-g{group}' if group else ''}-workers-{ordinal}"
+    labels = {"exo.dev/component": "worker"} | group_labels(group)
+    return _pod(name, labels, ready, node or f"kwok-gpu-{ordinal + 1}", **status)
 
 
 def _pod(name, labels, ready, node, **status):
@@ -57,10 +61,12 @@ def test_the_head_and_every_worker_ready_is_ready_three_of_three_with_members():
     assert status["readyText"] == "3/3"
     assert status["readyMembers"] == 3 and status["desiredMembers"] == 3
     assert status["members"] == [
-        {"name": "gemma-abc12", "role": "head", "ready": True, "node": "kwok-gpu-0"},
-        {"name": "gemma-workers-0", "role": "worker", "ready": True, "node": "kwok-gpu-1"},
-        {"name": "gemma-workers-1", "role": "worker", "ready": True, "node": "kwok-gpu-2"},
-    ]
+        {"name": "gemma-abc12", "role": "head", "group": 0, "ready": True, "node": "kwok-gpu-0"},
+        {"name": "gemma-workers-0", "role": "worker", "group": 0, "ready": True,
+         "node": "kwok-gpu-1"},
+        {"name": "gemma-workers-1", "role": "worker", "group": 0, "ready": True,
+         "node": "kwok-gpu-2"},
+    ]  # fmt: skip
     # The scale subresource still counts head pods.
     assert status["replicas"] == 1 and status["readyReplicas"] == 1
     assert [e.reason for e in events] == ["Ready"]
@@ -92,7 +98,9 @@ def test_a_worker_lost_from_a_ready_model_degrades_it_naming_the_pod(previous):
     assert ready["reason"] == "WorkerNotReady"
     assert "gemma-workers-1" in status["message"]
     assert status["readyText"] == "2/3"
-    assert status["members"][2] == {"name": "gemma-workers-1", "role": "worker", "ready": False}
+    assert status["members"][2] == {
+        "name": "gemma-workers-1", "role": "worker", "group": 0, "ready": False
+    }  # fmt: skip
     if previous == "Ready":
         assert [(e.type, e.reason) for e in events] == [("Warning", "WorkerNotReady")]
 
@@ -189,3 +197,96 @@ def test_a_model_no_longer_split_drops_its_members():
     # A model that never was split writes none of them.
     fresh, _ = aggregate(Observed(**{**obs.__dict__, "previous": {"cacheKey": key}}), NOW)
     assert "members" not in fresh
+
+
+# Two groups (spec.replicas 2) of a head and two workers each.
+def two_groups(*, lost=(), heads=None, previous_phase=None, ready_events=None):
+    workers = [
+        worker(i, group=g, node=f"node-{g}-{i}")
+        for g in range(2)
+        for i in range(WORKERS)
+        if (g, i) not in lost
+    ]
+    heads = heads or [head(name="gemma-abc12"), head(name="gemma-g1-def34", group=1)]
+    obs = observed(
+        heads,
+        workers,
+        previous_phase,
+        ready_events,
+        replicas=2,
+        storage={"accessMode": "ReadWriteMany"},
+    )
+    return aggregate(obs, NOW)
+
+
+def test_two_whole_groups_are_ready_six_of_six_each_member_named_with_its_group():
+    status, _ = two_groups()
+    assert status["phase"] == "Ready"
+    assert status["message"] == "2/2 replicas loaded across 2 workers each and warmed up"
+    assert status["readyText"] == "6/6" and status["desiredMembers"] == 6
+    assert [(m["name"], m["role"], m["group"]) for m in status["members"]] == [
+        ("gemma-abc12", "head", 0),
+        ("gemma-workers-0", "worker", 0),
+        ("gemma-workers-1", "worker", 0),
+        ("gemma-g1-def34", "head", 1),
+        ("gemma-g1-workers-0", "worker", 1),
+        ("gemma-g1-workers-1", "worker", 1),
+    ]
+
+
+@pytest.mark.parametrize("previous", ["Ready", None])
+def test_a_lost_worker_degrades_only_its_group_while_the_other_serves(previous):
+    # Degraded even on the way up: group 0 is whole and serves, as one ready replica of two does.
+    status, events = two_groups(lost=[(1, 1)], previous_phase=previous)
+    assert status["phase"] == "Degraded"
+    assert status["message"] == "group 1: worker pod gemma-g1-workers-1 not ready"
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] == (
+        "WorkerNotReady"
+    )
+    assert next(c for c in status["conditions"] if c["type"] == "Available")["status"] == "True"
+    assert status["readyText"] == "5/6"
+    not_ready = [(m["name"], m["group"]) for m in status["members"] if not m["ready"]]
+    assert not_ready == [("gemma-g1-workers-1", 1)]
+    assert [e.reason for e in events] == ["WorkerNotReady"]
+
+
+def test_workers_lost_in_both_groups_name_both():
+    status, _ = two_groups(lost=[(0, 0), (1, 1)], previous_phase="Ready")
+    assert status["phase"] == "Degraded"
+    assert status["message"] == (
+        "groups 0, 1: worker pod gemma-workers-0, gemma-g1-workers-1 not ready"
+    )
+
+
+def test_no_group_whole_on_the_way_up_is_loading():
+    status, _ = two_groups(lost=[(0, 0), (1, 1)])
+    assert status["phase"] == "Loading"
+
+
+def test_a_group_without_its_head_leaves_the_model_degraded():
+    status, _ = two_groups(heads=[head()], previous_phase="Ready")
+    assert status["phase"] == "Degraded"
+    assert status["message"] == "1/2 replicas ready"
+    assert [m["group"] for m in status["members"] if m["role"] == "head"] == [0]
+
+
+def test_the_head_of_a_group_scaled_away_counts_no_more_while_it_goes():
+    # spec.replicas 2: group 2's Deployment is deleted, its pod not yet (same spec, same hash).
+    leftover = head(name="gemma-g2-xyz99", group=2)
+    heads = [head(name="gemma-abc12"), leftover]
+    status, _ = two_groups(heads=heads, previous_phase="Ready")
+    assert status["phase"] == "Degraded"
+    assert status["readyReplicas"] == 1
+    assert "gemma-g2-xyz99" not in [m["name"] for m in status["members"]]
+
+
+def test_each_groups_members_show_the_bytes_their_own_head_placed():
+    def ready_line(group, sizes):
+        prefix = f"gemma-g{group}-workers" if group else "gemma-workers"
+        at = f"{prefix}-{{}}.gemma-workers.ml.svc:50052".format
+        devices = [{"name": f"RPC{i}", "bytes": b, "endpoint": at(i)} for i, b in enumerate(sizes)]
+        return {"event": "ready", "devices": [*devices, {"name": "CPU", "bytes": 7}]}
+
+    events = {"gemma-abc12": ready_line(0, [10, 20]), "gemma-g1-def34": ready_line(1, [30, 40])}
+    status, _ = two_groups(ready_events=events)
+    assert [m["bytes"] for m in status["members"]] == [7, 10, 20, 7, 30, 40]

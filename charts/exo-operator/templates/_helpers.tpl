@@ -70,10 +70,11 @@ secretKeyRef). Events: list, to quote the kubelet's words when a volume cannot a
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# delete: the head of a split model's group that spec.replicas no longer counts.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
-# The RPC workers of a model split across nodes; delete: when spec.distributed goes.
+  verbs: [get, list, watch, create, patch, delete]
+# The RPC workers of a model split across nodes; delete: when spec.distributed or their group goes.
 - apiGroups: [apps]
   resources: [statefulsets]
   verbs: [get, list, watch, create, patch, delete]

@@ -14,7 +14,7 @@ from exo_operator.children.pod_security import (
     container_security_context,
     pod_security_context,
 )
-from exo_operator.children.workers import worker_addresses, workers_hash
+from exo_operator.children.workers import group_count, worker_addresses, workers_hash
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
     CACHE_CLAIM_ANNOTATION,
@@ -22,8 +22,9 @@ from exo_operator.naming import (
     TEMPLATE_HASH_LABEL,
     WORKERS_HASH_ANNOTATION,
     component_labels,
-    runtime_name,
-    runtime_selector,
+    group_labels,
+    head_name,
+    head_selector,
 )
 from exo_operator.settings import OperatorSettings
 from exo_operator.source_plan import source_plan
@@ -98,9 +99,10 @@ def _device_split(model: ExoModel) -> list[float] | None:
 
 
 def serve_args(
-    model: ExoModel, settings: OperatorSettings, model_bytes: int | None = None
+    model: ExoModel, settings: OperatorSettings, model_bytes: int | None = None, group: int = 0
 ) -> list[str]:
-    """The `exo-runtime serve` command line for the model's spec."""
+    """The `exo-runtime serve` command line for the model's spec (a split model: for the head
+    of `group`, which loads onto that group's workers)."""
     spec = model.spec
     source = source_plan(model)
     args = [
@@ -123,7 +125,7 @@ def serve_args(
     split = _device_split(model)
     optional = {
         "--context-length": ea.context_length,
-        "--rpc-workers": ",".join(worker_addresses(model)) if spec.distributed else None,
+        "--rpc-workers": ",".join(worker_addresses(model, group)) if spec.distributed else None,
         "--rpc-connect-timeout": (
             rpc_connect_timeout(startup_budget_seconds(model, settings, model_bytes))
             if spec.distributed
@@ -240,21 +242,21 @@ def _lifecycle(settings: OperatorSettings) -> dict[str, Any]:
     return {"lifecycle": {"preStop": {"sleep": {"seconds": settings.runtime_prestop_seconds}}}}
 
 
-def runtime_deployment_for(
+def _pod_template(
     model: ExoModel,
     settings: OperatorSettings,
-    model_bytes: int | None = None,
-    cache_claim_uid: str | None = None,
-) -> dict[str, Any]:
-    """The runtime Deployment; a change to anything the pods run with rolls it, the cache claim
-    they mount (`cache_claim_uid`) included."""
+    model_bytes: int | None,
+    cache_claim_uid: str | None,
+    group: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The runtime pods' template: its metadata and its pod spec."""
     spec = model.spec
     container: dict[str, Any] = {
         "name": "runtime",
         "image": spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["exo-runtime"],
-        "args": serve_args(model, settings, model_bytes),
+        "args": serve_args(model, settings, model_bytes, group),
         "env": _env(model),
         "ports": [{"name": "http", "containerPort": settings.runtime_port, "protocol": "TCP"}],
         "resources": _resources(model),
@@ -280,7 +282,7 @@ def runtime_deployment_for(
         **placement_for(model),
     }
     template_metadata: dict[str, Any] = {
-        "labels": component_labels(model, RUNTIME),
+        "labels": component_labels(model, RUNTIME) | group_labels(group),
         # The usual scrape annotations, so a Prometheus that discovers pods finds /metrics;
         # the spec's podAnnotations win.
         "annotations": {
@@ -296,22 +298,60 @@ def runtime_deployment_for(
         # A claim made again (deleted by hand, then fetched anew) rolls the pods: the old ones,
         # which found no verified model on it, would otherwise wait out a crash-loop back-off.
         template_metadata["annotations"][CACHE_CLAIM_ANNOTATION] = cache_claim_uid
+    return template_metadata, pod_spec
+
+
+def runtime_deployment_for(
+    model: ExoModel,
+    settings: OperatorSettings,
+    model_bytes: int | None = None,
+    cache_claim_uid: str | None = None,
+    group: int = 0,
+) -> dict[str, Any]:
+    """The runtime Deployment (a split model: the head of `group`); a change to anything the
+    pods run with rolls it, the cache claim they mount (`cache_claim_uid`) included."""
+    spec = model.spec
+    template_metadata, pod_spec = _pod_template(
+        model, settings, model_bytes, cache_claim_uid, group
+    )
     # Pods carry the hash of the template they were made from: the status counts as ready only
     # those of the current spec, without waiting for the Deployment controller's bookkeeping.
-    template_metadata["labels"][TEMPLATE_HASH_LABEL] = content_hash([template_metadata, pod_spec])
+    # Every group's head carries group 0's: theirs differ only by the group, not by the spec.
+    made_from = (
+        (template_metadata, pod_spec)
+        if group == 0
+        else _pod_template(model, settings, model_bytes, cache_claim_uid, 0)
+    )
+    template_metadata["labels"][TEMPLATE_HASH_LABEL] = content_hash(list(made_from))
+    # A split model's replicas are its groups, each with a head Deployment of one pod.
+    replicas = int(group < spec.replicas) if spec.distributed else spec.replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": runtime_name(model),
+            "name": head_name(model, group),
             "namespace": model.namespace,
-            "labels": component_labels(model, RUNTIME),
+            "labels": component_labels(model, RUNTIME) | group_labels(group),
             "ownerReferences": [owner_reference(model)],
         },
         "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": runtime_selector(model)},
+            "replicas": replicas,
+            "selector": {"matchLabels": head_selector(model, group)},
             "strategy": _strategy(model),
             "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }
+
+
+def runtime_deployments_for(
+    model: ExoModel,
+    settings: OperatorSettings,
+    model_bytes: int | None = None,
+    cache_claim_uid: str | None = None,
+) -> list[dict[str, Any]]:
+    """The model's Deployment, or a split model's head Deployment of every group (group 0's
+    first)."""
+    return [
+        runtime_deployment_for(model, settings, model_bytes, cache_claim_uid, group)
+        for group in range(group_count(model))
+    ]

@@ -5,10 +5,12 @@ head: it holds no model and needs no volume, since the head sends it its share o
 A StatefulSet gives the workers stable names (`<model>-workers-<i>`) that the head's
 `--rpc-workers` list can hold, and a replaced worker comes back under the same name.
 
-One worker group serves one head, and the head is a Deployment pod whose template every
-replica shares: two heads could not be told apart to be given two groups. So a distributed
-model has one group (admission refuses spec.replicas above 1 with spec.distributed), and the
-StatefulSet's replicas are workers x spec.replicas: scaling to 0 takes the whole group away.
+A worker group serves one head, and every pod of a Deployment shares one template: two heads
+of one Deployment could not be given two groups. So spec.replicas counts groups, each a head
+Deployment and a worker StatefulSet of its own (NAME and NAME-workers for group 0, as a model
+of one group has them; NAME-gG and NAME-gG-workers for group G), and one headless Service
+names every group's workers. Scaling adds or removes whole groups; group 0's objects stay
+(with no pod at spec.replicas 0).
 """
 
 import copy
@@ -31,6 +33,8 @@ from exo_operator.naming import (
     RPC_PORT,
     WORKER,
     component_labels,
+    group_labels,
+    group_workers_name,
     worker_address,
     worker_selector,
     workers_name,
@@ -44,10 +48,16 @@ WORKER_GRACE_SECONDS = 10
 SPREAD_WEIGHT = 100
 
 
-def worker_addresses(model: ExoModel) -> list[str]:
-    """The head's `--rpc-workers` entries, in the order that tensorSplit's entries follow."""
+def group_count(model: ExoModel) -> int:
+    """How many groups have objects: one per replica, and group 0's even at replicas 0."""
+    return max(1, model.spec.replicas) if model.spec.distributed else 1
+
+
+def worker_addresses(model: ExoModel, group: int = 0) -> list[str]:
+    """A group head's `--rpc-workers` entries, in the order that tensorSplit's entries follow."""
     assert model.spec.distributed is not None
-    return [worker_address(model, i, RPC_PORT) for i in range(model.spec.distributed.workers)]
+    workers = model.spec.distributed.workers
+    return [worker_address(model, i, RPC_PORT, group) for i in range(workers)]
 
 
 def _worker_resources(model: ExoModel) -> dict[str, Any]:
@@ -93,6 +103,7 @@ def _placement(model: ExoModel) -> dict[str, Any]:
     if spec.node_selector:
         placement["nodeSelector"] = dict(spec.node_selector)
     affinity = copy.deepcopy(spec.affinity or {})
+    # Over every worker of the model, each group's too: each wants a node's devices to itself.
     # Preferred, not required: where there are fewer nodes than workers (a small or a
     # single-node cluster) the group still runs, only less spread.
     anti = affinity.setdefault("podAntiAffinity", {})
@@ -109,7 +120,9 @@ def _placement(model: ExoModel) -> dict[str, Any]:
     return placement
 
 
-def _worker_pod_template(model: ExoModel, settings: OperatorSettings) -> dict[str, Any]:
+def _worker_pod_template(
+    model: ExoModel, settings: OperatorSettings, group: int = 0
+) -> dict[str, Any]:
     spec = model.spec
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     if not spec.worker_gpus():
@@ -140,7 +153,7 @@ def _worker_pod_template(model: ExoModel, settings: OperatorSettings) -> dict[st
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return {
-        "metadata": {"labels": component_labels(model, WORKER)},
+        "metadata": {"labels": component_labels(model, WORKER) | group_labels(group)},
         "spec": {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
@@ -154,17 +167,18 @@ def _worker_pod_template(model: ExoModel, settings: OperatorSettings) -> dict[st
 
 
 def workers_hash(model: ExoModel, settings: OperatorSettings) -> str:
-    """A hash of the worker group (its size and pod template): on the head's template, so that
-    a changed group rolls the head, which then loads onto the new workers."""
+    """A hash of a worker group (its size and group 0's pod template, which every group's
+    follows): on the heads' template, so that a changed group rolls its head, which then loads
+    onto the new workers."""
     assert model.spec.distributed is not None
     group = [model.spec.distributed.workers, _worker_pod_template(model, settings)]
     return content_hash(group)
 
 
 def workers_statefulset_for(
-    model: ExoModel, settings: OperatorSettings, running: bool = True
+    model: ExoModel, settings: OperatorSettings, running: bool = True, group: int = 0
 ) -> dict[str, Any] | None:
-    """The workers' StatefulSet, or None for a model on one pod.
+    """A group's worker StatefulSet, or None for a model on one pod.
 
     With `running` False (the model not cached yet) it holds no pod: workers would only sit on
     their GPUs while the download runs.
@@ -172,31 +186,43 @@ def workers_statefulset_for(
     spec = model.spec
     if not spec.distributed:
         return None
-    replicas = spec.distributed.workers * spec.replicas if running else 0
+    replicas = spec.distributed.workers if running and group < spec.replicas else 0
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": {
-            "name": workers_name(model),
+            "name": group_workers_name(model, group),
             "namespace": model.namespace,
-            "labels": component_labels(model, WORKER),
+            "labels": component_labels(model, WORKER) | group_labels(group),
             "ownerReferences": [owner_reference(model)],
         },
         "spec": {
             "replicas": replicas,
+            # One headless Service for every group: a worker's DNS name is its pod's name
+            # under it, so the groups' names never collide.
             "serviceName": workers_name(model),
             # The head needs every worker at once: start and replace them all in parallel,
             # not one after another.
             "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": worker_selector(model)},
+            "selector": {"matchLabels": worker_selector(model, group)},
             "updateStrategy": {"type": "RollingUpdate"},
-            "template": _worker_pod_template(model, settings),
+            "template": _worker_pod_template(model, settings, group),
         },
     }
 
 
+def workers_statefulsets_for(
+    model: ExoModel, settings: OperatorSettings, running: bool = True
+) -> list[dict[str, Any]]:
+    """Every group's worker StatefulSet (none for a model on one pod)."""
+    groups = range(group_count(model))
+    statefulsets = (workers_statefulset_for(model, settings, running, g) for g in groups)
+    return [sts for sts in statefulsets if sts]
+
+
 def workers_service_for(model: ExoModel) -> dict[str, Any] | None:
-    """The headless Service that gives each worker its DNS name, or None for a one-pod model."""
+    """The headless Service that gives each worker of every group its DNS name, or None for a
+    one-pod model."""
     if not model.spec.distributed:
         return None
     return {
