@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -102,10 +103,24 @@ async def stream_tokens(client: httpx.AsyncClient, base: str, body: dict) -> Str
     return Stream(count, (last - first) if first else 0.0)
 
 
-def free_body(tokens: int) -> dict:
-    # A counting prompt with a number of its own: the model goes on for all `tokens`.
+def end_of_turn_ids(model: Path) -> list[int]:
+    """The model's end-of-turn and end-of-text tokens, which the free clients ban."""
+    from llama_cpp import Llama
+
+    vocab = Llama(str(model), vocab_only=True, verbose=False)
+    ids = {vocab.token_eos()}
+    for marker in (b"<|im_end|>", b"<|endoftext|>"):
+        ids.update(vocab.tokenize(marker, add_bos=False, special=True)[:1])
+    return sorted(ids)
+
+
+def free_body(tokens: int, banned: list[int]) -> dict:
+    # A counting prompt with a number of its own; the end of turn banned, so that every free
+    # sequence decodes all `tokens`, as the constrained one does (SmolLM2 often stops counting
+    # after a dozen numbers, which would leave the batch half empty).
     n = next(_request_number)
     return {"model": "bench", "max_tokens": tokens, "temperature": 0, "stream": True,
+            "logit_bias": {str(t): -100 for t in banned},
             "messages": [{"role": "user", "content": f"Count from {n} to {n + 500}, one "
                           "number per line."}]}  # fmt: skip
 
@@ -116,7 +131,12 @@ def constrained_body(tokens: int, temperature: float) -> dict:
             "messages": [{"role": "user", "content": "List thirty people as JSON."}]}  # fmt: skip
 
 
-async def neighbours_run(base: str, tokens: int, fifth: Callable[[], dict] | None) -> float:
+FreeBody = Callable[[int], dict]  # free_body with the model's end-of-turn ids bound
+
+
+async def neighbours_run(
+    base: str, tokens: int, free: FreeBody, fifth: Callable[[], dict] | None
+) -> float:
     """The free clients' aggregate tokens/s, with a fifth client looping on `fifth()`'s
     requests alongside unless None."""
     async with httpx.AsyncClient(timeout=600) as client:
@@ -131,7 +151,7 @@ async def neighbours_run(base: str, tokens: int, fifth: Callable[[], dict] | Non
             await asyncio.sleep(0.5)  # the fifth sequence is decoding before we time
         started = time.perf_counter()
         streams = await asyncio.gather(
-            *(stream_tokens(client, base, free_body(tokens)) for _ in range(NEIGHBOURS))
+            *(stream_tokens(client, base, free(tokens)) for _ in range(NEIGHBOURS))
         )
         wall = time.perf_counter() - started
         done.set()
@@ -145,21 +165,23 @@ async def alone(base: str, body: dict) -> float:
         return (await stream_tokens(client, base, body)).tps
 
 
-async def measure(base: str, tokens: int, runs: int, temperatures: list[float]) -> None:
+async def measure(
+    base: str, free: FreeBody, tokens: int, runs: int, temperatures: list[float]
+) -> None:
     async with httpx.AsyncClient(timeout=600) as client:
-        await stream_tokens(client, base, free_body(8))  # warm the server
+        await stream_tokens(client, base, free(8))  # warm the server
     # "fifth free" is the control: what any fifth sequence in the batch costs the four.
     cases: dict[str, list[float]] = {"free": [], "fifth free": []}
     cases |= {f"T={t}": [] for t in temperatures}
     for run in range(runs):
         log(f"run {run + 1}/{runs}")
-        cases["free"].append(await neighbours_run(base, tokens, None))
-        cases["fifth free"].append(await neighbours_run(base, tokens, lambda: free_body(tokens)))
+        cases["free"].append(await neighbours_run(base, tokens, free, None))
+        cases["fifth free"].append(await neighbours_run(base, tokens, free, lambda: free(tokens)))
         for t in temperatures:
             cases[f"T={t}"].append(
-                await neighbours_run(base, tokens, lambda t=t: constrained_body(tokens, t))
+                await neighbours_run(base, tokens, free, lambda t=t: constrained_body(tokens, t))
             )
-    free_alone = statistics.median([await alone(base, free_body(tokens)) for _ in range(runs)])
+    free_alone = statistics.median([await alone(base, free(tokens)) for _ in range(runs)])
     print(f"\nSmolLM2 135M Q4_1, {THREADS} threads, {tokens} tokens per request, {runs} runs\n")
     print(f"| case | {NEIGHBOURS} neighbours' tok/s | ratio to {NEIGHBOURS} alone "
           "| ratio to a fifth free client | fifth client alone tok/s |")  # fmt: skip
@@ -187,9 +209,11 @@ def main() -> int:
     tokens, runs, temperatures = args.tokens, args.runs, [0.0, 0.8]
     if args.quick:
         tokens, runs, temperatures = 16, 1, [0.0]
-    proc, base = start_runtime(smollm2_instruct_gguf())
+    model = smollm2_instruct_gguf()
+    free = functools.partial(free_body, banned=end_of_turn_ids(model))
+    proc, base = start_runtime(model)
     try:
-        asyncio.run(measure(base, tokens, runs, temperatures))
+        asyncio.run(measure(base, free, tokens, runs, temperatures))
     finally:
         stop(proc)
     return 0
