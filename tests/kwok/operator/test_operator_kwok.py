@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.paths import REPO_ROOT
 from fixtures.waiting import wait_for
 from operator_harness import (
     URL,
@@ -23,7 +24,7 @@ from operator_harness import (
 
 pytestmark = pytest.mark.kwok
 
-CORPUS = Path(__file__).resolve().parents[1] / "crd_invalid"
+CORPUS = REPO_ROOT / "tests" / "crd_invalid"
 
 
 def runtime_container(deployment):

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 from fixtures.kwok import tool_path
+from fixtures.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "exo-operator"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from descriptors import holders
+from fixtures.descriptors import holders
 from fixtures.kwok import EXO_CACHE, EXPORT_PREFIX, KWOK_SCRIPT, Kubectl, tool_path
 
 pytestmark = pytest.mark.kwok

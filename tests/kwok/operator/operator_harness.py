@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 from fixtures.net import free_port
+from fixtures.paths import REPO_ROOT
 from fixtures.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 CRD = REPO / "crds" / "exo.dev_exomodels.yaml"
 
 
