@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fixtures.kwok import Kubectl, tool_path
+from fixtures.kube import Kubectl, tool_path
 from fixtures.net import free_port
 from fixtures.waiting import wait_for
 
@@ -45,11 +45,10 @@ class StatusWatch:
     """
 
     def __init__(self, kubectl: Kubectl, namespace: str, name: str) -> None:
-        cmd = [
-            str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
-            "get", "exomodels", "--field-selector", f"metadata.name={name}",
+        cmd = kubectl.command(
+            "-n", namespace, "get", "exomodels", "--field-selector", f"metadata.name={name}",
             "--watch", "--output-watch-events", "-o", "json",
-        ]  # fmt: skip
+        )  # fmt: skip
         self.statuses: list[dict[str, Any]] = []
         self._process = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -84,10 +83,9 @@ class StatusWatch:
 def port_forward(kubectl: Kubectl, namespace: str, target: str, port: int) -> Iterator[int]:
     """`kubectl port-forward` of target's port to a free port on 127.0.0.1, for the block."""
     local = free_port()
-    cmd = [
-        str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
-        "port-forward", "--address", "127.0.0.1", target, f"{local}:{port}",
-    ]  # fmt: skip
+    cmd = kubectl.command(
+        "-n", namespace, "port-forward", "--address", "127.0.0.1", target, f"{local}:{port}"
+    )
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
 

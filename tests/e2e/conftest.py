@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from cluster import CHART, RESTRICTED_POD_SECURITY, Helm, hardened_container
 from fixtures.cluster_lease import kubeconfig_from_env
-from fixtures.kwok import Kubectl
+from fixtures.kind import start_kind
+from fixtures.kube import Kubectl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
@@ -48,14 +49,11 @@ def e2e_kubeconfig(request) -> Path:
     given = kubeconfig_from_env("EXO_E2E_KUBECONFIG")
     if given:
         return given
-    # The project's kind cluster: build the images and load them into its node.
-    lines = run_script("scripts/kind.sh", "up", timeout=1800).splitlines()
-    exports = [line for line in lines if line.startswith("export KUBECONFIG=")]
-    if len(exports) != 1:
-        pytest.fail(f"scripts/kind.sh up printed no kubeconfig line: {lines}", pytrace=False)
+    # The project's kind cluster, left running at the end, with the images built and loaded.
+    kubeconfig = start_kind()
     run_script("scripts/images.sh", "build", timeout=1800)
     run_script("scripts/images.sh", "load", timeout=600)
-    return Path(exports[0].removeprefix("export KUBECONFIG="))
+    return kubeconfig
 
 
 @pytest.fixture(scope="session")
@@ -235,8 +233,8 @@ def _put_on_model_server(
         kubectl("exec", "-n", namespace, "model-server", "--", "mkdir", "-p", f"/srv/{folder}")
     with local.open("rb") as source:
         result = subprocess.run(
-            [str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
-             "exec", "-i", "model-server", "--", "python3", "-c", RECEIVE_FILE, f"/srv/{name}"],
+            kubectl.command("-n", namespace, "exec", "-i", "model-server", "--",
+                            "python3", "-c", RECEIVE_FILE, f"/srv/{name}"),
             stdin=source, capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
     assert result.returncode == 0, f"streaming {name} to the model server failed: {result.stderr}"

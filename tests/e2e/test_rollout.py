@@ -27,7 +27,7 @@ from cluster import (
     hardened_container,
     model_pods,
 )
-from fixtures.kwok import Kubectl
+from fixtures.kube import Kubectl
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

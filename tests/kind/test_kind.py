@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from fixtures.kind import load_image
-from fixtures.kwok import Kubectl
+from fixtures.kube import Kubectl
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.kind

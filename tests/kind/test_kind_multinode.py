@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.kwok import EXPORT_PREFIX, Kubectl
+from fixtures.kube import Kubectl, exported_kubeconfig
 from fixtures.paths import REPO_ROOT
 from fixtures.waiting import wait_for
 
@@ -69,9 +69,7 @@ def kubectl() -> Iterator[Kubectl]:
     result = kind_script("up")
     if result.returncode != 0:
         pytest.fail(f"`KIND_NODES=2 scripts/kind.sh up` failed:\n{result.stderr[-4000:]}")
-    lines = [line for line in result.stdout.splitlines() if line.startswith(EXPORT_PREFIX)]
-    assert len(lines) == 1, result.stdout
-    yield Kubectl(Path(lines[0].removeprefix(EXPORT_PREFIX)))
+    yield Kubectl(exported_kubeconfig(result.stdout, "KIND_NODES=2 scripts/kind.sh up"))
     keep = os.environ.get("EXO_KIND_KEEP", "")
     if keep == "0" or (keep == "" and not was_up):
         kind_script("down", timeout=300)

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from fixtures.descriptors import holders
-from fixtures.kwok import EXO_CACHE, EXPORT_PREFIX, KWOK_SCRIPT, Kubectl, tool_path
+from fixtures.kube import EXPORT_PREFIX, Kubectl, tool_path
+from fixtures.kwok import KWOK_SCRIPT
+from fixtures.paths import EXO_CACHE
 
 pytestmark = pytest.mark.kwok
 
