@@ -1,4 +1,4 @@
-"""Helpers of the e2e tier: helm, an ExoModel status watch, port-forwards."""
+"""Helpers of the e2e tier: an ExoModel status watch, port-forwards, ExoModels and their pods."""
 
 from __future__ import annotations
 
@@ -12,30 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fixtures.kube import Kubectl, tool_path
+from fixtures.kube import Kubectl
 from fixtures.net import free_port
 from fixtures.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "charts" / "exo-operator"
 EXAMPLES = REPO_ROOT / "examples"
-
-
-class Helm:
-    """The pinned helm bound to one kubeconfig."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        self.binary = tool_path("helm")
-        self.kubeconfig = kubeconfig
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> str:
-        cmd = [str(self.binary), "--kubeconfig", str(self.kubeconfig), *args]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"`helm {' '.join(args)}` exited {result.returncode}:\n{result.stderr}"
-            )
-        return result.stdout
 
 
 class StatusWatch:

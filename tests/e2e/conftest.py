@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import CHART, RESTRICTED_POD_SECURITY, Helm, hardened_container
+from cluster import RESTRICTED_POD_SECURITY, hardened_container
 from fixtures.cluster_lease import kubeconfig_from_env
+from fixtures.helm import CHART, Helm
 from fixtures.kind import start_kind
 from fixtures.kube import Kubectl
 
@@ -71,7 +72,7 @@ def kubectl(e2e_kubeconfig: Path) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
-def helm(e2e_kubeconfig: Path) -> Helm:
+def e2e_helm(e2e_kubeconfig: Path) -> Helm:
     return Helm(e2e_kubeconfig)
 
 
@@ -95,7 +96,7 @@ def image_id_annotation(reference: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def operator_release(
-    helm: Helm, kubectl: Kubectl, images: dict[str, str]
+    e2e_helm: Helm, kubectl: Kubectl, images: dict[str, str]
 ) -> Iterator[dict[str, str]]:
     """The chart installed with the images under test; yields its namespace and Deployment."""
     release = {
@@ -103,7 +104,7 @@ def operator_release(
         "namespace": "exo-e2e-system",
         "deployment": "exo-e2e-exo-operator",
     }
-    helm(
+    e2e_helm(
         "upgrade", "--install", release["name"], str(CHART), "--namespace", release["namespace"],
         "--create-namespace", *image_values("image", images["operator"]),
         *image_values("runtimeImage", images["runtime"]), "--set", "logLevel=debug",
@@ -111,7 +112,7 @@ def operator_release(
     )  # fmt: skip
     yield release
     if not keep():
-        helm(
+        e2e_helm(
             "uninstall", release["name"], "--namespace", release["namespace"], "--wait", check=False
         )
         kubectl("delete", "namespace", release["namespace"], "--wait=false", check=False)

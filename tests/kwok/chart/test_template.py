@@ -3,7 +3,7 @@
 import pytest
 import yaml
 from exo_operator.settings import OperatorSettings
-from helm_chart import CHART, find, operator_container
+from fixtures.helm import CHART, find, operator_container
 
 pytestmark = pytest.mark.kwok
 
