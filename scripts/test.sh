@@ -38,6 +38,9 @@ fi
 if has_tier kwok || has_tier kind || has_tier e2e; then
   step "Kubernetes tools (built once from pinned sources, then cached)"
   bash scripts/tools.sh
+elif has_tier unit; then
+  step "helm, which renders the chart in the unit tier (built once from a pinned source, then cached)"
+  bash scripts/tools.sh build helm
 fi
 if has_tier kind || has_tier e2e; then
   step "Docker, the Debian base image and the kind node image"

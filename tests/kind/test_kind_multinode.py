@@ -315,13 +315,3 @@ def test_route_agent_puts_back_a_route_that_went_missing(
         "the route agent to restore the route to the control plane's pods",
         timeout=30,
     )
-
-
-def test_route_agent_unit_tests_pass() -> None:
-    # The agent's pure logic (routes, stale routes, CNI config, nat rule) is tested in Go; the kind
-    # tier, which builds the agent, runs those tests too.
-    result = subprocess.run(
-        ["go", "test", "./..."], cwd=REPO_ROOT / "routeagent",
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
