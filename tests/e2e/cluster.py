@@ -92,25 +92,6 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
 
 
-def hardened_container(name: str, image: str, command: list[str]) -> dict[str, Any]:
-    """A container that Pod Security "restricted" admits."""
-    return {
-        "name": name,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-        },
-        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-    }
-
-
-RESTRICTED_POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-
-
 # An ExoModel's life, for tests that make one of their own (test_chaos, test_rollout).
 CPU_EXAMPLE = EXAMPLES / "cpu-gemma-3-270m.yaml"
 READY_TIMEOUT = 600

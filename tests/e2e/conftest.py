@@ -9,7 +9,6 @@ EXO_E2E_KEEP=1 leaves the release and the namespace behind for a look after a fa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import uuid
@@ -17,15 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import RESTRICTED_POD_SECURITY, hardened_container
 from fixtures.cluster_lease import kubeconfig_from_env
 from fixtures.helm import CHART, Helm
 from fixtures.kind import start_kind
 from fixtures.kube import Kubectl
+from fixtures.model_server import put_on_model_server, start_model_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
-MODEL_SERVER_PORT = 8080
 
 
 def keep() -> bool:
@@ -140,111 +138,19 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-# Streams stdin into the served folder, renaming at the end so no reader sees a partial file, and
-# prints the file's sha256 for the test to compare.
-RECEIVE_FILE = """
-import hashlib, os, sys
-path = sys.argv[1]
-digest = hashlib.sha256()
-with open(path + ".part", "wb") as out:
-    while block := sys.stdin.buffer.read(1 << 20):
-        digest.update(block)
-        out.write(block)
-os.rename(path + ".part", path)
-print(digest.hexdigest())
-"""
-
-
 @pytest.fixture(scope="session")
 def model_url(kubectl: Kubectl, namespace: str, images: dict[str, str], gemma_gguf: Path) -> str:
-    """An in-cluster URL serving the Gemma GGUF from PyPI, from a pod of the runtime image.
-
-    The file is streamed in with `kubectl exec`, so this works on any cluster: no host path, no
-    registry, no route from the pods to the machine that runs the tests.
-    """
-    labels = {"app.kubernetes.io/name": "e2e-model-server"}
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "model-server", "namespace": namespace, "labels": labels},
-            "spec": {
-                "securityContext": RESTRICTED_POD_SECURITY,
-                "automountServiceAccountToken": False,
-                "containers": [
-                    hardened_container(
-                        "http",
-                        images["runtime"],
-                        [
-                            "python3",
-                            "-m",
-                            "http.server",
-                            str(MODEL_SERVER_PORT),
-                            "--directory",
-                            "/srv",
-                        ],
-                    )
-                    | {
-                        "ports": [{"name": "http", "containerPort": MODEL_SERVER_PORT}],
-                        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2},
-                        "volumeMounts": [{"name": "srv", "mountPath": "/srv"}],
-                    }
-                ],
-                # The GGUF, and the float32 MLX folder converted from it (1.1 GB).
-                "volumes": [{"name": "srv", "emptyDir": {"sizeLimit": "3Gi"}}],
-            },
-        }
-    )
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "model-server", "namespace": namespace},
-            "spec": {
-                "selector": labels,
-                "ports": [{"name": "http", "port": MODEL_SERVER_PORT, "targetPort": "http"}],
-            },
-        }
-    )
-    kubectl(
-        "wait",
-        "-n",
-        namespace,
-        "--for=condition=Ready",
-        "pod/model-server",
-        "--timeout=180s",
-        timeout=200,
-    )
-    url, _ = _put_on_model_server(kubectl, namespace, gemma_gguf, gemma_gguf.name)
+    """An in-cluster URL serving the Gemma GGUF from PyPI (tests/fixtures/model_server.py, which
+    `make demo` uses too)."""
+    start_model_server(kubectl, namespace, images["runtime"])
+    url, _ = put_on_model_server(kubectl, namespace, gemma_gguf, gemma_gguf.name)
     return url
 
 
-@pytest.fixture(scope="session")
-def put_on_model_server(kubectl: Kubectl, namespace: str, model_url: str):
+@pytest.fixture(scope="session", name="put_on_model_server")
+def put_more_on_model_server(kubectl: Kubectl, namespace: str, model_url: str):
     """Puts more files on the model server: put(local, name) -> (URL, sha256 of what it holds)."""
-    return lambda local, name: _put_on_model_server(kubectl, namespace, local, name)
-
-
-def _put_on_model_server(
-    kubectl: Kubectl, namespace: str, local: Path, name: str
-) -> tuple[str, str]:
-    """Streams `local` to the model server as `name` (a path under its folder)."""
-    folder = os.path.dirname(name)
-    if folder:
-        kubectl("exec", "-n", namespace, "model-server", "--", "mkdir", "-p", f"/srv/{folder}")
-    with local.open("rb") as source:
-        result = subprocess.run(
-            kubectl.command("-n", namespace, "exec", "-i", "model-server", "--",
-                            "python3", "-c", RECEIVE_FILE, f"/srv/{name}"),
-            stdin=source, capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-    assert result.returncode == 0, f"streaming {name} to the model server failed: {result.stderr}"
-    digest = hashlib.sha256()
-    with local.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    assert result.stdout.strip() == digest.hexdigest(), f"the model server holds a corrupt {name}"
-    return f"http://model-server.{namespace}.svc:{MODEL_SERVER_PORT}/{name}", digest.hexdigest()
+    return lambda local, name: put_on_model_server(kubectl, namespace, local, name)
 
 
 @pytest.fixture(scope="session")

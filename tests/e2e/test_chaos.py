@@ -15,17 +15,16 @@ from typing import Any
 
 import pytest
 from cluster import (
-    RESTRICTED_POD_SECURITY,
     StatusWatch,
     cpu_exomodel,
     delete_exomodel,
     explain_model,
-    hardened_container,
     model_pods,
     port_forward,
     wait_until_ready,
 )
 from fixtures.kube import Kubectl
+from fixtures.pod_security import RESTRICTED_POD_SECURITY, hardened_container
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -13,13 +13,12 @@ import pytest
 import yaml
 from cluster import (
     EXAMPLES,
-    RESTRICTED_POD_SECURITY,
     SHARED_CACHE,
     StatusWatch,
     condition,
-    hardened_container,
     port_forward,
 )
+from fixtures.pod_security import RESTRICTED_POD_SECURITY, hardened_container
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
