@@ -92,7 +92,7 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
 
 
-# An ExoModel's life, for tests that make one of their own (test_chaos, test_rollout).
+# An ExoModel's life, for tests that make one of their own (test_chaos, test_rollout, ...).
 CPU_EXAMPLE = EXAMPLES / "cpu-gemma-3-270m.yaml"
 READY_TIMEOUT = 600
 # Room for two runtime replicas (and a surge pod) beside the control plane on a 2-core kind node.
