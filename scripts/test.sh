@@ -38,6 +38,9 @@ fi
 if has_tier kwok || has_tier kind || has_tier e2e; then
   step "Kubernetes tools (built once from pinned sources, then cached)"
   bash scripts/tools.sh
+elif has_tier unit; then
+  step "helm, which renders the chart in the unit tier (built once from a pinned source, then cached)"
+  bash scripts/tools.sh build helm
 fi
 if has_tier kind || has_tier e2e; then
   step "Docker, the Debian base image and the kind node image"
@@ -50,15 +53,11 @@ if has_tier e2e; then
   bash scripts/images.sh build
 fi
 
-# Each tier is a folder (or a marker) of tests/.
+# Each pytest tier is the folder of its name: tests/<tier>/ (tests/fixtures/ serves them all).
 paths=()
-has_tier unit && paths+=(tests/unit)
-has_tier fetch && paths+=(tests/fetch)
-has_tier runtime && paths+=(tests/runtime)
-has_tier mlx && paths+=(tests/mlx)
-has_tier kwok && paths+=(tests/harness/test_kwok.py tests/harness/test_kwok_script.py tests/cluster tests/chart)
-has_tier kind && paths+=(tests/harness/test_kind.py tests/harness/test_kind_multinode.py tests/harness/test_script_descriptors.py)
-has_tier e2e && paths+=(tests/e2e)
+for t in $ALL_TIERS; do
+  if [[ $t != lint ]] && has_tier "$t"; then paths+=("tests/$t"); fi
+done
 
 if [ ${#paths[@]} -eq 0 ]; then
   log "no pytest tier selected"

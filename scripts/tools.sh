@@ -4,6 +4,7 @@
 # $TOOLS_BIN. A component whose stamp matches its version and go.sum is skipped.
 #
 #   scripts/tools.sh          build what is missing (make tools)
+#   scripts/tools.sh build helm   only the components named (the unit tier needs helm alone)
 #   scripts/tools.sh pin      rewrite tools/*/go.mod and go.sum from scripts/versions.env
 #
 # Each component is a small Go module under tools/<name>/ whose go.sum is the integrity
@@ -238,10 +239,12 @@ main() {
   local name index=0 started=$SECONDS
   case "${1:-build}" in
     build)
+      for name in "${@:2}"; do [[ -v VERSION[$name] ]] || die "unknown component '$name' (known: ${COMPONENTS[*]})"; done
       # Two builds at once would write the same folders: the second waits for the first.
       hold_lock "$TOOLS_DIR/.lock" 0 "another \`make tools\`"
       for name in "${COMPONENTS[@]}"; do
         index=$((index + 1))
+        [[ $# -le 1 || " ${*:2} " == *" $name "* ]] || continue
         build_component "$index" "$name"
       done
       log "tools ready in $TOOLS_BIN ($((SECONDS - started)) s)"
@@ -251,7 +254,7 @@ main() {
       for name in "${@:2}"; do pin_component "$name"; done
       [ $# -gt 1 ] || for name in "${COMPONENTS[@]}"; do pin_component "$name"; done
       ;;
-    *) die "usage: $0 [build|pin [component...]]" ;;
+    *) die "usage: $0 [build [component...]|pin [component...]]" ;;
   esac
 }
 

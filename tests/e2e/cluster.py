@@ -1,4 +1,4 @@
-"""Helpers of the e2e tier: helm, an ExoModel status watch, port-forwards."""
+"""Helpers of the e2e tier: an ExoModel status watch, port-forwards, ExoModels and their pods."""
 
 from __future__ import annotations
 
@@ -12,30 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fixtures.kwok import Kubectl, tool_path
+from fixtures.kube import Kubectl
 from fixtures.net import free_port
 from fixtures.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "charts" / "exo-operator"
 EXAMPLES = REPO_ROOT / "examples"
-
-
-class Helm:
-    """The pinned helm bound to one kubeconfig."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        self.binary = tool_path("helm")
-        self.kubeconfig = kubeconfig
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> str:
-        cmd = [str(self.binary), "--kubeconfig", str(self.kubeconfig), *args]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"`helm {' '.join(args)}` exited {result.returncode}:\n{result.stderr}"
-            )
-        return result.stdout
 
 
 class StatusWatch:
@@ -45,11 +27,10 @@ class StatusWatch:
     """
 
     def __init__(self, kubectl: Kubectl, namespace: str, name: str) -> None:
-        cmd = [
-            str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
-            "get", "exomodels", "--field-selector", f"metadata.name={name}",
+        cmd = kubectl.command(
+            "-n", namespace, "get", "exomodels", "--field-selector", f"metadata.name={name}",
             "--watch", "--output-watch-events", "-o", "json",
-        ]  # fmt: skip
+        )  # fmt: skip
         self.statuses: list[dict[str, Any]] = []
         self._process = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -84,10 +65,9 @@ class StatusWatch:
 def port_forward(kubectl: Kubectl, namespace: str, target: str, port: int) -> Iterator[int]:
     """`kubectl port-forward` of target's port to a free port on 127.0.0.1, for the block."""
     local = free_port()
-    cmd = [
-        str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
-        "port-forward", "--address", "127.0.0.1", target, f"{local}:{port}",
-    ]  # fmt: skip
+    cmd = kubectl.command(
+        "-n", namespace, "port-forward", "--address", "127.0.0.1", target, f"{local}:{port}"
+    )
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
 
@@ -112,26 +92,7 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
 
 
-def hardened_container(name: str, image: str, command: list[str]) -> dict[str, Any]:
-    """A container that Pod Security "restricted" admits."""
-    return {
-        "name": name,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-        },
-        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-    }
-
-
-RESTRICTED_POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-
-
-# An ExoModel's life, for tests that make one of their own (test_chaos, test_rollout).
+# An ExoModel's life, for tests that make one of their own (test_chaos, test_rollout, ...).
 CPU_EXAMPLE = EXAMPLES / "cpu-gemma-3-270m.yaml"
 READY_TIMEOUT = 600
 # Room for two runtime replicas (and a surge pod) beside the control plane on a 2-core kind node.

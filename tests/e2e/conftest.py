@@ -9,7 +9,6 @@ EXO_E2E_KEEP=1 leaves the release and the namespace behind for a look after a fa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import uuid
@@ -17,13 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import CHART, RESTRICTED_POD_SECURITY, Helm, hardened_container
 from fixtures.cluster_lease import kubeconfig_from_env
-from fixtures.kwok import Kubectl
+from fixtures.helm import CHART, Helm
+from fixtures.kind import start_kind
+from fixtures.kube import Kubectl
+from fixtures.model_server import put_on_model_server, start_model_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
-MODEL_SERVER_PORT = 8080
 
 
 def keep() -> bool:
@@ -48,14 +48,11 @@ def e2e_kubeconfig(request) -> Path:
     given = kubeconfig_from_env("EXO_E2E_KUBECONFIG")
     if given:
         return given
-    # The project's kind cluster: build the images and load them into its node.
-    lines = run_script("scripts/kind.sh", "up", timeout=1800).splitlines()
-    exports = [line for line in lines if line.startswith("export KUBECONFIG=")]
-    if len(exports) != 1:
-        pytest.fail(f"scripts/kind.sh up printed no kubeconfig line: {lines}", pytrace=False)
+    # The project's kind cluster, left running at the end, with the images built and loaded.
+    kubeconfig = start_kind()
     run_script("scripts/images.sh", "build", timeout=1800)
     run_script("scripts/images.sh", "load", timeout=600)
-    return Path(exports[0].removeprefix("export KUBECONFIG="))
+    return kubeconfig
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +70,7 @@ def kubectl(e2e_kubeconfig: Path) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
-def helm(e2e_kubeconfig: Path) -> Helm:
+def e2e_helm(e2e_kubeconfig: Path) -> Helm:
     return Helm(e2e_kubeconfig)
 
 
@@ -97,7 +94,7 @@ def image_id_annotation(reference: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def operator_release(
-    helm: Helm, kubectl: Kubectl, images: dict[str, str]
+    e2e_helm: Helm, kubectl: Kubectl, images: dict[str, str]
 ) -> Iterator[dict[str, str]]:
     """The chart installed with the images under test; yields its namespace and Deployment."""
     release = {
@@ -105,7 +102,7 @@ def operator_release(
         "namespace": "exo-e2e-system",
         "deployment": "exo-e2e-exo-operator",
     }
-    helm(
+    e2e_helm(
         "upgrade", "--install", release["name"], str(CHART), "--namespace", release["namespace"],
         "--create-namespace", *image_values("image", images["operator"]),
         *image_values("runtimeImage", images["runtime"]), "--set", "logLevel=debug",
@@ -113,7 +110,7 @@ def operator_release(
     )  # fmt: skip
     yield release
     if not keep():
-        helm(
+        e2e_helm(
             "uninstall", release["name"], "--namespace", release["namespace"], "--wait", check=False
         )
         kubectl("delete", "namespace", release["namespace"], "--wait=false", check=False)
@@ -141,111 +138,19 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-# Streams stdin into the served folder, renaming at the end so no reader sees a partial file, and
-# prints the file's sha256 for the test to compare.
-RECEIVE_FILE = """
-import hashlib, os, sys
-path = sys.argv[1]
-digest = hashlib.sha256()
-with open(path + ".part", "wb") as out:
-    while block := sys.stdin.buffer.read(1 << 20):
-        digest.update(block)
-        out.write(block)
-os.rename(path + ".part", path)
-print(digest.hexdigest())
-"""
-
-
 @pytest.fixture(scope="session")
 def model_url(kubectl: Kubectl, namespace: str, images: dict[str, str], gemma_gguf: Path) -> str:
-    """An in-cluster URL serving the Gemma GGUF from PyPI, from a pod of the runtime image.
-
-    The file is streamed in with `kubectl exec`, so this works on any cluster: no host path, no
-    registry, no route from the pods to the machine that runs the tests.
-    """
-    labels = {"app.kubernetes.io/name": "e2e-model-server"}
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "model-server", "namespace": namespace, "labels": labels},
-            "spec": {
-                "securityContext": RESTRICTED_POD_SECURITY,
-                "automountServiceAccountToken": False,
-                "containers": [
-                    hardened_container(
-                        "http",
-                        images["runtime"],
-                        [
-                            "python3",
-                            "-m",
-                            "http.server",
-                            str(MODEL_SERVER_PORT),
-                            "--directory",
-                            "/srv",
-                        ],
-                    )
-                    | {
-                        "ports": [{"name": "http", "containerPort": MODEL_SERVER_PORT}],
-                        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2},
-                        "volumeMounts": [{"name": "srv", "mountPath": "/srv"}],
-                    }
-                ],
-                # The GGUF, and the float32 MLX folder converted from it (1.1 GB).
-                "volumes": [{"name": "srv", "emptyDir": {"sizeLimit": "3Gi"}}],
-            },
-        }
-    )
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "model-server", "namespace": namespace},
-            "spec": {
-                "selector": labels,
-                "ports": [{"name": "http", "port": MODEL_SERVER_PORT, "targetPort": "http"}],
-            },
-        }
-    )
-    kubectl(
-        "wait",
-        "-n",
-        namespace,
-        "--for=condition=Ready",
-        "pod/model-server",
-        "--timeout=180s",
-        timeout=200,
-    )
-    url, _ = _put_on_model_server(kubectl, namespace, gemma_gguf, gemma_gguf.name)
+    """An in-cluster URL serving the Gemma GGUF from PyPI (tests/fixtures/model_server.py, which
+    `make demo` uses too)."""
+    start_model_server(kubectl, namespace, images["runtime"])
+    url, _ = put_on_model_server(kubectl, namespace, gemma_gguf, gemma_gguf.name)
     return url
 
 
-@pytest.fixture(scope="session")
-def put_on_model_server(kubectl: Kubectl, namespace: str, model_url: str):
+@pytest.fixture(scope="session", name="put_on_model_server")
+def put_more_on_model_server(kubectl: Kubectl, namespace: str, model_url: str):
     """Puts more files on the model server: put(local, name) -> (URL, sha256 of what it holds)."""
-    return lambda local, name: _put_on_model_server(kubectl, namespace, local, name)
-
-
-def _put_on_model_server(
-    kubectl: Kubectl, namespace: str, local: Path, name: str
-) -> tuple[str, str]:
-    """Streams `local` to the model server as `name` (a path under its folder)."""
-    folder = os.path.dirname(name)
-    if folder:
-        kubectl("exec", "-n", namespace, "model-server", "--", "mkdir", "-p", f"/srv/{folder}")
-    with local.open("rb") as source:
-        result = subprocess.run(
-            [str(kubectl.binary), "--kubeconfig", str(kubectl.kubeconfig), "-n", namespace,
-             "exec", "-i", "model-server", "--", "python3", "-c", RECEIVE_FILE, f"/srv/{name}"],
-            stdin=source, capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-    assert result.returncode == 0, f"streaming {name} to the model server failed: {result.stderr}"
-    digest = hashlib.sha256()
-    with local.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    assert result.stdout.strip() == digest.hexdigest(), f"the model server holds a corrupt {name}"
-    return f"http://model-server.{namespace}.svc:{MODEL_SERVER_PORT}/{name}", digest.hexdigest()
+    return lambda local, name: put_on_model_server(kubectl, namespace, local, name)
 
 
 @pytest.fixture(scope="session")

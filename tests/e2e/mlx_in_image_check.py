@@ -63,6 +63,7 @@ def write_tiny_model(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
 
 
+# Not tests/fixtures/net.py's: this file runs alone inside the runtime image.
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

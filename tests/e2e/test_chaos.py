@@ -15,23 +15,21 @@ from typing import Any
 
 import pytest
 from cluster import (
-    RESTRICTED_POD_SECURITY,
     StatusWatch,
     cpu_exomodel,
     delete_exomodel,
     explain_model,
-    hardened_container,
     model_pods,
     port_forward,
     wait_until_ready,
 )
-from fixtures.kwok import Kubectl
+from fixtures.kube import Kubectl
+from fixtures.model_server import PORT, served_url, start_http_server
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 RANGED_SERVER = "ranged-model-server"
-RANGED_SERVER_PORT = 8080
 # Slow enough that the fetch pod is still downloading when it is killed: about 30 s for the file.
 SERVE_BYTES_PER_SECOND = 8 << 20
 # Bytes the server sent that the killed pod never wrote: at most what the sockets' buffers hold.
@@ -103,44 +101,10 @@ def ranged_model_url(
     kubectl: Kubectl, namespace: str, images: dict[str, str], model_url: str
 ) -> str:
     """The GGUF's URL on a server that resumes, throttles and counts what it sends."""
-    labels = {"app.kubernetes.io/name": RANGED_SERVER}
-    command = ["python3", "-c", RANGED_SERVER_SCRIPT, model_url]
-    command += [str(RANGED_SERVER_PORT), str(SERVE_BYTES_PER_SECOND)]
-    container = hardened_container("http", images["runtime"], command) | {
-        "ports": [{"name": "http", "containerPort": RANGED_SERVER_PORT}],
-        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2},
-        "volumeMounts": [{"name": "srv", "mountPath": "/srv"}],
-    }
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": RANGED_SERVER, "namespace": namespace, "labels": labels},
-            "spec": {
-                "securityContext": RESTRICTED_POD_SECURITY,
-                "automountServiceAccountToken": False,
-                "containers": [container],
-                "volumes": [{"name": "srv", "emptyDir": {"sizeLimit": "1Gi"}}],
-            },
-        }
-    )
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": RANGED_SERVER, "namespace": namespace},
-            "spec": {
-                "selector": labels,
-                "ports": [{"name": "http", "port": RANGED_SERVER_PORT, "targetPort": "http"}],
-            },
-        }
-    )
-    kubectl(
-        "wait", "-n", namespace, "--for=condition=Ready", f"pod/{RANGED_SERVER}",
-        "--timeout=180s", timeout=200,
-    )  # fmt: skip
-    filename = model_url.rsplit("/", 1)[1]
-    return f"http://{RANGED_SERVER}.{namespace}.svc:{RANGED_SERVER_PORT}/{filename}"
+    command = ["python3", "-c", RANGED_SERVER_SCRIPT, model_url, str(PORT)]
+    command += [str(SERVE_BYTES_PER_SECOND)]
+    start_http_server(kubectl, namespace, RANGED_SERVER, images["runtime"], command, "1Gi")
+    return served_url(namespace, model_url.rsplit("/", 1)[1], server=RANGED_SERVER)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

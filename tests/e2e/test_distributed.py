@@ -24,7 +24,7 @@ from cluster import (
     port_forward,
     wait_until_ready,
 )
-from fixtures.kwok import Kubectl
+from fixtures.kube import Kubectl
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

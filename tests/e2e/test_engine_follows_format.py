@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cluster import condition, port_forward
+from cluster import condition, exomodel_status, port_forward
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -83,23 +83,22 @@ def models(kubectl, namespace, operator_release, model_url, put_on_model_server,
         kubectl("delete", "exomodel", name, "-n", namespace, "--wait=false", check=False)
 
 
-def status_of(kubectl, namespace, name) -> dict:
-    return kubectl.json("get", "exomodel", name, "-n", namespace).get("status") or {}
-
-
 def wait_until_ready_with_timings(kubectl, namespace, name) -> dict:
     """Ready, and the runtime's own load and warmup seconds read from its log."""
 
     def ready():
-        status = status_of(kubectl, namespace, name)
+        status = exomodel_status(kubectl, namespace, name)
         if status.get("phase") == "Failed":
             raise AssertionError(f"ExoModel {name} Failed: {status.get('message')}")
         timings = status.get("timings") or {}
         return status.get("phase") == "Ready" and "warmupSeconds" in timings and status
 
     def explain():
-        return f"status: {json.dumps(status_of(kubectl, namespace, name), indent=1)}\n" + kubectl(
-            "get", "jobs,pods", "-n", namespace, "-l", f"exo.dev/model={name}", "-o", "wide"
+        return (
+            f"status: {json.dumps(exomodel_status(kubectl, namespace, name), indent=1)}\n"
+            + kubectl(
+                "get", "jobs,pods", "-n", namespace, "-l", f"exo.dev/model={name}", "-o", "wide"
+            )
         )
 
     return wait_for(ready, f"ExoModel {name} Ready with its step times", READY_TIMEOUT, explain)

@@ -6,20 +6,22 @@ restarted → scaled, a pod killed → deleted. Each says what it waited for whe
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 import yaml
 from cluster import (
     EXAMPLES,
-    RESTRICTED_POD_SECURITY,
+    READY_TIMEOUT,
     SHARED_CACHE,
     StatusWatch,
     condition,
-    hardened_container,
+    exomodel_status,
+    explain_model,
     port_forward,
+    wait_until_ready,
 )
+from fixtures.pod_security import RESTRICTED_POD_SECURITY, hardened_container
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +30,6 @@ CPU_EXAMPLE = EXAMPLES / "cpu-gemma-3-270m.yaml"
 GPU_EXAMPLE = EXAMPLES / "gpu-1-llama-3.1-8b.yaml"
 # Room for two runtime replicas beside the control plane on a 2-core kind node.
 E2E_RESOURCES = {"cpu": "400m", "memory": "1Gi"}
-READY_TIMEOUT = 600
 RESUME_SETTLE_SECONDS = 20
 
 
@@ -43,10 +44,6 @@ def exomodel_from(example, name, url, *, sha256=None, **spec_overrides):
     return model
 
 
-def status_of(kubectl, namespace, name):
-    return kubectl.json("get", "exomodel", name, "-n", namespace).get("status") or {}
-
-
 def children(kubectl, namespace, name):
     """The ExoModel's Jobs, Deployments, Services, PVCs and runtime pods, by kind."""
     found = kubectl.json(
@@ -59,18 +56,6 @@ def children(kubectl, namespace, name):
     return by_kind
 
 
-def wait_for_ready(kubectl, namespace, name, what):
-    """Waits for phase Ready and returns the status; phase Failed fails at once, with its reason."""
-
-    def ready():
-        status = status_of(kubectl, namespace, name)
-        if status.get("phase") == "Failed":
-            raise AssertionError(f"{what}: the ExoModel Failed: {status.get('message')}")
-        return status.get("phase") == "Ready" and status
-
-    return wait_for(ready, what, READY_TIMEOUT, explain(kubectl, namespace, name))
-
-
 def runtime_pods(by_kind):
     """The runtime pods among an ExoModel's children (not its fetch Job's pods)."""
     return [
@@ -78,15 +63,6 @@ def runtime_pods(by_kind):
         for p in by_kind.get("Pod", [])
         if p["metadata"]["labels"].get("exo.dev/component") == "runtime"
     ]
-
-
-def explain(kubectl, namespace, name):
-    """What a failed wait should show: the status and the children's state."""
-    return lambda: (
-        f"status: {json.dumps(status_of(kubectl, namespace, name), indent=1)}\n"
-        + kubectl("get", "jobs,deployments,pods,pvc", "-n", namespace, "-o", "wide", check=False)
-        + kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)[-3000:]
-    )
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +121,7 @@ def test_cpu_example_goes_downloading_to_ready_with_progress(kubectl, namespace,
     watch = StatusWatch(kubectl, namespace, name)
     try:
         kubectl.apply(cpu_model["manifest"], namespace=namespace)
-        status = wait_for_ready(kubectl, namespace, name, f"ExoModel {name} becoming Ready")
+        status = wait_until_ready(kubectl, namespace, name, f"ExoModel {name} becoming Ready")
     finally:
         watch.stop()
     phases = watch.phases()
@@ -162,14 +138,14 @@ def test_cpu_example_goes_downloading_to_ready_with_progress(kubectl, namespace,
     # The runtime's own load and warmup seconds, read from the Ready pod's log just after
     # Ready is reported: they may land a moment later.
     def reported_timings():
-        timings = status_of(kubectl, namespace, name).get("timings") or {}
+        timings = exomodel_status(kubectl, namespace, name).get("timings") or {}
         return "warmupSeconds" in timings and timings
 
     timings = wait_for(
         reported_timings,
         "the runtime's load and warmup seconds in status.timings",
         30,
-        explain(kubectl, namespace, name),
+        explain_model(kubectl, namespace, name),
     )
     assert timings.get("downloadSeconds", 0) > 0, timings
     assert timings.get("loadSeconds", 0) > 0 and timings.get("warmupSeconds", 0) > 0, timings
@@ -202,7 +178,7 @@ def test_operator_restart_neither_downloads_again_nor_rolls_the_runtime(
     (deployment,) = before["Deployment"]
     jobs_before = {j["metadata"]["uid"] for j in before.get("Job", [])}
     pods_before = {p["metadata"]["uid"] for p in runtime_pods(before)}
-    timings_before = status_of(kubectl, namespace, name).get("timings")
+    timings_before = exomodel_status(kubectl, namespace, name).get("timings")
     watch = StatusWatch(kubectl, namespace, name)
     try:
         kubectl(
@@ -228,7 +204,7 @@ def test_operator_restart_neither_downloads_again_nor_rolls_the_runtime(
     )
     pods_after = {p["metadata"]["uid"] for p in runtime_pods(after)}
     assert pods_after == pods_before, "runtime pods were replaced"
-    status = status_of(kubectl, namespace, name)
+    status = exomodel_status(kubectl, namespace, name)
     assert status["phase"] == "Ready"
     assert status.get("timings") == timings_before, "the restart changed the step times"
 
@@ -237,10 +213,10 @@ def test_killed_runtime_pod_shows_degraded_then_ready_again(kubectl, namespace, 
     name = cpu_model["name"]
     kubectl("scale", "exomodel", name, "-n", namespace, "--replicas=2")
     wait_for(
-        lambda: status_of(kubectl, namespace, name).get("readyReplicas") == 2,
+        lambda: exomodel_status(kubectl, namespace, name).get("readyReplicas") == 2,
         f"ExoModel {name} scaled to 2 ready replicas",
         READY_TIMEOUT,
-        explain(kubectl, namespace, name),
+        explain_model(kubectl, namespace, name),
     )
     pods = runtime_pods(children(kubectl, namespace, name))
     watch = StatusWatch(kubectl, namespace, name)
@@ -258,7 +234,7 @@ def test_killed_runtime_pod_shows_degraded_then_ready_again(kubectl, namespace, 
             ),
             f"ExoModel {name} Ready again with 2 replicas",
             READY_TIMEOUT,
-            explain(kubectl, namespace, name),
+            explain_model(kubectl, namespace, name),
         )
     finally:
         watch.stop()
@@ -287,7 +263,7 @@ def test_gpu_example_schedules_on_the_nodes_fake_gpu(kubectl, namespace, model_u
     assert model["spec"]["resources"]["gpus"] == 1
     kubectl.apply(model, namespace=namespace)
     try:
-        status = wait_for_ready(
+        status = wait_until_ready(
             kubectl, namespace, name, f"GPU ExoModel {name} becoming Ready on the fake GPU"
         )
         assert status["readyReplicas"] == 1

@@ -18,16 +18,15 @@ from typing import Any
 
 import pytest
 from cluster import (
-    RESTRICTED_POD_SECURITY,
     SHARED_CACHE,
     cpu_exomodel,
     delete_exomodel,
     exomodel_status,
     explain_model,
-    hardened_container,
     model_pods,
 )
-from fixtures.kwok import Kubectl
+from fixtures.kube import Kubectl
+from fixtures.pod_security import RESTRICTED_POD_SECURITY, hardened_container
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

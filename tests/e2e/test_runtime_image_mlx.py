@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cluster import RESTRICTED_POD_SECURITY, hardened_container
+from fixtures.pod_security import RESTRICTED_POD_SECURITY, hardened_container
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -8,6 +8,8 @@ from exo_operator.model import ExoModelSpec
 from pydantic import BaseModel
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "exo.dev_exomodels.yaml"
+# The ExoModels that admission must refuse; the kwok tier applies each to a real apiserver.
+INVALID_CORPUS = Path(__file__).resolve().parents[1] / "crd_invalid"
 
 
 def load():
@@ -124,3 +126,7 @@ def test_schema_and_operator_model_default_alike(path, node, field):
         assert nested_model(field.annotation) is not None, path
     else:
         assert node["default"] == python_default, path
+
+
+def test_the_invalid_corpus_is_large_enough():
+    assert len(list(INVALID_CORPUS.glob("*.yaml"))) >= 25

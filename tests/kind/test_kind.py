@@ -5,69 +5,28 @@ fake device plugin's nvidia.com/gpu is allocated by the kubelet and enforced by 
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures.kind import load_image
-from fixtures.kwok import Kubectl
+from fixtures.kube import Kubectl
 from fixtures.waiting import wait_for
+from kind_harness import docker, phase, pod, run_to_completion, token_image
 
 pytestmark = pytest.mark.kind
 
-BASE_IMAGE = os.environ.get("BASE_IMAGE", "exo-operator/debian:bookworm")
-# The local-path helper image that scripts/node-image.sh builds: Debian's static busybox.
-BUSYBOX_IMAGE = "docker.io/kindest/local-path-helper:v20241212-8ac705d0"
 NODEPORT = 30080
 NODEPORT_HOST_PORT = int(os.environ.get("EXO_KIND_NODEPORT", "30080"))
 
 
-def docker(*args: str, input: str | None = None) -> str:
-    """Runs Debian's docker client (the daemon's API version); fails with its stderr."""
-    result = subprocess.run(
-        ["/usr/bin/docker", *args], input=input, capture_output=True, text=True, timeout=600
-    )
-    if result.returncode != 0:
-        pytest.fail(f"`docker {' '.join(args)}` exited {result.returncode}: {result.stderr}")
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def harness_image(kind_kubectl: Kubectl) -> Iterator[tuple[str, str]]:
-    """A local image built now (never in any registry) and loaded with `kind load docker-image`:
-    the Debian base with busybox (for httpd, nc, wget) and a token file; returns (image, token)."""
-    token = uuid.uuid4().hex
-    image = f"exo-operator/kind-harness:{token[:12]}"
-    for needed, how in (
-        (BASE_IMAGE, "scripts/base-image.sh"),
-        (BUSYBOX_IMAGE, "scripts/node-image.sh"),
-    ):
-        if subprocess.run(
-            ["/usr/bin/docker", "image", "inspect", needed], capture_output=True
-        ).returncode:
-            pytest.fail(f"local image {needed} is missing: run {how}", pytrace=False)
-    dockerfile = (
-        f"FROM {BASE_IMAGE}\n"
-        f"COPY --from={BUSYBOX_IMAGE} /bin/busybox /bin/\n"
-        f"RUN echo {token} > /token\n"
-    )
-    with tempfile.TemporaryDirectory() as context:
-        Path(context, "Dockerfile").write_text(dockerfile)
-        env = {"DOCKER_BUILDKIT": "1"}
-        result = subprocess.run(
-            ["/usr/bin/docker", "build", "-q", "-t", image, context],
-            capture_output=True, text=True, timeout=600, env={**os.environ, **env},
-        )  # fmt: skip
-        if result.returncode != 0:
-            pytest.fail(f"building {image} failed: {result.stderr}")
-    load_image(image)
-    yield image, token
-    subprocess.run(["/usr/bin/docker", "rmi", "-f", image], capture_output=True, check=False)
+    """The harness's token image, loaded into the session's cluster; returns (image, token)."""
+    with token_image(load_image) as built:
+        yield built
 
 
 @pytest.fixture
@@ -77,43 +36,6 @@ def namespace(kind_kubectl: Kubectl) -> Iterator[str]:
     kind_kubectl("create", "namespace", name)
     yield name
     kind_kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def pod(name: str, image: str, command: str, **spec: Any) -> dict[str, Any]:
-    """A one-container pod running `bash -c command` that never pulls its image."""
-    container: dict[str, Any] = {
-        "name": "main",
-        "image": image,
-        "imagePullPolicy": "Never",
-        "command": ["bash", "-c", command],
-    }
-    container.update(spec.pop("container", {}))
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {"restartPolicy": "Never", "containers": [container], **spec},
-    }
-
-
-def phase(kubectl: Kubectl, namespace: str, name: str) -> str:
-    return kubectl("-n", namespace, "get", "pod", name, "-o", "jsonpath={.status.phase}")
-
-
-def run_to_completion(kubectl: Kubectl, namespace: str, manifest: dict[str, Any]) -> str:
-    """Applies a pod, waits for it to succeed, and returns its log."""
-    name = manifest["metadata"]["name"]
-    kubectl.apply(manifest, namespace)
-
-    def finished() -> str:
-        current = phase(kubectl, namespace, name)
-        if current == "Failed":
-            log = kubectl("-n", namespace, "logs", name, check=False)
-            pytest.fail(f"pod {name} failed; its log: {log}")
-        return current == "Succeeded" and current
-
-    wait_for(finished, f"pod {name} to succeed", timeout=120)
-    return kubectl("-n", namespace, "logs", name)
 
 
 def serve_http(kubectl: Kubectl, namespace: str, image: str, service_type: str) -> None:

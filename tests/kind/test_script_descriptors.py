@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from descriptors import holders, pipe_link, processes_mentioning
+from fixtures.descriptors import holders, pipe_link, processes_mentioning
 from fixtures.paths import REPO_ROOT
 
 pytestmark = pytest.mark.kind

@@ -1,11 +1,12 @@
-"""The chart lints clean and renders what each value asks for: the spec of charts/exo-operator."""
+"""The chart lints clean and renders what each value asks for: the spec of charts/exo-operator.
+
+`helm lint` and `helm template` need no cluster (the pinned helm only); the kwok tier installs
+the chart on an apiserver (tests/kwok/chart/test_install.py)."""
 
 import pytest
 import yaml
 from exo_operator.settings import OperatorSettings
-from helm_chart import CHART, find, operator_container
-
-pytestmark = pytest.mark.kwok
+from fixtures.helm import CHART, find, operator_container
 
 NAMESPACED = ("watchNamespaces={team-a,team-b}",)
 HA = ("replicas=2",)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,35 +10,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fixtures.kube import Kubectl, tool_path
 from fixtures.net import free_port
+from fixtures.paths import REPO_ROOT
 from fixtures.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 CRD = REPO / "crds" / "exo.dev_exomodels.yaml"
 
 
 def kubectl_binary() -> str:
-    """The pinned kubectl that `make tools` builds, else the one on PATH."""
-    cache = Path(os.environ.get("EXO_CACHE", Path.home() / ".cache" / "exo-operator"))
-    pinned = Path(os.environ.get("TOOLS_BIN", cache / "bin")) / "kubectl"
-    found = str(pinned) if pinned.is_file() else shutil.which("kubectl")
-    if not found:
-        raise RuntimeError(f"no kubectl at {pinned} or on PATH: run `make tools`")
-    return found
+    """The pinned kubectl that `make tools` builds."""
+    return str(tool_path("kubectl"))
 
 
-def kubectl(kubeconfig: str, *args: str, stdin: str | None = None, check: bool = True):
+def kubectl(
+    kubeconfig: str, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Runs kubectl as a user would; returns the completed process."""
-    proc = subprocess.run(
-        [kubectl_binary(), "--kubeconfig", kubeconfig, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
-    return proc
+    return Kubectl(kubeconfig).run(*args, input=stdin, check=check)
 
 
 def get_json(kubeconfig: str, *args: str) -> dict[str, Any] | None:

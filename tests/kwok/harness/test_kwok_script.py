@@ -1,5 +1,6 @@
-"""scripts/kwok.sh as a user meets it: bad settings get a clear error, `up` is idempotent and
-recovers from a killed run, `down` leaves no process, port or file behind."""
+"""scripts/kwok.sh as a user meets it: a port in use is refused, `up` is idempotent and recovers
+from a killed run, `down` leaves no process, port or file behind (bad settings: the unit tier's
+test_kwok_settings.py)."""
 
 from __future__ import annotations
 
@@ -13,48 +14,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from descriptors import holders
-from fixtures.kwok import EXO_CACHE, EXPORT_PREFIX, KWOK_SCRIPT, Kubectl, tool_path
+from fixtures.descriptors import holders
+from fixtures.kube import EXPORT_PREFIX, Kubectl, tool_path
+from fixtures.kwok import kwok_script
+from fixtures.paths import EXO_CACHE
 
 pytestmark = pytest.mark.kwok
 
 KWOK_WORKDIR = EXO_CACHE / "kwok"
-
-
-def kwok_sh(*args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(KWOK_SCRIPT), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.mark.parametrize(
-    ("setting", "value", "message"),
-    [
-        ("KWOK_NODES", "four", "KWOK_NODES='four' must be a whole number"),
-        ("KWOK_GPUS_PER_NODE", "-1", "KWOK_GPUS_PER_NODE='-1' must be a whole number"),
-        ("KWOK_CLUSTER", "My_Cluster", "KWOK_CLUSTER='My_Cluster' is not a valid name"),
-        ("KWOK_NODE_MEMORY", "lots", "KWOK_NODE_MEMORY='lots' must be a quantity"),
-        ("KWOK_APISERVER_PORT", "http", "KWOK_APISERVER_PORT='http' must be a port number"),
-    ],
-)
-def test_bad_setting_is_refused_with_a_message_naming_it(
-    setting: str, value: str, message: str
-) -> None:
-    result = kwok_sh("up", **{setting: value})
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert result.stdout == ""
-
-
-def test_missing_tools_say_to_run_make_tools(tmp_path: Path) -> None:
-    result = kwok_sh("up", TOOLS_BIN=str(tmp_path), KWOK_CLUSTER="never-started")
-    assert result.returncode != 0
-    assert "run `make tools`" in result.stderr
 
 
 def test_apiserver_port_in_use_is_refused_before_anything_starts() -> None:
@@ -64,7 +31,7 @@ def test_apiserver_port_in_use_is_refused_before_anything_starts() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = kwok_sh("up", KWOK_CLUSTER=name, KWOK_APISERVER_PORT=str(port))
+        result = kwok_script("up", KWOK_CLUSTER=name, KWOK_APISERVER_PORT=str(port))
     assert result.returncode != 0
     assert f"port {port} (KWOK_APISERVER_PORT) is in use" in result.stderr
     assert not (KWOK_WORKDIR / "clusters" / name).exists()
@@ -103,7 +70,7 @@ def test_up_reuses_recovers_from_a_killed_run_and_down_leaves_nothing() -> None:
     cluster_dir = KWOK_WORKDIR / "clusters" / name
     settings = {"KWOK_CLUSTER": name, "KWOK_NODES": "2", "KWOK_CPU_NODES": "0"}
     try:
-        kubeconfig = kubeconfig_of(kwok_sh("up", **settings))
+        kubeconfig = kubeconfig_of(kwok_script("up", **settings))
         assert kubeconfig.is_file()
         kubectl = Kubectl(kubeconfig)
         assert len(kubectl.json("get", "nodes")["items"]) == 2
@@ -111,7 +78,7 @@ def test_up_reuses_recovers_from_a_killed_run_and_down_leaves_nothing() -> None:
         assert not holders(str(KWOK_WORKDIR / "locks" / name))
 
         started = time.monotonic()
-        assert kubeconfig_of(kwok_sh("up", **settings)) == kubeconfig
+        assert kubeconfig_of(kwok_script("up", **settings)) == kubeconfig
         assert time.monotonic() - started < 10, "reusing a running cluster should take seconds"
 
         # A killed run: every component dies at once and leaves its files and pid files.
@@ -119,17 +86,17 @@ def test_up_reuses_recovers_from_a_killed_run_and_down_leaves_nothing() -> None:
         assert len(pids) == 5, pids  # etcd, apiserver, controller-manager, scheduler, kwok
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        assert kwok_sh("status", **settings).returncode == 1
-        recovered = kwok_sh("up", **settings)
+        assert kwok_script("status", **settings).returncode == 1
+        recovered = kwok_script("up", **settings)
         assert "leftover" in recovered.stderr
         assert kubeconfig_of(recovered) == kubeconfig
         kubectl("wait", "--for=condition=Ready", "nodes", "--all", "--timeout=30s")
         port = apiserver_port(kubectl)
     finally:
-        down = kwok_sh("down", **settings)
+        down = kwok_script("down", **settings)
     assert down.returncode == 0, down.stderr
     assert component_pids(cluster_dir) == []
     assert not cluster_dir.exists()
     assert not (KWOK_WORKDIR / f"{name}.kwokctl.yaml").exists()
     assert not listening(port)
-    assert kwok_sh("status", **settings).returncode == 1
+    assert kwok_script("status", **settings).returncode == 1

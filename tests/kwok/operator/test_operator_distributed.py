@@ -5,8 +5,6 @@ does across workers (RPC, the split, reloading) is the runtime tier's; here the 
 is real, from admission to the StatefulSet, the members and the group's recovery.
 """
 
-from pathlib import Path
-
 import pytest
 from fixtures.waiting import wait_for
 from operator_harness import (
@@ -22,7 +20,7 @@ from operator_harness import (
 
 pytestmark = pytest.mark.kwok
 
-CORPUS = Path(__file__).resolve().parents[1] / "crd_invalid"
+CORPUS = REPO / "tests" / "crd_invalid"
 REFUSED = sorted(CORPUS.glob("distributed-*.yaml"))
 EXAMPLE = REPO / "examples" / "gpu-distributed-llama-3.3-70b.yaml"
 

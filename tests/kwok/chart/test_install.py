@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 import yaml
-from helm_chart import CHART, find
+from fixtures.helm import CHART, find
 
 pytestmark = pytest.mark.kwok
 

@@ -14,22 +14,19 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.kwok import EXPORT_PREFIX, Kubectl
+from fixtures.kube import Kubectl, exported_kubeconfig
 from fixtures.paths import REPO_ROOT
 from fixtures.waiting import wait_for
+from kind_harness import docker, pod, run_to_completion, token_image
 
 pytestmark = pytest.mark.kind
 
-BASE_IMAGE = os.environ.get("BASE_IMAGE", "exo-operator/debian:bookworm")
-BUSYBOX_IMAGE = "docker.io/kindest/local-path-helper:v20241212-8ac705d0"
 CLUSTER = os.environ.get(
     "EXO_KIND_MULTINODE_CLUSTER", f"{os.environ.get('KIND_CLUSTER', 'exo')}-multinode"
 )
@@ -54,14 +51,6 @@ def kind_script(*args: str, timeout: float = 1800) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
-def docker(*args: str) -> str:
-    """Runs Debian's docker client (the daemon's API version); fails with its stderr."""
-    result = subprocess.run(["/usr/bin/docker", *args], capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        pytest.fail(f"`docker {' '.join(args)}` exited {result.returncode}: {result.stderr}")
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def kubectl() -> Iterator[Kubectl]:
     """kubectl on the two-node cluster, created for this module unless it already runs."""
@@ -69,9 +58,7 @@ def kubectl() -> Iterator[Kubectl]:
     result = kind_script("up")
     if result.returncode != 0:
         pytest.fail(f"`KIND_NODES=2 scripts/kind.sh up` failed:\n{result.stderr[-4000:]}")
-    lines = [line for line in result.stdout.splitlines() if line.startswith(EXPORT_PREFIX)]
-    assert len(lines) == 1, result.stdout
-    yield Kubectl(Path(lines[0].removeprefix(EXPORT_PREFIX)))
+    yield Kubectl(exported_kubeconfig(result.stdout, "KIND_NODES=2 scripts/kind.sh up"))
     keep = os.environ.get("EXO_KIND_KEEP", "")
     if keep == "0" or (keep == "" and not was_up):
         kind_script("down", timeout=300)
@@ -92,21 +79,14 @@ def nodes(kubectl: Kubectl) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def image(kubectl: Kubectl) -> Iterator[tuple[str, str]]:
-    """A local image with busybox (httpd) and a token file, loaded into both nodes."""
-    token = uuid.uuid4().hex
-    tag = f"exo-operator/kind-harness:{token[:12]}"
-    dockerfile = (
-        f"FROM {BASE_IMAGE}\n"
-        f"COPY --from={BUSYBOX_IMAGE} /bin/busybox /bin/\n"
-        f"RUN echo {token} > /token\n"
-    )
-    with tempfile.TemporaryDirectory() as context:
-        Path(context, "Dockerfile").write_text(dockerfile)
-        docker("build", "-q", "-t", tag, context)
-    result = kind_script("load", tag, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    yield tag, token
-    subprocess.run(["/usr/bin/docker", "rmi", "-f", tag], capture_output=True, check=False)
+    """The harness's token image, loaded into both nodes; returns (image, token)."""
+
+    def load(image: str) -> None:
+        result = kind_script("load", image, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    with token_image(load) as built:
+        yield built
 
 
 @pytest.fixture
@@ -115,38 +95,6 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def pod(name: str, image: str, command: str, on: str, **spec: Any) -> dict[str, Any]:
-    """A pod running `bash -c command` on node `on` (through the scheduler, which counts GPUs)."""
-    container = {"name": "main", "image": image, "imagePullPolicy": "Never"}
-    container |= {"command": ["bash", "-c", command], **spec.pop("container", {})}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "restartPolicy": "Never",
-            "nodeSelector": {"kubernetes.io/hostname": on},
-            "containers": [container],
-            **spec,
-        },
-    }
-
-
-def run_to_completion(kubectl: Kubectl, namespace: str, manifest: dict[str, Any]) -> str:
-    """Applies a pod, waits for it to succeed, and returns its log."""
-    name = manifest["metadata"]["name"]
-    kubectl.apply(manifest, namespace)
-
-    def finished() -> bool:
-        phase = kubectl("-n", namespace, "get", "pod", name, "-o", "jsonpath={.status.phase}")
-        if phase == "Failed":
-            pytest.fail(f"pod {name} failed; its log: {kubectl('-n', namespace, 'logs', name)}")
-        return phase == "Succeeded"
-
-    wait_for(finished, f"pod {name} to succeed", timeout=120)
-    return kubectl("-n", namespace, "logs", name)
 
 
 def serve_token(
@@ -317,13 +265,3 @@ def test_route_agent_puts_back_a_route_that_went_missing(
         "the route agent to restore the route to the control plane's pods",
         timeout=30,
     )
-
-
-def test_route_agent_unit_tests_pass() -> None:
-    # The agent's pure logic (routes, stale routes, CNI config, nat rule) is tested in Go; the kind
-    # tier, which builds the agent, runs those tests too.
-    result = subprocess.run(
-        ["go", "test", "./..."], cwd=REPO_ROOT / "routeagent",
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.kwok import Kubectl
+from fixtures.kube import Kubectl
 from fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.kwok
