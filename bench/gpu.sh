@@ -125,7 +125,7 @@ log "llama-bench tg$TOKENS (the single-stream ceiling)"
 log "exo-runtime vs llama-server, $CLIENTS clients"
 "$py" bench/serving.py --clients "$CLIENTS" --tokens "$TOKENS" --threads "$threads" \
   --gpu-layers "$gpu_layers" --llama-server "$tools/bin/llama-server" \
-  --llama-server-build "$device, ${engine_flags[*]}"
+  --llama-server-build "$device, ${engine_flags[*]}" --runtime-build "$device, ${engine_flags[*]}"
 
 log "MLX engine vs mlx-lm ($mlx_pkg)"
 "$py" bench/mlx_engines.py --clients 1,4 --tokens 64 --device "$device"

