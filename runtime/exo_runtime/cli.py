@@ -64,6 +64,13 @@ def _tensor_split(text: str) -> tuple[float, ...]:
     return shares
 
 
+def _add_switch(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
+    """Add an on/off `flag`, on by default when its EXO_* variable is 1, true or yes."""
+    env = _env_name(flag)
+    on = os.environ.get(env, "").lower() in ("1", "true", "yes")
+    parser.add_argument(flag, action="store_true", default=on, help=f"{help} (env {env}=true)")
+
+
 def _add(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -145,12 +152,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="finished sequences kept for reuse of their prompt prefix, at most --parallel "
         "(0: off)",
     )
-    parser.add_argument(
+    _add_switch(
+        parser,
         "--swa-full",
-        action="store_true",
-        default=os.environ.get("EXO_SWA_FULL", "").lower() in ("1", "true", "yes"),
         help="keep a sliding-window model's whole KV cache, so prefixes longer than the window "
-        "are reused; batched decode is slower (off, as llama-server; env EXO_SWA_FULL=true)",
+        "are reused; batched decode is slower (off, as llama-server)",
     )
     _add(
         parser,
@@ -167,12 +173,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--warmup-max-tokens", type=_positive_int, default=8, help="warmup length")
     _add(parser, "--max-queue", type=_non_negative_int, default=64, help="most waiting requests")
     _add(parser, "--shutdown-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
-    parser.add_argument(
+    _add_switch(
+        parser,
         "--require-verified",
-        action="store_true",
-        default=os.environ.get("EXO_REQUIRE_VERIFIED", "").lower() in ("1", "true", "yes"),
         help="refuse a model file without the intact .verified.json that `exo-runtime fetch` "
-        "writes (env EXO_REQUIRE_VERIFIED=true)",
+        "writes",
     )
     limits = Limits()
     _add(
