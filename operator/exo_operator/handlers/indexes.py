@@ -11,6 +11,25 @@ from exo_operator.model import GROUP, PLURAL, VERSION
 from exo_operator.naming import MODEL_LABEL
 
 CHILD_FILTER = {MODEL_LABEL: kopf.PRESENT, "app.kubernetes.io/managed-by": "exo-operator"}
+# The same filter in the apiserver's words: kopf filters by `labels=` after the object has
+# crossed the wire and been parsed, so only this keeps other workloads off the operator.
+CHILD_SELECTOR = f"{MODEL_LABEL},app.kubernetes.io/managed-by=exo-operator"
+# Every child resource the handlers below and in children.py watch, as kopf selectors.
+CHILD_RESOURCES: tuple[tuple[str, ...], ...] = (
+    ("v1", "pods"),
+    ("batch", "v1", "jobs"),
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("v1", "persistentvolumeclaims"),
+    ("v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
+
+
+def select_children_server_side(settings: kopf.OperatorSettings) -> None:
+    """Has the apiserver send only the operator's children on every child list and watch."""
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
 
 
 def _key(namespace: str | None, labels: Any) -> tuple[str | None, str]:
