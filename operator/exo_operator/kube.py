@@ -27,6 +27,9 @@ def load_credentials(pool_size: int) -> None:
     # One connection per worker thread, or calls queue for a free connection.
     configuration.connection_pool_maxsize = pool_size
     client.Configuration.set_default(configuration)
+    # Without a default ApiClient, every `CoreV1Api()` builds its own, with a connection pool of
+    # its own: each call would pay a new TCP and TLS handshake, on both ends.
+    client.ApiClient.set_default(client.ApiClient(configuration))
 
 
 def _patchers() -> dict[str, Any]:
