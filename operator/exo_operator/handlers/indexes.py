@@ -1,6 +1,8 @@
 """In-memory views of ExoModels and their children, keyed by (namespace, model name).
 
-Handlers look children up here instead of listing them from the apiserver.
+Handlers look children up here instead of listing them from the apiserver. The index functions
+are async although they never wait: kopf runs a plain function in a thread, a hand-off that
+every watch event of every child would pay.
 """
 
 from typing import Any
@@ -44,40 +46,42 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def exomodels(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+async def exomodels(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, name): _slim(body)}
 
 
 @kopf.index("v1", "pods", labels=CHILD_FILTER)
-def model_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def model_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {_key(namespace, labels): _slim(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD_FILTER)
-def model_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def model_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {_key(namespace, labels): _slim(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=CHILD_FILTER)
-def model_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def model_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {_key(namespace, labels): _slim(body)}
 
 
 @kopf.index("v1", "persistentvolumeclaims", labels=CHILD_FILTER)
-def model_claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def model_claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {_key(namespace, labels): _slim(body)}
 
 
 @kopf.index("v1", "services", labels=CHILD_FILTER)
-def model_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def model_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {_key(namespace, labels): _slim(body)}
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
-def model_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def model_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {_key(namespace, labels): _slim(body)}
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=CHILD_FILTER)
-def model_statefulsets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def model_statefulsets(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict:
     return {_key(namespace, labels): _slim(body)}
