@@ -4,8 +4,6 @@ child events and the time each reconcile takes.
 The reconciler calls the hooks where each thing happens; `serve` exposes them at /metrics.
 """
 
-from collections import Counter as Tally
-
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -74,13 +72,21 @@ class OperatorMetrics:
 
     def model_phase(self, key: ModelKey, phase: str) -> None:
         """Records the phase just derived for one model."""
+        before = self._phases.get(key)
+        if before == phase:
+            return
         self._phases[key] = phase
-        self._recount()
+        # Only the two phases involved move: recounting every model on every reconcile made
+        # the reconciles of N models cost N^2.
+        if before is not None:
+            self.models.labels(phase=before).dec()
+        self.models.labels(phase=phase).inc()
 
     def forget_model(self, key: ModelKey) -> None:
         """Drops a deleted model from the counts."""
-        if self._phases.pop(key, None) is not None:
-            self._recount()
+        before = self._phases.pop(key, None)
+        if before is not None:
+            self.models.labels(phase=before).dec()
 
     def status_written(self) -> None:
         self.status_writes.inc()
@@ -100,11 +106,6 @@ class OperatorMetrics:
     def api_error(self, operation: str) -> None:
         """A failed write; operation is what was attempted (`apply` or `status`)."""
         self.api_errors.labels(operation=operation).inc()
-
-    def _recount(self) -> None:
-        counts = Tally(self._phases.values())
-        for phase in {*PHASES, *counts}:
-            self.models.labels(phase=phase).set(counts.get(phase, 0))
 
 
 METRICS = OperatorMetrics()

@@ -101,3 +101,11 @@ def test_child_events_are_counted_by_resource_and_reconciles_are_timed(registry)
     assert registry.get_sample_value("exo_operator_reconcile_seconds_count") == 2
     under_10ms = registry.get_sample_value("exo_operator_reconcile_seconds_bucket", {"le": "0.01"})
     assert under_10ms == 1
+
+
+def test_a_model_reported_twice_in_one_phase_counts_once(registry):
+    m = OperatorMetrics(registry)
+    m.model_phase(("a", "one"), "Ready")
+    m.model_phase(("a", "one"), "Ready")
+    m.model_phase(("a", "one"), "Unheard-of")
+    assert _models(registry, "Ready") == 0 and _models(registry, "Unheard-of") == 1
