@@ -338,31 +338,33 @@ def unrelated_pod(i: int) -> dict:
 
 
 def create_unrelated_pods(count: int) -> None:
-    """Creates `count` pods of nobody the operator knows, in Lists of 500 on 4 kubectls."""
+    """Creates `count` pods of nobody the operator knows, in Lists of 500 on 4 kubectls; the
+    ones a kept earlier run left are reused."""
     started = time.monotonic()
     per_node = count // UNRELATED_NODES + 10
     nodes = [unrelated_node(i, per_node) for i in range(UNRELATED_NODES)]
-    kubectl(
-        "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes})
-    )
-    kubectl("create", "namespace", UNRELATED_NAMESPACE)
+    kubectl("apply", "-f", "-", stdin=as_list(nodes))
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": UNRELATED_NAMESPACE}}
+    kubectl("apply", "-f", "-", stdin=json.dumps(namespace))
     kubectl("wait", "--for=create", "serviceaccount/default", "-n", UNRELATED_NAMESPACE)
+    core = client.CoreV1Api()
+    first = core.list_namespaced_pod(UNRELATED_NAMESPACE, limit=1)
+    existing = len(first.items) + (first.metadata.remaining_item_count or 0)
 
-    def create(first: int) -> None:
-        items = [unrelated_pod(i) for i in range(first, min(first + 500, count))]
+    def create(start: int) -> None:
+        items = [unrelated_pod(i) for i in range(start, min(start + 500, count))]
         kubectl("create", "-f", "-", stdin=as_list(items))
 
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(create, range(0, count, 500)))
+        list(pool.map(create, range(existing, count, 500)))
     created = time.monotonic() - started
-    core = client.CoreV1Api()
     # kwok turns them Running: wait, so that the runs measure the operator, not that churn.
     while core.list_namespaced_pod(
         UNRELATED_NAMESPACE, field_selector="status.phase!=Running", limit=1
     ).items:
         time.sleep(2)
     print(
-        f"{count} unrelated pods created in {created:.0f} s, "
+        f"{count - existing} unrelated pods created ({existing} kept) in {created:.0f} s, "
         f"all Running after {time.monotonic() - started:.0f} s",
         file=sys.stderr,
     )
@@ -430,6 +432,11 @@ def main() -> None:
         help="run each model count again beside N pods that are not the operator's",
     )
     parser.add_argument(
+        "--keep-unrelated-pods",
+        action="store_true",
+        help="leave the unrelated pods for the next invocation (say, to compare two builds)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="record a py-spy profile of the operator per run"
     )
     args = parser.parse_args()
@@ -449,7 +456,8 @@ def main() -> None:
         try:
             rows += [run(n, args.unrelated_pods) for n in counts]
         finally:
-            delete_unrelated_pods()
+            if not args.keep_unrelated_pods:
+                delete_unrelated_pods()
     keys = list(rows[0])
     width = max(len(k) for k in keys)
     print(f"{'':{width}}  " + "  ".join(f"{r['models']:>10}" for r in rows))
