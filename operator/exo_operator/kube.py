@@ -153,7 +153,14 @@ def apply(manifest: dict[str, Any], field_manager: str) -> None:
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge `status` into the ExoModel's status subresource."""
     client.CustomObjectsApi().patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"status": status},
+        _content_type=MERGE,
+        _preload_content=False,  # the reply is never read: do not parse it
     )
 
 
@@ -179,7 +186,8 @@ def post_event(body: dict[str, Any], type: str, reason: str, message: str) -> No
         source=client.V1EventSource(component="exo-operator"),
         reporting_component="exo.dev/exo-operator",
     )
-    client.CoreV1Api().create_namespaced_event(meta["namespace"], event)
+    # The reply is never read; turning it back into client models would cost more than the call.
+    client.CoreV1Api().create_namespaced_event(meta["namespace"], event, _preload_content=False)
 
 
 def log_tail(namespace: str, pod: str, lines: int = 5) -> str | None:

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.kwok
 
 OPERATOR_ENV = {"EXO_RUNTIME_IMAGE": "exo-runtime:dev"}
 
-# client-go's request log at -v=6: `GET https://…/api/v1/pods?…&watch=true 200 OK in 2 milliseconds`
-REQUEST_LINE = re.compile(r"\] (?P<verb>[A-Z]+) (?P<url>https?://\S+) ")
+# client-go's request log at -v=6, in either of its forms:
+#   `] GET https://…/api/v1/pods?…&watch=true 200 OK in 2 milliseconds`
+#   `"Response" verb="GET" url="https://…/api/v1/pods?…&watch=true" status="200 OK"`
+REQUEST_LINE = re.compile(r'(?:\] |verb=")(?P<verb>[A-Z]+)"? (?:url=")?(?P<url>https?://[^\s"]+)')
 SERVING = re.compile(r"Starting to serve on (?P<address>\S+)")
 # The collections the operator watches, relative to the namespace it serves.
 CHILD_COLLECTIONS = (
