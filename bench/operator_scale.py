@@ -111,13 +111,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 def operator_metrics(port: int) -> dict[str, float]:
-    """The operator's own samples, summed over their labels (child events over resources)."""
+    """The operator's own samples, summed over their labels (child events over resources);
+    a histogram's buckets keep their bound in the name (`..._bucket le=1.0`)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     samples: Counter = Counter()
     for line in text.splitlines():
         if m := SAMPLE.match(line):
-            samples[m["name"]] += float(m["value"])
+            bound = re.search(r'le="([^"]+)"', m["labels"] or "")
+            name = f"{m['name']} le={bound[1]}" if bound else m["name"]
+            samples[name] += float(m["value"])
     return dict(samples)
 
 
@@ -289,6 +292,9 @@ def run_once(
             "reconciles/model": reconciles / n,
             "reconcile mean (ms)": 1000
             * own.get("exo_operator_reconcile_seconds_sum", 0.0)
+            / max(reconciles, 1.0),
+            "reconciles over 1 s (%)": 100
+            * (reconciles - own.get("exo_operator_reconcile_seconds_bucket le=1.0", reconciles))
             / max(reconciles, 1.0),
             "operator requests/model": operator_requests(delta) / n,
             "all requests/model": sum(delta.values()) / n,
