@@ -354,8 +354,7 @@ def create_unrelated_pods(count: int) -> None:
     kubectl("apply", "-f", "-", stdin=json.dumps(namespace))
     kubectl("wait", "--for=create", "serviceaccount/default", "-n", UNRELATED_NAMESPACE)
     core = client.CoreV1Api()
-    first = core.list_namespaced_pod(UNRELATED_NAMESPACE, limit=1)
-    existing = len(first.items) + (first.metadata.remaining_item_count or 0)
+    existing = unrelated_pods_present()
 
     def create(start: int) -> None:
         items = [unrelated_pod(i) for i in range(start, min(start + 500, count))]
@@ -374,6 +373,11 @@ def create_unrelated_pods(count: int) -> None:
         f"all Running after {time.monotonic() - started:.0f} s",
         file=sys.stderr,
     )
+
+
+def unrelated_pods_present() -> int:
+    first = client.CoreV1Api().list_namespaced_pod(UNRELATED_NAMESPACE, limit=1)
+    return len(first.items) + (first.metadata.remaining_item_count or 0)
 
 
 def as_list(items: list[dict]) -> str:
@@ -456,7 +460,11 @@ def main() -> None:
     def run(n: int, unrelated: int) -> dict[str, float]:
         return run_once(n, unrelated, args.idle_seconds, args.timeout, args.log_dir, args.profile)
 
-    rows = [run(n, 0) for n in counts]
+    rows = []
+    if present := unrelated_pods_present():
+        print(f"runs alone skipped: {present} unrelated pods are kept from before", file=sys.stderr)
+    else:
+        rows = [run(n, 0) for n in counts]
     if args.unrelated_pods:
         create_unrelated_pods(args.unrelated_pods)
         try:
