@@ -45,6 +45,18 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
     return slim
 
 
+def slim_child(body: Any) -> dict[str, Any]:
+    """A child as the operator reads it: metadata (less managedFields), status, a pod's node.
+
+    The rest of the spec goes: a Job's, Deployment's or StatefulSet's holds a whole pod template
+    and a pod's its containers, most of what the indexes would keep of thousands of children.
+    """
+    slim = _slim(body)
+    node = (body.get("spec") or {}).get("nodeName")
+    slim["spec"] = {"nodeName": node} if node else {}
+    return slim
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
 async def exomodels(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, name): _slim(body)}
@@ -52,36 +64,36 @@ async def exomodels(namespace: str, name: str, body: kopf.Body, **_: Any) -> dic
 
 @kopf.index("v1", "pods", labels=CHILD_FILTER)
 async def model_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD_FILTER)
 async def model_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=CHILD_FILTER)
 async def model_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("v1", "persistentvolumeclaims", labels=CHILD_FILTER)
 async def model_claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("v1", "services", labels=CHILD_FILTER)
 async def model_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
 async def model_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=CHILD_FILTER)
 async def model_statefulsets(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+    return {_key(namespace, labels): slim_child(body)}
