@@ -14,10 +14,13 @@ PROFILE="${PROFILE:-0}"
 [[ "$PROFILE" =~ ^[01]$ ]] || die "PROFILE='$PROFILE' must be 0 or 1"
 export KWOK_CLUSTER="${KWOK_CLUSTER:-exo-bench}" KWOK_NODES="${KWOK_NODES:-64}"
 export KWOK_GPUS_PER_NODE="${KWOK_GPUS_PER_NODE:-8}" KWOK_CPU_NODES="${KWOK_CPU_NODES:-5}"
+# The controller-manager's 20 requests a second would pace the Jobs and ReplicaSets of hundreds
+# of models, hiding what the operator itself takes.
+export KWOK_NO_QPS_LIMITS="${KWOK_NO_QPS_LIMITS:-1}"
 [ -x .venv/bin/python ] || die ".venv is missing: run \`make venv\` first"
 [ -x "$TOOLS_BIN/kubectl" ] || die "kubectl is missing from $TOOLS_BIN: run \`make tools\` first"
 
-log "kwok cluster '$KWOK_CLUSTER': $KWOK_NODES nodes with $KWOK_GPUS_PER_NODE GPUs, $KWOK_CPU_NODES CPU nodes"
+log "kwok cluster '$KWOK_CLUSTER': $KWOK_NODES nodes with $KWOK_GPUS_PER_NODE GPUs, $KWOK_CPU_NODES CPU nodes, no QPS limits: $KWOK_NO_QPS_LIMITS"
 eval "$(bash scripts/kwok.sh up)"
 trap 'bash scripts/kwok.sh down >/dev/null 2>&1 || true' EXIT
 export PATH="$TOOLS_BIN:$PATH"
