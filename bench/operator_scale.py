@@ -246,7 +246,10 @@ def run_once(
             kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs[chunk : chunk + 100]))
         while len(clock.model_ready_at) < n:
             if time.monotonic() - started > timeout:
-                sys.exit(f"only {len(clock.model_ready_at)}/{n} models Ready after {timeout} s")
+                # The figures of the models that made it still say where the time goes.
+                print(f"only {len(clock.model_ready_at)}/{n} models Ready after {timeout} s; "
+                      "the figures below are theirs", file=sys.stderr)  # fmt: skip
+                break
             time.sleep(0.5)
         all_ready = time.monotonic() - started
         time.sleep(2)
@@ -280,6 +283,7 @@ def run_once(
         return {
             "models": n,
             "unrelated pods": unrelated,
+            "models Ready": len(clock.model_ready_at),
             "all ready (s)": all_ready,
             "apply→first pod p50 (s)": percentile(to_pod, 0.50),
             "apply→first pod p99 (s)": percentile(to_pod, 0.99),
@@ -415,6 +419,7 @@ def summary(row: dict[str, float]) -> dict[str, float]:
     return {
         "models": row["models"],
         "unrelated_pods": row["unrelated pods"],
+        "ready": row["models Ready"],
         "p50_s": round(row["pod→model p50 (s)"], 3),
         "p99_s": round(row["pod→model p99 (s)"], 3),
         "apply_to_pod_p50_s": round(row["apply→first pod p50 (s)"], 2),
