@@ -174,6 +174,8 @@ class ReadyClock:
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")  # no model got that far
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
