@@ -6,7 +6,15 @@ Measures, with the operator running as its own process:
   - the operator's resident memory once every model is Ready;
   - apiserver requests per ExoModel (the apiserver's `apiserver_request_total`): the
     operator's own (server-side applies and ExoModel writes) and everyone's;
-  - writes per minute while idle.
+  - writes per minute while idle;
+  - the operator's CPU seconds, its child watch events and reconciles per model, and the time of
+    a reconcile (its own metrics);
+  - with --unrelated-pods N, every run twice: alone, then beside N pods that are not the
+    operator's (their own namespace, on kwok nodes of their own), to show what they cost it;
+  - with --profile, a py-spy profile of the operator per run (collapsed stacks, which
+    speedscope.app opens) and its top functions.
+
+The last line of output is a JSON list with one object per run.
 
 Start a kwok cluster with room for the pods first, e.g.
   KWOK_NODES=64 KWOK_GPUS_PER_NODE=8 KWOK_CPU_NODES=5 scripts/kwok.sh up
@@ -14,14 +22,18 @@ then: .venv/bin/python bench/operator_scale.py --models 100 --models 500
 """
 
 import argparse
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -32,6 +44,10 @@ WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE"}
 # What the operator applies; kwok's volume stage applies PersistentVolumes, which are not ours.
 OPERATOR_APPLIED = {"deployments", "services", "jobs", "persistentvolumeclaims"}
 METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
+SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>[0-9.e+-]+)$")
+UNRELATED_NAMESPACE = "bench-unrelated"
+# Nodes of their own for the unrelated pods: the model pods' nodes keep their 110-pod room.
+UNRELATED_NODES = 20
 
 
 def kubectl(*args: str, stdin: str | None = None) -> str:
@@ -88,6 +104,26 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system time of the process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def operator_metrics(port: int) -> dict[str, float]:
+    """The operator's own samples, summed over their labels (child events over resources);
+    a histogram's buckets keep their bound in the name (`..._bucket le=1.0`)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: Counter = Counter()
+    for line in text.splitlines():
+        if m := SAMPLE.match(line):
+            bound = re.search(r'le="([^"]+)"', m["labels"] or "")
+            name = f"{m['name']} le={bound[1]}" if bound else m["name"]
+            samples[name] += float(m["value"])
+    return dict(samples)
+
+
 class ReadyClock:
     """Watches runtime pods and ExoModels in one namespace and notes when each turned Ready."""
 
@@ -138,27 +174,58 @@ class ReadyClock:
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")  # no model got that far
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def start_operator(log_path: Path) -> subprocess.Popen:
-    exe = Path(sys.executable).parent / "exo-operator"
-    env = {**os.environ, "EXO_RUNTIME_IMAGE": "exo-runtime:dev"}
-    proc = subprocess.Popen(
-        [str(exe), "run", "--all-namespaces", "--standalone", "--quiet"],
-        env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    time.sleep(3)
-    if proc.poll() is not None:
-        sys.exit(f"the operator exited at once; see {log_path}")
-    return proc
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def run_once(n: int, idle_seconds: float, timeout: float, log_dir: Path) -> dict[str, float]:
+class Operator:
+    """`exo-operator run` as its own process; under `py-spy record` when profiled.
+
+    py-spy starts the operator itself, so it may trace it without extra privileges.
+    """
+
+    def __init__(self, log_path: Path, profile_path: Path | None):
+        exe = Path(sys.executable).parent / "exo-operator"
+        env = {**os.environ, "EXO_RUNTIME_IMAGE": "exo-runtime:dev"}
+        self.metrics_port = free_port()
+        command = [str(exe), "run", "--all-namespaces", "--standalone", "--quiet",
+                   "--metrics-port", str(self.metrics_port)]  # fmt: skip
+        if profile_path:
+            spy = Path(sys.executable).parent / "py-spy"
+            command = [str(spy), "record", "--format", "raw", "--function", "--rate", "50",
+                       "--nonblocking", "--output", str(profile_path), "--", *command]  # fmt: skip
+        self.proc = subprocess.Popen(
+            command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT
+        )
+        time.sleep(3)
+        if self.proc.poll() is not None:
+            sys.exit(f"the operator exited at once; see {log_path}")
+        self.pid = self.proc.pid
+        if profile_path:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            self.pid = int(children.split()[0])
+
+    def stop(self) -> None:
+        os.kill(self.pid, 15)  # py-spy writes its profile once the operator has exited
+        self.proc.wait(timeout=60)
+
+
+def run_once(
+    n: int, unrelated: int, idle_seconds: float, timeout: float, log_dir: Path, profile: bool
+) -> dict[str, float]:
     namespace = f"bench-{n}-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)
-    operator = start_operator(log_dir / f"operator-{n}.log")
+    tag = f"{n}-models-{unrelated}-unrelated"
+    profile_path = log_dir / f"operator-{tag}.profile.txt" if profile else None
+    operator = Operator(log_dir / f"operator-{tag}.log", profile_path)
     try:
         clock = ReadyClock(namespace)
         clock.start()
@@ -181,12 +248,17 @@ def run_once(n: int, idle_seconds: float, timeout: float, log_dir: Path) -> dict
             kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs[chunk : chunk + 100]))
         while len(clock.model_ready_at) < n:
             if time.monotonic() - started > timeout:
-                sys.exit(f"only {len(clock.model_ready_at)}/{n} models Ready after {timeout} s")
+                # The figures of the models that made it still say where the time goes.
+                print(f"only {len(clock.model_ready_at)}/{n} models Ready after {timeout} s; "
+                      "the figures below are theirs", file=sys.stderr)  # fmt: skip
+                break
             time.sleep(0.5)
         all_ready = time.monotonic() - started
         time.sleep(2)
         after = request_counts()
         rss = rss_mib(operator.pid)
+        cpu = cpu_seconds(operator.pid)
+        own = operator_metrics(operator.metrics_port)
         with clock.lock:
             delays = [
                 max(0.0, clock.model_ready_at[m] - clock.last_pod_ready_at[m])
@@ -209,8 +281,11 @@ def run_once(n: int, idle_seconds: float, timeout: float, log_dir: Path) -> dict
             print(f"  {count:8.0f}  {key}", file=sys.stderr)
         clock.stop.set()
         per_minute = 60.0 / idle_seconds
+        reconciles = own.get("exo_operator_reconcile_seconds_count", 0.0)
         return {
             "models": n,
+            "unrelated pods": unrelated,
+            "models Ready": len(clock.model_ready_at),
             "all ready (s)": all_ready,
             "apply→first pod p50 (s)": percentile(to_pod, 0.50),
             "apply→first pod p99 (s)": percentile(to_pod, 0.99),
@@ -218,16 +293,144 @@ def run_once(n: int, idle_seconds: float, timeout: float, log_dir: Path) -> dict
             "pod→model p50 (s)": percentile(delays, 0.50),
             "pod→model p99 (s)": percentile(delays, 0.99),
             "operator RSS (MiB)": rss,
+            "operator CPU (s)": cpu,
+            "child events/model": own.get("exo_operator_child_events_total", 0.0) / n,
+            "reconciles/model": reconciles / n,
+            "reconcile mean (ms)": 1000
+            * own.get("exo_operator_reconcile_seconds_sum", 0.0)
+            / max(reconciles, 1.0),
+            "reconciles over 1 s (%)": 100
+            * (reconciles - own.get("exo_operator_reconcile_seconds_bucket le=1.0", reconciles))
+            / max(reconciles, 1.0),
             "operator requests/model": operator_requests(delta) / n,
             "all requests/model": sum(delta.values()) / n,
             "operator idle writes/min": writes(idle_delta, operator_only=True) * per_minute,
             "all idle writes/min": writes(idle_delta, operator_only=False) * per_minute,
         }
     finally:
-        operator.terminate()
-        operator.wait(timeout=30)
+        operator.stop()
+        if profile_path:
+            print_top_functions(profile_path)
         # Waiting keeps the next run's idle window free of this namespace's teardown.
         kubectl("delete", "namespace", namespace, "--timeout=600s")
+
+
+def unrelated_node(i: int, pods: int) -> dict:
+    """A kwok node for unrelated pods only; the taint keeps the scheduler's pods off it."""
+    resources = {"cpu": "64", "memory": "256Gi", "pods": str(pods)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": f"kwok-unrelated-{i}",
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"type": "kwok", "exo.dev/bench-unrelated": "true"},
+        },
+        "spec": {"taints": [{"key": "exo.dev/bench-unrelated", "effect": "NoSchedule"}]},
+        "status": {"allocatable": resources, "capacity": resources},
+    }
+
+
+def unrelated_pod(i: int) -> dict:
+    """Someone else's pod: bound to a kwok node directly, with labels the operator must skip."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"other-{i}",
+            "namespace": UNRELATED_NAMESPACE,
+            "labels": {"app": "someone-else", "shard": str(i % 50)},
+        },
+        "spec": {
+            "nodeName": f"kwok-unrelated-{i % UNRELATED_NODES}",
+            "tolerations": [{"key": "exo.dev/bench-unrelated", "operator": "Exists"}],
+            "containers": [{"name": "app", "image": "registry.example/app:1"}],
+        },
+    }
+
+
+def create_unrelated_pods(count: int) -> None:
+    """Creates `count` pods of nobody the operator knows, in Lists of 500 on 4 kubectls; the
+    ones a kept earlier run left are reused."""
+    started = time.monotonic()
+    per_node = count // UNRELATED_NODES + 10
+    nodes = [unrelated_node(i, per_node) for i in range(UNRELATED_NODES)]
+    kubectl("apply", "-f", "-", stdin=as_list(nodes))
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": UNRELATED_NAMESPACE}}
+    kubectl("apply", "-f", "-", stdin=json.dumps(namespace))
+    kubectl("wait", "--for=create", "serviceaccount/default", "-n", UNRELATED_NAMESPACE)
+    core = client.CoreV1Api()
+    existing = unrelated_pods_present()
+
+    def create(start: int) -> None:
+        items = [unrelated_pod(i) for i in range(start, min(start + 500, count))]
+        kubectl("create", "-f", "-", stdin=as_list(items))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(create, range(existing, count, 500)))
+    created = time.monotonic() - started
+    # kwok turns them Running: wait, so that the runs measure the operator, not that churn.
+    while core.list_namespaced_pod(
+        UNRELATED_NAMESPACE, field_selector="status.phase!=Running", limit=1
+    ).items:
+        time.sleep(2)
+    print(
+        f"{count - existing} unrelated pods created ({existing} kept) in {created:.0f} s, "
+        f"all Running after {time.monotonic() - started:.0f} s",
+        file=sys.stderr,
+    )
+
+
+def unrelated_pods_present() -> int:
+    first = client.CoreV1Api().list_namespaced_pod(UNRELATED_NAMESPACE, limit=1)
+    return len(first.items) + (first.metadata.remaining_item_count or 0)
+
+
+def as_list(items: list[dict]) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def delete_unrelated_pods() -> None:
+    kubectl("delete", "namespace", UNRELATED_NAMESPACE, "--wait=false", "--ignore-not-found")
+    kubectl("delete", "nodes", "-l", "exo.dev/bench-unrelated=true", "--wait=false")
+
+
+def print_top_functions(path: Path, top: int = 15) -> None:
+    """The functions the operator spent its samples in, by own time and with callees."""
+    own: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    print(f"profile {path} ({total} samples, active threads only):", file=sys.stderr)
+    for title, counts in (("own time", own), ("with callees", inclusive)):
+        print(f"  top functions by {title}:", file=sys.stderr)
+        for frame, n in counts.most_common(top):
+            print(f"    {100 * n / max(total, 1):5.1f}%  {frame}", file=sys.stderr)
+
+
+def summary(row: dict[str, float]) -> dict[str, float]:
+    """One run as the JSON line reports it."""
+    return {
+        "models": row["models"],
+        "unrelated_pods": row["unrelated pods"],
+        "ready": row["models Ready"],
+        "p50_s": round(row["pod→model p50 (s)"], 3),
+        "p99_s": round(row["pod→model p99 (s)"], 3),
+        "apply_to_pod_p50_s": round(row["apply→first pod p50 (s)"], 2),
+        "apply_to_pod_p99_s": round(row["apply→first pod p99 (s)"], 2),
+        "all_ready_s": round(row["all ready (s)"], 1),
+        "rss_mib": round(row["operator RSS (MiB)"], 1),
+        "cpu_s": round(row["operator CPU (s)"], 1),
+        "idle_writes_per_min": round(row["operator idle writes/min"], 2),
+    }
 
 
 def main() -> None:
@@ -238,20 +441,50 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
+    parser.add_argument(
+        "--unrelated-pods",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run each model count again beside N pods that are not the operator's",
+    )
+    parser.add_argument(
+        "--keep-unrelated-pods",
+        action="store_true",
+        help="leave the unrelated pods for the next invocation (say, to compare two builds)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="record a py-spy profile of the operator per run"
+    )
     args = parser.parse_args()
     if not os.environ.get("KUBECONFIG"):
         sys.exit("KUBECONFIG is not set: run scripts/kwok.sh up and export the line it prints")
     config.load_kube_config()
     kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "exo.dev_exomodels.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/exomodels.exo.dev", "--timeout=30s")
-    rows = [
-        run_once(n, args.idle_seconds, args.timeout, args.log_dir) for n in args.models or [100]
-    ]
+    counts = args.models or [100]
+
+    def run(n: int, unrelated: int) -> dict[str, float]:
+        return run_once(n, unrelated, args.idle_seconds, args.timeout, args.log_dir, args.profile)
+
+    rows = []
+    if present := unrelated_pods_present():
+        print(f"runs alone skipped: {present} unrelated pods are kept from before", file=sys.stderr)
+    else:
+        rows = [run(n, 0) for n in counts]
+    if args.unrelated_pods:
+        create_unrelated_pods(args.unrelated_pods)
+        try:
+            rows += [run(n, args.unrelated_pods) for n in counts]
+        finally:
+            if not args.keep_unrelated_pods:
+                delete_unrelated_pods()
     keys = list(rows[0])
     width = max(len(k) for k in keys)
     print(f"{'':{width}}  " + "  ".join(f"{r['models']:>10}" for r in rows))
     for key in keys[1:]:
         print(f"{key:{width}}  " + "  ".join(f"{r[key]:>10.2f}" for r in rows))
+    print(json.dumps([summary(r) for r in rows]))
 
 
 if __name__ == "__main__":

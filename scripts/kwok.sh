@@ -10,7 +10,9 @@
 # Settings (environment): KWOK_CLUSTER (exo), KWOK_NODES (4 GPU nodes), KWOK_GPUS_PER_NODE (1),
 # KWOK_CPU_NODES (1 node without GPUs or taint, where pods that need no GPU run, as in a real
 # cluster's CPU pool), KWOK_NODE_CPU (8), KWOK_NODE_MEMORY (32Gi), KWOK_APISERVER_PORT (a
-# free port when unset).
+# free port when unset), KWOK_NO_QPS_LIMITS (0; 1 lifts the controller-manager's, scheduler's
+# and kwok's client rate limits, 20 requests a second for the controller-manager, which would
+# pace a benchmark of hundreds of models instead of what it measures).
 # kwok's stages (from its module, copied by `make tools`) keep nodes Ready with leases, move
 # pods bound to its nodes to Running and Ready, Jobs' pods to Succeeded, finish deleting
 # pods, and bind PersistentVolumeClaims of the default StorageClass `kwok-volume` at once.
@@ -24,6 +26,7 @@ CPU_NODES="${KWOK_CPU_NODES:-1}"
 NODE_CPU="${KWOK_NODE_CPU:-8}"
 NODE_MEMORY="${KWOK_NODE_MEMORY:-32Gi}"
 APISERVER_PORT="${KWOK_APISERVER_PORT:-}"
+NO_QPS_LIMITS="${KWOK_NO_QPS_LIMITS:-0}"
 
 # kwokctl keeps each cluster's files (pki, etcd data, logs, pids) under its work dir;
 # one under the project's cache keeps ~/.kwok and ~/.kube/config untouched.
@@ -42,6 +45,7 @@ kwokctl() { command "$TOOLS_BIN/kwokctl" -v WARN --name "$CLUSTER" "$@"; }
 kubectl() { command "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 
 validate_settings() {
+  [[ "$NO_QPS_LIMITS" =~ ^[01]$ ]] || die "KWOK_NO_QPS_LIMITS='$NO_QPS_LIMITS' must be 0 or 1"
   [[ "$CLUSTER" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] ||
     die "KWOK_CLUSTER='$CLUSTER' is not a valid name: use lower-case letters, digits and '-'"
   local var
@@ -107,6 +111,7 @@ apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
 options:
   runtime: binary
+  disableQPSLimits: $([ "$NO_QPS_LIMITS" = 1 ] && echo true || echo false)
   # Every binary from the project's cache: kwokctl would download any it is not given.
   etcdBinary: $TOOLS_BIN/etcd
   kubeApiserverBinary: $TOOLS_BIN/kube-apiserver

@@ -27,6 +27,9 @@ def load_credentials(pool_size: int) -> None:
     # One connection per worker thread, or calls queue for a free connection.
     configuration.connection_pool_maxsize = pool_size
     client.Configuration.set_default(configuration)
+    # Without a default ApiClient, every `CoreV1Api()` builds its own, with a connection pool of
+    # its own: each call would pay a new TCP and TLS handshake, on both ends.
+    client.ApiClient.set_default(client.ApiClient(configuration))
 
 
 def _patchers() -> dict[str, Any]:
@@ -82,13 +85,15 @@ def delete_job(namespace: str, name: str, uid: str) -> None:
 def annotate(kind: str, namespace: str, name: str, annotations: dict[str, str], field_manager: str):
     """Merges annotations into a child (a merge patch: nothing else of it changes)."""
     patch = _patchers()[kind]
-    patch(
-        name,
-        namespace,
-        {"metadata": {"annotations": annotations}},
-        field_manager=field_manager,
-        _content_type=MERGE,
-        _preload_content=False,
+    _finish(
+        patch(
+            name,
+            namespace,
+            {"metadata": {"annotations": annotations}},
+            field_manager=field_manager,
+            _content_type=MERGE,
+            _preload_content=False,
+        )
     )
 
 
@@ -133,26 +138,43 @@ def delete(kind: str, namespace: str, name: str) -> None:
             raise
 
 
+def _finish(reply: Any) -> None:
+    """Ends a reply read as raw (`_preload_content=False`) and not parsed: its connection goes
+    back to the pool only once the body is read, else every call pays a new TLS handshake."""
+    reply.drain_conn()
+    reply.release_conn()
+
+
 def apply(manifest: dict[str, Any], field_manager: str) -> None:
     """Server-side apply with one field manager, forcing ownership of the fields it sets."""
     patch = _patchers()[manifest["kind"]]
     meta = manifest["metadata"]
-    patch(
-        meta["name"],
-        meta["namespace"],
-        manifest,
-        field_manager=field_manager,
-        force=True,
-        _content_type=APPLY,
-        _preload_content=False,
+    _finish(
+        patch(
+            meta["name"],
+            meta["namespace"],
+            manifest,
+            field_manager=field_manager,
+            force=True,
+            _content_type=APPLY,
+            _preload_content=False,
+        )
     )
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge `status` into the ExoModel's status subresource."""
-    client.CustomObjectsApi().patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE
+    reply = client.CustomObjectsApi().patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"status": status},
+        _content_type=MERGE,
+        _preload_content=False,  # the reply is never read: do not parse it
     )
+    _finish(reply)
 
 
 def post_event(body: dict[str, Any], type: str, reason: str, message: str) -> None:
@@ -177,7 +199,10 @@ def post_event(body: dict[str, Any], type: str, reason: str, message: str) -> No
         source=client.V1EventSource(component="exo-operator"),
         reporting_component="exo.dev/exo-operator",
     )
-    client.CoreV1Api().create_namespaced_event(meta["namespace"], event)
+    # The reply is never read; turning it back into client models would cost more than the call.
+    _finish(
+        client.CoreV1Api().create_namespaced_event(meta["namespace"], event, _preload_content=False)
+    )
 
 
 def log_tail(namespace: str, pod: str, lines: int = 5) -> str | None:

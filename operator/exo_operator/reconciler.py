@@ -6,6 +6,7 @@ when it changed, so an idle cluster sees no writes.
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -168,7 +169,11 @@ class Reconciler:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             self._waiting.discard(key)
-            await self._reconcile_once(key)
+            started = time.perf_counter()
+            try:
+                await self._reconcile_once(key)
+            finally:
+                self.metrics.reconciled(time.perf_counter() - started)
 
     async def _reconcile_once(self, key: ModelKey) -> None:
         snap = self.snapshot(key)

@@ -86,3 +86,26 @@ def test_a_taken_metrics_port_stops_the_operator_with_a_clear_error(capsys):
         port = taken.getsockname()[1]
         assert main(["run", "--metrics-port", str(port)]) == 2
     assert f"cannot serve metrics on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_child_events_are_counted_by_resource_and_reconciles_are_timed(registry):
+    m = OperatorMetrics(registry)
+    m.child_event("pods")
+    m.child_event("pods")
+    m.child_event("jobs")
+    m.reconciled(0.003)
+    m.reconciled(0.2)
+    events = "exo_operator_child_events_total"
+    assert registry.get_sample_value(events, {"resource": "pods"}) == 2
+    assert registry.get_sample_value(events, {"resource": "jobs"}) == 1
+    assert registry.get_sample_value("exo_operator_reconcile_seconds_count") == 2
+    under_10ms = registry.get_sample_value("exo_operator_reconcile_seconds_bucket", {"le": "0.01"})
+    assert under_10ms == 1
+
+
+def test_a_model_reported_twice_in_one_phase_counts_once(registry):
+    m = OperatorMetrics(registry)
+    m.model_phase(("a", "one"), "Ready")
+    m.model_phase(("a", "one"), "Ready")
+    m.model_phase(("a", "one"), "Unheard-of")
+    assert _models(registry, "Ready") == 0 and _models(registry, "Unheard-of") == 1

@@ -19,9 +19,12 @@ log = logging.getLogger(__name__)
 @kopf.on.event("v1", "persistentvolumeclaims", labels=CHILD_FILTER)
 @kopf.on.event("v1", "services", labels=CHILD_FILTER)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
-async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def child_changed(
+    resource: kopf.Resource, namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     """Re-derives the owning model's status (and re-applies a child that drifted or vanished)."""
     memo.ready.set()
+    memo.reconciler.metrics.child_event(resource.plural)
     try:
         await memo.reconciler.reconcile((namespace, labels[MODEL_LABEL]))
     except kopf.TemporaryError as error:

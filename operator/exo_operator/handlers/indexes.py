@@ -1,6 +1,8 @@
 """In-memory views of ExoModels and their children, keyed by (namespace, model name).
 
-Handlers look children up here instead of listing them from the apiserver.
+Handlers look children up here instead of listing them from the apiserver. The index functions
+are async although they never wait: kopf runs a plain function in a thread, a hand-off that
+every watch event of every child would pay.
 """
 
 from typing import Any
@@ -11,6 +13,25 @@ from exo_operator.model import GROUP, PLURAL, VERSION
 from exo_operator.naming import MODEL_LABEL
 
 CHILD_FILTER = {MODEL_LABEL: kopf.PRESENT, "app.kubernetes.io/managed-by": "exo-operator"}
+# The same filter in the apiserver's words: kopf filters by `labels=` after the object has
+# crossed the wire and been parsed, so only this keeps other workloads off the operator.
+CHILD_SELECTOR = f"{MODEL_LABEL},app.kubernetes.io/managed-by=exo-operator"
+# Every child resource the handlers below and in children.py watch, as kopf selectors.
+CHILD_RESOURCES: tuple[tuple[str, ...], ...] = (
+    ("v1", "pods"),
+    ("batch", "v1", "jobs"),
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("v1", "persistentvolumeclaims"),
+    ("v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
+
+
+def select_children_server_side(settings: kopf.OperatorSettings) -> None:
+    """Has the apiserver send only the operator's children on every child list and watch."""
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
 
 
 def _key(namespace: str | None, labels: Any) -> tuple[str | None, str]:
@@ -24,41 +45,55 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
     return slim
 
 
+def slim_child(body: Any) -> dict[str, Any]:
+    """A child as the operator reads it: metadata (less managedFields), status, a pod's node.
+
+    The rest of the spec goes: a Job's, Deployment's or StatefulSet's holds a whole pod template
+    and a pod's its containers, most of what the indexes would keep of thousands of children.
+    """
+    slim = _slim(body)
+    node = (body.get("spec") or {}).get("nodeName")
+    slim["spec"] = {"nodeName": node} if node else {}
+    return slim
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
-def exomodels(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+async def exomodels(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, name): _slim(body)}
 
 
 @kopf.index("v1", "pods", labels=CHILD_FILTER)
-def model_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+async def model_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD_FILTER)
-def model_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+async def model_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=CHILD_FILTER)
-def model_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+async def model_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("v1", "persistentvolumeclaims", labels=CHILD_FILTER)
-def model_claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+async def model_claims(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("v1", "services", labels=CHILD_FILTER)
-def model_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+async def model_services(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
-def model_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+async def model_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {_key(namespace, labels): slim_child(body)}
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=CHILD_FILTER)
-def model_statefulsets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {_key(namespace, labels): _slim(body)}
+async def model_statefulsets(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict:
+    return {_key(namespace, labels): slim_child(body)}

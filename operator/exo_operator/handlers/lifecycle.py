@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from exo_operator import kube
+from exo_operator.handlers.indexes import select_children_server_side
 from exo_operator.naming import COMPONENT_LABEL, FETCH
 from exo_operator.reconciler import Reconciler, Snapshot
 from exo_operator.settings import OperatorSettings
@@ -42,6 +43,7 @@ async def configure(
     # Events only for the transitions we post ourselves, not for every handler's log line.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    select_children_server_side(settings)
     # kopf waits this long for more events of one object before handling them; status should
     # follow a pod's readiness quickly.
     settings.batching.batch_window = 0.02

@@ -43,8 +43,15 @@ def get_json(kubeconfig: str, *args: str) -> dict[str, Any] | None:
 class OperatorProcess:
     """`exo-operator run` in a subprocess, with its log in a file."""
 
-    def __init__(self, kubeconfig: str, log_dir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        scope: tuple[str, ...] = ("--all-namespaces",),
+    ):
         self.kubeconfig = kubeconfig
+        self.scope = scope
         self.log_path = log_dir / "operator.log"
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
@@ -60,7 +67,7 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, **self.extra_env}
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [str(exe), "run", "--all-namespaces", "--standalone",
+            [str(exe), "run", *self.scope, "--standalone",
              "--liveness", f"http://127.0.0.1:{self.port}/healthz",
              "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
