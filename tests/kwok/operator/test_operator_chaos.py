@@ -14,6 +14,7 @@ import pytest
 from fixtures.waiting import wait_for
 from kubernetes import client, config, watch
 from operator_harness import apply, exomodel, get_json, kubectl
+from urllib3.exceptions import ProtocolError
 
 pytestmark = pytest.mark.kwok
 
@@ -29,31 +30,41 @@ class PhaseRecorder:
         self.namespace = namespace
         self.seen: list[tuple[str, int | None, str | None, str]] = []
         self._watch = watch.Watch()
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopped.set()
         self._watch.stop()
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        stream = self._watch.stream(
-            self.api.list_namespaced_custom_object, "exo.dev", "v1alpha1", self.namespace,
-            "exomodels", timeout_seconds=300,
-        )  # fmt: skip
-        for event in stream:
-            obj = event["object"]
-            status = obj.get("status") or {}
-            self.seen.append(
-                (
-                    obj["metadata"]["name"],
-                    status.get("observedGeneration"),
-                    status.get("phase"),
-                    obj["metadata"]["resourceVersion"],
-                )
-            )
+        # The apiserver may end a watch at any time (the operator's restarts load it): resume
+        # from the last version seen, so no transition between two streams goes unrecorded.
+        version = None
+        while not self._stopped.is_set():
+            stream = self._watch.stream(
+                self.api.list_namespaced_custom_object, "exo.dev", "v1alpha1", self.namespace,
+                "exomodels", timeout_seconds=300, resource_version=version,
+            )  # fmt: skip
+            try:
+                for event in stream:
+                    obj = event["object"]
+                    status = obj.get("status") or {}
+                    version = obj["metadata"]["resourceVersion"]
+                    self.seen.append(
+                        (
+                            obj["metadata"]["name"],
+                            status.get("observedGeneration"),
+                            status.get("phase"),
+                            version,
+                        )
+                    )
+            except ProtocolError:
+                continue
 
 
 def flaps(seen):
