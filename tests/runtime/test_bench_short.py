@@ -1,4 +1,4 @@
-"""The serving benchmark and the soak, in a form of seconds: they run against a real exo-runtime
+"""The serving benchmark and the soak, in a short form: they run against a real exo-runtime
 and report. Their full runs (`make bench-serving`, `make bench-soak`) take many minutes, and
 the llama-server builds they compare with take minutes each, so here exo-runtime stands alone."""
 
