@@ -85,6 +85,38 @@ def pod(name: str, image: str, command: str, on: str | None = None, **spec: Any)
     }
 
 
+def claimed_volume(
+    kubectl: Kubectl,
+    namespace: str,
+    claim: str,
+    access_mode: str = "ReadWriteOnce",
+    storage_class: str | None = None,
+) -> dict[str, Any]:
+    """Applies a 1Mi PersistentVolumeClaim and returns the `pod()` keywords that mount it at
+    /data (volume `data`)."""
+    spec: dict[str, Any] = {"accessModes": [access_mode]}
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    spec["resources"] = {"requests": {"storage": "1Mi"}}
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim},
+        "spec": spec,
+    }
+    kubectl.apply(manifest, namespace)
+    return {
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        "container": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+    }
+
+
+def shared_volume(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    """A ReadWriteMany claim `shared` of the `shared` storage class, which pods on any node
+    mount at once; returns the `pod()` keywords that mount it at /data."""
+    return claimed_volume(kubectl, namespace, "shared", "ReadWriteMany", "shared")
+
+
 def phase(kubectl: Kubectl, namespace: str, name: str) -> str:
     return kubectl("-n", namespace, "get", "pod", name, "-o", "jsonpath={.status.phase}")
 

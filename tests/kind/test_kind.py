@@ -14,7 +14,15 @@ import pytest
 from fixtures.kind import load_image
 from fixtures.kube import Kubectl
 from fixtures.waiting import wait_for
-from kind_harness import docker, phase, pod, run_to_completion, token_image
+from kind_harness import (
+    claimed_volume,
+    docker,
+    phase,
+    pod,
+    run_to_completion,
+    shared_volume,
+    token_image,
+)
 
 pytestmark = pytest.mark.kind
 
@@ -121,17 +129,7 @@ def test_pvc_binds_and_keeps_a_file_across_pod_restarts(
     kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
 ) -> None:
     image, token = harness_image
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
-    }
-    kind_kubectl.apply(claim, namespace)
-    volume = {
-        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
-        "container": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
-    }
+    volume = claimed_volume(kind_kubectl, namespace, "data")
     run_to_completion(
         kind_kubectl, namespace, pod("writer", image, "cp /token /data/kept", **volume)
     )
@@ -146,21 +144,7 @@ def test_shared_class_gives_one_read_write_many_volume_to_two_pods_at_once(
     kind_kubectl: Kubectl, namespace: str, harness_image: tuple[str, str]
 ) -> None:
     image, token = harness_image
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "shared"},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "shared",
-            "resources": {"requests": {"storage": "1Mi"}},
-        },
-    }
-    kind_kubectl.apply(claim, namespace)
-    volume = {
-        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}],
-        "container": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
-    }
+    volume = shared_volume(kind_kubectl, namespace)
     # The holder keeps the volume mounted while a second pod writes into it and a third reads.
     kind_kubectl.apply(
         pod("holder", image, "sleep 300", restartPolicy="Always", **volume), namespace

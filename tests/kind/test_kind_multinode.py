@@ -23,7 +23,7 @@ import pytest
 from fixtures.kube import Kubectl, exported_kubeconfig
 from fixtures.paths import REPO_ROOT
 from fixtures.waiting import wait_for
-from kind_harness import docker, pod, run_to_completion, token_image
+from kind_harness import docker, pod, run_to_completion, shared_volume, token_image
 
 pytestmark = pytest.mark.kind
 
@@ -209,21 +209,7 @@ def test_shared_class_volume_written_on_one_node_is_read_on_the_other(
     kubectl: Kubectl, nodes: dict[str, dict[str, Any]], namespace: str, image: tuple[str, str]
 ) -> None:
     tag, token = image
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "shared"},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "shared",
-            "resources": {"requests": {"storage": "1Mi"}},
-        },
-    }
-    kubectl.apply(claim, namespace)
-    volume = {
-        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}],
-        "container": {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
-    }
+    volume = shared_volume(kubectl, namespace)
     writer_node = nodes["worker"]["metadata"]["name"]
     reader_node = nodes["control-plane"]["metadata"]["name"]
     run_to_completion(
