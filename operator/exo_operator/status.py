@@ -1,5 +1,6 @@
 """Pure status aggregation: what was observed of an ExoModel's children → its status and events."""
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import product
@@ -212,15 +213,12 @@ def _fetch_failure(obs: Observed) -> Finding | None:
     if not job:
         return None
     given_up = _job_condition(job, "Failed")
-    for pod in sorted(obs.fetch_pods, key=_created, reverse=True):
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
-            event = last_event(message, FETCH_EVENTS)
-            if not event or event["event"] != "failed":
-                continue
-            reason = event.get("reason") or "Error"
-            if given_up or reason in PERMANENT_FETCH_REASONS:
-                return Finding("FetchFailed", f"{reason}: {event.get('error', '')}".strip(": "))
+    for event in _fetch_events(sorted(obs.fetch_pods, key=_created, reverse=True)):
+        if event["event"] != "failed":
+            continue
+        reason = event.get("reason") or "Error"
+        if given_up or reason in PERMANENT_FETCH_REASONS:
+            return Finding("FetchFailed", f"{reason}: {event.get('error', '')}".strip(": "))
     if not given_up:
         return None
     return Finding(
@@ -374,24 +372,28 @@ def _reported_serving(
 
 
 def _download_seconds(obs: Observed) -> float | None:
-    for pod in obs.fetch_pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
-            event = last_event(message, FETCH_EVENTS)
-            if event and event["event"] == "done" and isinstance(event.get("seconds"), int | float):
-                return round(float(event["seconds"]), 1)
+    """How long the download took, as the fetch reported it, else as the Job's times show."""
+    for event in _fetch_events(obs.fetch_pods):
+        if event["event"] == "done" and isinstance(event.get("seconds"), int | float):
+            return round(float(event["seconds"]), 1)
     job_status = (obs.fetch_job or {}).get("status") or {}
     return _seconds_between(job_status.get("startTime"), job_status.get("completionTime"))
 
 
 def _done_download(obs: Observed) -> dict[str, Any] | None:
-    for pod in obs.fetch_pods:
+    """status.download as the fetch containers' termination messages last reported it."""
+    return next(filter(None, map(download_progress, _fetch_events(obs.fetch_pods))), None)
+
+
+def _fetch_events(pods: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The last event each fetch container wrote into its termination message, pod by pod:
+    how a finished fetch tells the operator what it did."""
+    for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (cs.get("state") or {}).get("terminated") or {}
-            progress = download_progress(last_event(terminated.get("message"), FETCH_EVENTS))
-            if progress:
-                return progress
-    return None
+            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+            event = last_event(message, FETCH_EVENTS)
+            if event:
+                yield event
 
 
 @dataclass(frozen=True)
@@ -496,132 +498,208 @@ def _worker_not_ready(model: ExoModel, group: WorkerGroup) -> str:
     return f"worker pod {names} not ready{why}"
 
 
-def aggregate(
-    obs: Observed, now: datetime | None = None
-) -> tuple[dict[str, Any], list[Transition]]:
-    """The status an ExoModel should have, and the Events its transitions deserve."""
-    model = obs.model
-    prev = obs.previous or {}
-    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    key = source_plan(model).cache_key
-    desired = model.spec.replicas
+@dataclass(frozen=True)
+class RuntimeReplicas:
+    """The runtime pods, sorted the ways the status counts them."""
 
-    cached, cache_why = _cache_finding(obs, key)
-    live_pods = [p for p in obs.runtime_pods if not _is_terminating(p)]
+    # Not terminating.
+    live: list[dict[str, Any]]
+    # Live and of the current template (for a split model, of a group the spec still wants).
+    current: list[dict[str, Any]]
+    ready_current: list[dict[str, Any]]
+    # Ready of any template: a rollout's old pods still serve.
+    ready_any: list[dict[str, Any]]
+
+
+def _runtime_replicas(obs: Observed) -> RuntimeReplicas:
+    """Which runtime pods count toward the spec, so that a rollout or a scale-down is not
+    mistaken for serving replicas."""
+    model = obs.model
+    live = [p for p in obs.runtime_pods if not _is_terminating(p)]
     current = [
         p
-        for p in live_pods
+        for p in live
         if (p["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL) == obs.template_hash
         # A split model's groups share the hash: a head of a group scaled away, its
         # Deployment deleted, counts no more while it goes.
-        and (not model.spec.distributed or group_of(p) < desired)
+        and (not model.spec.distributed or group_of(p) < model.spec.replicas)
     ]
-    ready_current = [p for p in current if pod_is_ready(p)]
-    ready_any = [p for p in live_pods if pod_is_ready(p)]
-    group = worker_group(obs)
-    workers = model.spec.distributed.workers if model.spec.distributed else 0
-    across = f" across {workers} workers{' each' if desired > 1 else ''}" if workers else ""
-    # Groups that serve: a ready head of the current spec and every worker of its group ready.
-    serving = {group_of(p) for p in ready_current} - set(group.broken)
-    problems = [
-        f
-        for f in (
-            pod_problem(p, obs.volume_problems.get(_name(p)))
-            for p in live_pods
-            if not pod_is_ready(p)
-        )
-        if f
-    ] + group.problems
+    return RuntimeReplicas(
+        live=live,
+        current=current,
+        ready_current=[p for p in current if pod_is_ready(p)],
+        ready_any=[p for p in live if pod_is_ready(p)],
+    )
 
-    download = prev.get("download")
+
+def _replica_problems(
+    obs: Observed, replicas: RuntimeReplicas, group: WorkerGroup
+) -> list[Finding]:
+    """Why the runtime pods and workers that are not ready do not run, heads first."""
+    findings = (
+        pod_problem(p, obs.volume_problems.get(_name(p)))
+        for p in replicas.live
+        if not pod_is_ready(p)
+    )
+    return [f for f in findings if f] + group.problems
+
+
+def _download(obs: Observed, prev: dict[str, Any], cached: bool) -> dict[str, Any] | None:
+    """status.download: the running fetch's progress while not cached, the finished fetch's
+    once cached, else what was last reported (a restarted operator keeps showing it)."""
     if not cached:
         tail = download_progress(last_event(obs.fetch_log_tail, FETCH_EVENTS))
-        download = tail or download
-    else:
-        download = _done_download(obs) or download
+        return tail or prev.get("download")
+    return _done_download(obs) or prev.get("download")
+
+
+def _with_progress(cache_why: Finding, download: dict[str, Any] | None) -> Finding:
+    """A Downloading finding worded with how far the download has come."""
     if cache_why.reason == "Downloading":
-        cache_why = Finding("Downloading", _download_message(download))
+        return Finding("Downloading", _download_message(download))
+    return cache_why
 
+
+def _apply_trouble(obs: Observed) -> tuple[str, Finding] | None:
+    """The phase when the children could not be applied: that outranks what they show."""
     if obs.name_conflicts:
-        phase, why = "Failed", name_conflict(obs.model, obs.name_conflicts)
-    elif obs.apply_error and obs.apply_retrying:
-        phase, why = "Pending", Finding("ApplyRetrying", f"{obs.apply_error} (retrying)")
-    elif obs.apply_error:
-        phase, why = "Failed", Finding("ApplyFailed", obs.apply_error)
-    elif not cached:
-        if cache_why.reason == "FetchFailed":
-            phase = "Failed"
-        elif cache_why.reason in DOWNLOADING_REASONS:
-            phase = "Downloading"
-        else:
-            phase = "Pending"
-        why = cache_why
-    elif desired == 0:
-        phase, why = "Pending", Finding("ScaledToZero", "spec.replicas is 0")
-    elif ready_current and group.not_ready:
-        # A head serves only with its whole group; it reloads onto a replaced worker. Another
-        # group that is whole keeps serving meanwhile.
-        if serving or prev.get("phase") in ("Ready", "Degraded"):
-            phase, why = "Degraded", Finding("WorkerNotReady", _worker_not_ready(model, group))
-        else:
-            phase, why = "Loading", Finding("WaitingForWorkers", _worker_not_ready(model, group))
-    elif len(ready_current) >= desired:
-        loaded = f"{len(ready_current)}/{desired} replicas loaded{across} and warmed up"
-        phase, why = "Ready", Finding("Ready", loaded)
-    elif problems:
-        first = problems[0]
-        recovering = first.reason == "WorkerLost" and prev.get("phase") in ("Ready", "Degraded")
-        if ready_any or recovering:
-            phase = "Degraded"
-        elif first.reason in FATAL_REASONS:
-            phase = "Failed"
-        else:
-            phase = "Pending"
-        why = Finding(first.reason, f"{len(ready_current)}/{desired} ready; {first.message}")
-    elif ready_any:
-        phase, why = (
-            "Degraded",
-            Finding("NotAllReady", f"{len(ready_current)}/{desired} replicas ready"),
-        )
-    elif live_pods:
-        phase, why = "Loading", Finding("Loading", "loading the model and warming up")
-    else:
-        phase, why = "Pending", Finding("CreatingPods", "waiting for runtime pods")
+        return "Failed", name_conflict(obs.model, obs.name_conflicts)
+    if obs.apply_error and obs.apply_retrying:
+        return "Pending", Finding("ApplyRetrying", f"{obs.apply_error} (retrying)")
+    if obs.apply_error:
+        return "Failed", Finding("ApplyFailed", obs.apply_error)
+    return None
 
-    prev_conditions = _conditions(prev)
-    gen = model.generation
+
+def _uncached_phase(cache_why: Finding) -> str:
+    """The phase while the model is not in the cache: a failed fetch is final, a running one
+    is Downloading, anything else waits."""
+    if cache_why.reason == "FetchFailed":
+        return "Failed"
+    if cache_why.reason in DOWNLOADING_REASONS:
+        return "Downloading"
+    return "Pending"
+
+
+def _serving_phase(
+    model: ExoModel,
+    prev: dict[str, Any],
+    replicas: RuntimeReplicas,
+    group: WorkerGroup,
+    problems: list[Finding],
+) -> tuple[str, Finding]:
+    """The phase of a cached model from its replicas: how many serve, and why the rest do not."""
+    desired = model.spec.replicas
+    ready = len(replicas.ready_current)
+    if desired == 0:
+        return "Pending", Finding("ScaledToZero", "spec.replicas is 0")
+    if replicas.ready_current and group.not_ready:
+        return _worker_phase(model, prev, replicas, group)
+    if ready >= desired:
+        workers = model.spec.distributed.workers if model.spec.distributed else 0
+        across = f" across {workers} workers{' each' if desired > 1 else ''}" if workers else ""
+        loaded = f"{ready}/{desired} replicas loaded{across} and warmed up"
+        return "Ready", Finding("Ready", loaded)
+    if problems:
+        return _problem_phase(prev, replicas, problems[0], desired)
+    if replicas.ready_any:
+        return "Degraded", Finding("NotAllReady", f"{ready}/{desired} replicas ready")
+    if replicas.live:
+        return "Loading", Finding("Loading", "loading the model and warming up")
+    return "Pending", Finding("CreatingPods", "waiting for runtime pods")
+
+
+def _worker_phase(
+    model: ExoModel, prev: dict[str, Any], replicas: RuntimeReplicas, group: WorkerGroup
+) -> tuple[str, Finding]:
+    """A ready head with a worker of its group not ready: it serves only with its whole group
+    and reloads onto a replaced worker, while another group that is whole keeps serving."""
+    # Groups that serve: a ready head of the current spec and every worker of its group ready.
+    serving = {group_of(p) for p in replicas.ready_current} - set(group.broken)
+    if serving or prev.get("phase") in ("Ready", "Degraded"):
+        return "Degraded", Finding("WorkerNotReady", _worker_not_ready(model, group))
+    return "Loading", Finding("WaitingForWorkers", _worker_not_ready(model, group))
+
+
+def _problem_phase(
+    prev: dict[str, Any], replicas: RuntimeReplicas, first: Finding, desired: int
+) -> tuple[str, Finding]:
+    """Too few replicas ready and a pod with a problem: Degraded while some serve (or a lost
+    worker comes back), Failed when no wait will fix it, else Pending."""
+    recovering = first.reason == "WorkerLost" and prev.get("phase") in ("Ready", "Degraded")
+    if replicas.ready_any or recovering:
+        phase = "Degraded"
+    elif first.reason in FATAL_REASONS:
+        phase = "Failed"
+    else:
+        phase = "Pending"
+    ready = len(replicas.ready_current)
+    return phase, Finding(first.reason, f"{ready}/{desired} ready; {first.message}")
+
+
+def _phase(
+    obs: Observed,
+    prev: dict[str, Any],
+    cached: bool,
+    cache_why: Finding,
+    replicas: RuntimeReplicas,
+    group: WorkerGroup,
+) -> tuple[str, Finding]:
+    """status.phase and its reason: apply trouble first, then the cache, then the replicas."""
+    trouble = _apply_trouble(obs)
+    if trouble:
+        return trouble
+    if not cached:
+        return _uncached_phase(cache_why), cache_why
+    problems = _replica_problems(obs, replicas, group)
+    return _serving_phase(obs.model, prev, replicas, group, problems)
+
+
+def _status_conditions(
+    prev_conditions: dict[str, dict[str, Any]],
+    generation: int,
+    stamp: str,
+    cached: bool,
+    cache_why: Finding,
+    replicas: RuntimeReplicas,
+    phase: str,
+    why: Finding,
+) -> list[dict[str, Any]]:
+    """ModelCached, Available and Ready, each keeping its transition time while it holds."""
+    serving = len(replicas.ready_any)
     available_why = (
-        Finding("MinimumReplicasReady", f"{len(ready_any)} replicas serving")
-        if ready_any
+        Finding("MinimumReplicasReady", f"{serving} replicas serving")
+        if replicas.ready_any
         else Finding(why.reason, why.message)
     )
-    conditions = [
-        _condition(prev_conditions, "ModelCached", cached, cache_why, gen, stamp),
-        _condition(prev_conditions, "Available", bool(ready_any), available_why, gen, stamp),
-        _condition(prev_conditions, "Ready", phase == "Ready", why, gen, stamp),
+    return [
+        _condition(prev_conditions, "ModelCached", cached, cache_why, generation, stamp),
+        _condition(prev_conditions, "Available", bool(serving), available_why, generation, stamp),
+        _condition(prev_conditions, "Ready", phase == "Ready", why, generation, stamp),
     ]
 
-    status: dict[str, Any] = {
-        "phase": phase,
-        "message": why.message,
-        "observedGeneration": gen,
-        "replicas": len(live_pods),
-        "readyReplicas": len(ready_current),
-        "readyText": f"{len(ready_current)}/{desired}",
-        **_member_status(model, prev, current, group, obs.ready_events),
-        "selector": selector_string(model),
-        "endpoint": endpoint(model, obs.runtime_port),
-        **_reported_serving(model, ready_current, obs.ready_events),
-        "conditions": conditions,
-    }
+
+def _cache_key_status(prev: dict[str, Any], key: str | None, cached: bool) -> dict[str, Any]:
+    """status.cacheKey: the proven key, None to remove a key no longer proven (merge patch), or
+    the old source's key until the new one is cached."""
     if cached and key:
-        status["cacheKey"] = key
-    elif prev.get("cacheKey") == key:
-        status["cacheKey"] = None  # no longer proven on this claim: merge patch removes it
-    elif prev.get("cacheKey"):
-        status["cacheKey"] = prev["cacheKey"]  # the old source's, until the new one is cached
-    if download:
-        status["download"] = download
+        return {"cacheKey": key}
+    if prev.get("cacheKey") == key:
+        return {"cacheKey": None}
+    if prev.get("cacheKey"):
+        return {"cacheKey": prev["cacheKey"]}
+    return {}
+
+
+def _timings(
+    obs: Observed,
+    prev: dict[str, Any],
+    key: str | None,
+    cached: bool,
+    ready_current: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """status.timings: the download's seconds once cached, and load and warmup seconds as the
+    runtime reported them (else as the pods' conditions show them)."""
     timings = dict(prev.get("timings") or {})
     # A new source's download replaces the old one's time.
     if cached and key and (prev.get("cacheKey") != key or "downloadSeconds" not in timings):
@@ -638,15 +716,61 @@ def aggregate(
         load = _load_seconds(ready_current)
         if load is not None:
             timings["loadSeconds"] = load
+    return timings
+
+
+def _transitions(
+    prev: dict[str, Any], prev_conditions: dict[str, dict[str, Any]], phase: str, why: Finding
+) -> list[Transition]:
+    """One Event when the phase or its reason changed: Normal on the way, Warning otherwise."""
+    previous_reason = (prev_conditions.get("Ready") or {}).get("reason")
+    if phase == prev.get("phase") and why.reason == previous_reason:
+        return []
+    kind = "Normal" if why.reason in PROGRESS_REASONS else "Warning"
+    return [Transition(kind, why.reason, f"{phase}: {why.message}")]
+
+
+def aggregate(
+    obs: Observed, now: datetime | None = None
+) -> tuple[dict[str, Any], list[Transition]]:
+    """The status an ExoModel should have, and the Events its transitions deserve."""
+    model = obs.model
+    prev = obs.previous or {}
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = source_plan(model).cache_key
+    desired = model.spec.replicas
+
+    cached, cache_why = _cache_finding(obs, key)
+    download = _download(obs, prev, cached)
+    cache_why = _with_progress(cache_why, download)
+    replicas = _runtime_replicas(obs)
+    group = worker_group(obs)
+    phase, why = _phase(obs, prev, cached, cache_why, replicas, group)
+    prev_conditions = _conditions(prev)
+    ready = len(replicas.ready_current)
+
+    status: dict[str, Any] = {
+        "phase": phase,
+        "message": why.message,
+        "observedGeneration": model.generation,
+        "replicas": len(replicas.live),
+        "readyReplicas": ready,
+        "readyText": f"{ready}/{desired}",
+        **_member_status(model, prev, replicas.current, group, obs.ready_events),
+        "selector": selector_string(model),
+        "endpoint": endpoint(model, obs.runtime_port),
+        **_reported_serving(model, replicas.ready_current, obs.ready_events),
+        "conditions": _status_conditions(
+            prev_conditions, model.generation, stamp, cached, cache_why, replicas, phase, why
+        ),
+        **_cache_key_status(prev, key, cached),
+    }
+    if download:
+        status["download"] = download
+    timings = _timings(obs, prev, key, cached, replicas.ready_current)
     if timings:
         status["timings"] = timings
-
-    events = []
-    previous_reason = (prev_conditions.get("Ready") or {}).get("reason")
-    if phase != prev.get("phase") or why.reason != previous_reason:
-        kind = "Normal" if why.reason in PROGRESS_REASONS else "Warning"
-        events.append(Transition(kind, why.reason, f"{phase}: {why.message}"))
-    return status, events
+    return status, _transitions(prev, prev_conditions, phase, why)
 
 
 def _member_status(
