@@ -39,6 +39,7 @@ from exo_operator.naming import (
 )
 from exo_operator.plan import (
     ChildKey,
+    Desired,
     applied_hash,
     child_key,
     desired_children,
@@ -83,8 +84,8 @@ def _by_name(objects: Iterable[dict[str, Any]], name: str) -> dict[str, Any] | N
     return next((o for o in objects if o["metadata"]["name"] == name), None)
 
 
-def _component(pod: dict[str, Any]) -> str | None:
-    return (pod["metadata"].get("labels") or {}).get(COMPONENT_LABEL)
+def _component(obj: dict[str, Any]) -> str | None:
+    return (obj["metadata"].get("labels") or {}).get(COMPONENT_LABEL)
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:
@@ -106,9 +107,79 @@ def is_ours(kind: str, obj: dict[str, Any], model: ExoModel) -> bool:
     )
 
 
+def _owned_named(objects: Iterable[dict[str, Any]], uid: str, name: str) -> dict[str, Any] | None:
+    """The object of that name owned by the model of that uid: a namesake of someone else's
+    proves nothing."""
+    return _by_name((o for o in objects if _owned_by(o, uid)), name)
+
+
+def _fetch_jobs(jobs: Iterable[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
+    """The model's fetch Jobs, of any spec, current or superseded."""
+    return [j for j in jobs if _owned_by(j, uid) and _component(j) == FETCH]
+
+
+def _cache_claim(claims: Iterable[dict[str, Any]], model: ExoModel) -> dict[str, Any] | None:
+    """The model's cache claim, if the model may use it: a claim not ours proves nothing (and
+    the apply reports the conflict)."""
+    claim = _by_name(claims, cache_claim_name(model))
+    return claim if claim and is_ours("PersistentVolumeClaim", claim, model) else None
+
+
 # Children that run pods on the others: never applied while a sibling is someone else's
 # (a fetch into a user's claim would write, and prune, their data).
 WORKLOADS = {"Job", "Deployment", "StatefulSet"}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one reconcile read before it acts: the model, its status as last written, and its
+    children as the watches hold them."""
+
+    key: ModelKey
+    snap: Snapshot
+    body: dict[str, Any]
+    model: ExoModel
+    previous: dict[str, Any]
+    # The model's cache claim, when it may use it (see _cache_claim).
+    claim: dict[str, Any] | None
+    # The name of the fetch Job the spec wants, if it wants one.
+    fetch_name: str | None
+
+
+def _desired_children(
+    reading: Reading, settings: OperatorSettings, obs: Observed, cached: bool
+) -> Desired:
+    """The children the spec wants now, tied to the cache claim that holds the model."""
+    claim = reading.claim
+    fetched = source_plan(reading.model).fetched
+    claim_uid = claim["metadata"]["uid"] if claim and fetched else None
+    going = bool(claim and claim["metadata"].get("deletionTimestamp"))
+    return desired_children(
+        reading.model, settings, cached, model_bytes(obs), claim_uid, cache_claim_going=going
+    )
+
+
+def _observed_children(
+    snap: Snapshot, jobs: list[dict[str, Any]]
+) -> dict[ChildKey, dict[str, Any]]:
+    """The children the watches hold, by the plan's keys (the indexes keep bodies without
+    their kind, which those keys need)."""
+    return {
+        child_key(o): o
+        for o in (
+            {"kind": kind, **obj}
+            for kind, objects in (
+                ("Service", snap.services),
+                ("PersistentVolumeClaim", snap.claims),
+                ("Deployment", snap.deployments),
+                ("Job", jobs),
+                ("PodDisruptionBudget", snap.budgets),
+                ("StatefulSet", snap.statefulsets),
+            )
+            for obj in objects
+        )
+        if o["metadata"].get("namespace")
+    }
 
 
 @dataclass
@@ -176,12 +247,63 @@ class Reconciler:
                 self.metrics.reconciled(time.perf_counter() - started)
 
     async def _reconcile_once(self, key: ModelKey) -> None:
-        snap = self.snapshot(key)
-        if snap.body is None or snap.body["metadata"].get("deletionTimestamp"):
+        """One pass: read, retire unwanted fetch Jobs, stamp a proven cache, apply the plan,
+        delete what it dropped, and report the status."""
+        reading = self._read(key)
+        if reading is None:
             self.metrics.forget_model(key)  # gone or going: counted in no phase
             return
+        self._forget_jobs_gone(key, reading.snap.jobs)
+        jobs = self._jobs_not_deleted(key, reading.snap.jobs)
+        base = self._observe(reading, jobs)
+        if await self._delete_unwanted_fetch_jobs(reading, jobs, base):
+            jobs = self._jobs_not_deleted(key, jobs)
+            base = self._observe(reading, jobs)
+        cached = is_cached(base)
+        await self._stamp_proven_cache(reading, base, cached)
+
+        desired = _desired_children(reading, self.settings, base, cached)
+        observed = _observed_children(reading.snap, jobs)
+        outcome = await self._apply_all(reading.model, desired.manifests, observed)
+        await self._delete_obsolete(reading.model, desired, observed)
+
+        status, transitions = aggregate(
+            replace(
+                base,
+                template_hash=desired.template_hash,
+                apply_error=outcome.error,
+                apply_retrying=outcome.retryable,
+                name_conflicts=tuple(outcome.conflicts),
+            )
+        )
+        if not await self._report(reading, status, transitions):
+            return  # deleted meanwhile: nothing left to report on or retry
+        if outcome.error and outcome.retryable:
+            raise kopf.TemporaryError(outcome.error, delay=5)
+
+    def _read(self, key: ModelKey) -> Reading | None:
+        """The model, its last status and its children as the watches hold them; None when the
+        model is gone or going."""
+        snap = self.snapshot(key)
         body = snap.body
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
         model = ExoModel.from_body(body)
+        desired_fetch = fetch_job_for(model, self.settings)
+        return Reading(
+            key=key,
+            snap=snap,
+            body=body,
+            model=model,
+            previous=self._previous_status(key, body, model),
+            claim=_cache_claim(snap.claims, model),
+            fetch_name=desired_fetch["metadata"]["name"] if desired_fetch else None,
+        )
+
+    def _previous_status(
+        self, key: ModelKey, body: dict[str, Any], model: ExoModel
+    ) -> dict[str, Any]:
+        """The status as last written: the body's, with this operator's last write on top."""
         previous = dict(body.get("status") or {})
         if (
             key in self._written
@@ -189,61 +311,48 @@ class Reconciler:
         ):
             # The watch may not have shown our last status write yet.
             previous = {**previous, **self._written[key]}
-        uid = model.uid
-        gone = self._deleted_jobs.setdefault(key, set())
-        gone &= {j["metadata"]["uid"] for j in snap.jobs}  # deleted for good: forget
-        jobs = [j for j in snap.jobs if j["metadata"]["uid"] not in gone]
-        claim = _by_name(snap.claims, cache_claim_name(model))
-        if claim and not is_ours("PersistentVolumeClaim", claim, model):
-            claim = None  # not ours: proves nothing (and the apply reports the conflict)
-        desired_fetch = fetch_job_for(model, self.settings)
-        fetch_name = desired_fetch["metadata"]["name"] if desired_fetch else None
+        return previous
 
-        base = self._observe(key, model, previous, snap, jobs, claim, fetch_name)
-        fetch_jobs = [
-            j
-            for j in jobs
-            if _owned_by(j, uid)
-            and (j["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == FETCH
-        ]
+    def _forget_jobs_gone(self, key: ModelKey, jobs: list[dict[str, Any]]) -> None:
+        """Forgets the Jobs this operator deleted that the watch no longer shows."""
+        gone = self._deleted_jobs.setdefault(key, set())
+        gone &= {j["metadata"]["uid"] for j in jobs}  # deleted for good: forget
+
+    def _jobs_not_deleted(self, key: ModelKey, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The Jobs less those this operator deleted, which the watch may still show a while."""
+        gone = self._deleted_jobs.get(key, set())
+        return [j for j in jobs if j["metadata"]["uid"] not in gone]
+
+    async def _delete_unwanted_fetch_jobs(
+        self, reading: Reading, jobs: list[dict[str, Any]], obs: Observed
+    ) -> bool:
+        """Deletes the model's fetch Jobs that are superseded or do not prove the cache, so
+        that the apply makes the current one anew. Returns whether it deleted any."""
         doomed = fetch_jobs_to_delete(
-            fetch_jobs, fetch_name, claim, is_cached(base), self._refuted(base, key)
+            _fetch_jobs(jobs, reading.model.uid),
+            reading.fetch_name,
+            reading.claim,
+            is_cached(obs),
+            self._refuted(obs, reading.key),
         )
         if doomed:
-            await self._delete_jobs(key, doomed)
-            jobs = [j for j in jobs if j["metadata"]["uid"] not in gone]
-            base = self._observe(key, model, previous, snap, jobs, claim, fetch_name)
-        cached = is_cached(base)
-        source = source_plan(model)
-        if source.cache_key and claim:
-            stamp = stamp_wanted(source.cache_key, claim, base.fetch_job, base.deployment, cached)
-            if stamp:
-                await self._stamp_claim(claim, stamp)
+            await self._delete_jobs(reading.key, doomed)
+        return bool(doomed)
 
-        claim_uid = claim["metadata"]["uid"] if claim and source.fetched else None
-        going = bool(claim and claim["metadata"].get("deletionTimestamp"))
-        desired = desired_children(
-            model, self.settings, cached, model_bytes(base), claim_uid, cache_claim_going=going
-        )
-        # The indexes keep bodies without their kind; the plan's keys need it.
-        observed = {
-            child_key(o): o
-            for o in (
-                {"kind": kind, **obj}
-                for kind, objects in (
-                    ("Service", snap.services),
-                    ("PersistentVolumeClaim", snap.claims),
-                    ("Deployment", snap.deployments),
-                    ("Job", jobs),
-                    ("PodDisruptionBudget", snap.budgets),
-                    ("StatefulSet", snap.statefulsets),
-                )
-                for obj in objects
-            )
-            if o["metadata"].get("namespace")
-        }
-        outcome = await self._apply_all(model, desired.manifests, observed)
-        apply_error, retry = outcome.error, outcome.retryable
+    async def _stamp_proven_cache(self, reading: Reading, obs: Observed, cached: bool) -> None:
+        """Records on the cache claim when the model in it was proven, once, so that a later
+        refutation by a runtime pod can be told from an old one."""
+        key = source_plan(reading.model).cache_key
+        if not key or not reading.claim:
+            return
+        stamp = stamp_wanted(key, reading.claim, obs.fetch_job, obs.deployment, cached)
+        if stamp:
+            await self._stamp_claim(reading.claim, stamp)
+
+    async def _delete_obsolete(
+        self, model: ExoModel, desired: Desired, observed: dict[ChildKey, dict[str, Any]]
+    ) -> None:
+        """Deletes the children the plan no longer holds; one that fails is tried next time."""
         for kind, namespace, name in obsolete_children(model, desired, observed.values()):
             try:
                 await asyncio.to_thread(kube.delete, kind, namespace, name)
@@ -251,36 +360,33 @@ class Reconciler:
                 self.metrics.api_error("delete")
                 log.warning("%s %s/%s not deleted yet: %s", kind, namespace, name, error)
 
-        status, transitions = aggregate(
-            replace(
-                base,
-                template_hash=desired.template_hash,
-                apply_error=apply_error,
-                apply_retrying=retry,
-                name_conflicts=tuple(outcome.conflicts),
-            )
-        )
+    async def _report(
+        self, reading: Reading, status: dict[str, Any], transitions: list[Transition]
+    ) -> bool:
+        """Writes the status if it changed, then posts its Events, so that an idle cluster sees
+        no writes. Returns False when the model was deleted meanwhile."""
+        key, model = reading.key, reading.model
         self.metrics.model_phase(key, status["phase"])
-        if status_changed(previous, status):
-            try:
-                await _call(
-                    kube.patch_status, model.namespace, model.name, status, pool=self._status_pool
-                )
-            except ApiException as error:
-                self.metrics.api_error("status")
-                if error.status == 404:
-                    self.metrics.forget_model(key)
-                    return  # deleted meanwhile: nothing left to report on
-                raise
-            except kopf.TemporaryError:
-                self.metrics.api_error("status")  # _call's wrapping of a 5xx or lost connection
-                raise
-            self.metrics.status_written()
-            self._written[key] = status
-            for t in transitions:
-                await self._post_event(body, t)
-        if apply_error and retry:
-            raise kopf.TemporaryError(apply_error, delay=5)
+        if not status_changed(reading.previous, status):
+            return True
+        try:
+            await _call(
+                kube.patch_status, model.namespace, model.name, status, pool=self._status_pool
+            )
+        except ApiException as error:
+            self.metrics.api_error("status")
+            if error.status == 404:
+                self.metrics.forget_model(key)
+                return False
+            raise
+        except kopf.TemporaryError:
+            self.metrics.api_error("status")  # _call's wrapping of a 5xx or lost connection
+            raise
+        self.metrics.status_written()
+        self._written[key] = status
+        for t in transitions:
+            await self._post_event(reading.body, t)
+        return True
 
     async def _post_event(self, body: dict[str, Any], transition: Transition) -> None:
         """Events are a courtesy: one that cannot be posted (a namespace going away) is skipped."""
@@ -293,21 +399,12 @@ class Reconciler:
             name = body["metadata"]["name"]
             log.info("event %s on %s not posted: %s", transition.reason, name, why)
 
-    def _observe(
-        self,
-        key: ModelKey,
-        model: ExoModel,
-        previous: dict[str, Any],
-        snap: Snapshot,
-        jobs: list[dict[str, Any]],
-        claim: dict[str, Any] | None,
-        fetch_name: str | None,
-    ) -> Observed:
+    def _observe(self, reading: Reading, jobs: list[dict[str, Any]]) -> Observed:
         """What the indexes show of the model's children, as status aggregation reads it."""
-        uid = model.uid
+        key, model, snap = reading.key, reading.model, reading.snap
         pods = snap.pods  # owned by ReplicaSets and Jobs: the index finds them by label
         fetch_job = (
-            _by_name([j for j in jobs if _owned_by(j, uid)], fetch_name) if fetch_name else None
+            _owned_named(jobs, model.uid, reading.fetch_name) if reading.fetch_name else None
         )
         # By the Job's uid: a retried Job reuses its name while the old one's pods linger.
         fetch_pods = [
@@ -315,16 +412,15 @@ class Reconciler:
             for p in pods
             if _component(p) == FETCH and fetch_job and _owned_by(p, fetch_job["metadata"]["uid"])
         ]
-        deployment = _by_name([d for d in snap.deployments if _owned_by(d, uid)], model.name)
         runtime_pods = [p for p in pods if _component(p) == RUNTIME]
         return Observed(
             model=model,
-            previous=previous,
+            previous=reading.previous,
             runtime_port=self.settings.runtime_port,
-            claim=claim,
+            claim=reading.claim,
             fetch_job=fetch_job,
             fetch_pods=fetch_pods,
-            deployment=deployment,
+            deployment=_owned_named(snap.deployments, model.uid, model.name),
             runtime_pods=runtime_pods,
             worker_pods=[p for p in pods if _component(p) == WORKER],
             fetch_log_tail=self.fetch_tails.get(key),
@@ -375,18 +471,8 @@ class Reconciler:
             return False
         model = ExoModel.from_body(snap.body)
         desired = fetch_job_for(model, self.settings)
-        gone = self._deleted_jobs.get(key, set())
-        job = next(
-            (
-                j
-                for j in snap.jobs
-                if desired
-                and j["metadata"]["name"] == desired["metadata"]["name"]
-                and _owned_by(j, model.uid)
-                and j["metadata"]["uid"] not in gone
-            ),
-            None,
-        )
+        jobs = self._jobs_not_deleted(key, snap.jobs)
+        job = _owned_named(jobs, model.uid, desired["metadata"]["name"]) if desired else None
         if not job or not job_failed(job):
             return False
         changed = await _call(kube.secret_changed_at, model.namespace, secret)
