@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from exo_operator import kube
+from exo_operator.pod_problems import pod_is_ready
 from exo_operator.runtime_events import SERVE_EVENTS, last_event
-from exo_operator.status import pod_is_ready
 
 ModelKey = tuple[str, str]  # (namespace, name)
 log = logging.getLogger(__name__)

@@ -3,26 +3,24 @@
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import product
 from typing import Any
 
 from exo_operator.cache_proof import (
-    CACHE_NOT_VERIFIED_MARK,
     job_complete,
     proof_time,
     proven,
     refutation,
     refuted_since_proof,
 )
+from exo_operator.members import WorkerGroup, member_status, worker_group, worker_not_ready
 from exo_operator.model import ExoModel
-from exo_operator.naming import (
-    RPC_PORT,
-    TEMPLATE_HASH_LABEL,
-    endpoint,
-    group_of,
-    selector_string,
-    worker_address,
-    worker_pod_name,
+from exo_operator.naming import TEMPLATE_HASH_LABEL, endpoint, group_of, selector_string
+from exo_operator.pod_problems import (
+    Finding,
+    is_terminating,
+    pod_condition,
+    pod_is_ready,
+    pod_problem,
 )
 from exo_operator.runtime_events import (
     FETCH_EVENTS,
@@ -34,15 +32,6 @@ from exo_operator.runtime_events import (
 )
 from exo_operator.source_plan import source_plan
 
-# Container problems a user must act on, as the kubelet names them in `state.waiting.reason`.
-WAITING_PROBLEMS = {
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
-}
 # Problems that no wait will fix: with no replica ready they make the phase Failed.
 FATAL_REASONS = {
     "LoadFailed", "OOMKilled", "CrashLoopBackOff", "FetchFailed", "ApplyFailed",
@@ -60,17 +49,6 @@ DOWNLOADING_REASONS = {"Downloading", "CacheNotVerified"}
 PERMANENT_FETCH_REASONS = frozenset(
     {"NoWeights", "MissingPart", "NoConfig", "AmbiguousModel", "InvalidSource"}
 )
-LOAD_FAILED_MARK = "load failed"
-# The head's load failures that concern one worker, as `exo-runtime serve` words them in its
-# termination message ("exo-runtime: load failed: rpc worker unreachable: HOST:PORT"), each
-# with its reason; the line names the worker.
-WORKER_FAILURES = {
-    "rpc worker unreachable": "WorkerUnreachable",
-    "rpc worker version mismatch": "WorkerVersionMismatch",
-    # Not a load failure: a worker of a serving head went away, and the head exited to load
-    # onto it again once it is back ("exo-runtime: rpc worker lost: HOST:PORT (...)").
-    "rpc worker lost": "WorkerLost",
-}
 
 
 @dataclass(frozen=True)
@@ -96,15 +74,7 @@ class Observed:
     # Children the operator would create but may not touch: "Kind name" of each.
     name_conflicts: tuple[str, ...] = ()
     # Pod name -> why its volumes are not attached or mounted (the pod's own Events).
-    volume_problems: dict[str, "Finding"] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Why a step is where it is: a condition's reason and message."""
-
-    reason: str
-    message: str
+    volume_problems: dict[str, Finding] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,85 +88,6 @@ class Transition:
 
 def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status.get("conditions") or [] if "type" in c}
-
-
-def _is_terminating(obj: dict[str, Any]) -> bool:
-    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            return cond
-    return None
-
-
-def pod_is_ready(pod: dict[str, Any]) -> bool:
-    cond = _pod_condition(pod, "Ready")
-    return bool(cond and cond.get("status") == "True") and not _is_terminating(pod)
-
-
-def containers_creating(pod: dict[str, Any]) -> bool:
-    """Whether the pod is on a node and its containers wait to be created (volumes, image)."""
-    status = pod.get("status") or {}
-    scheduled = _pod_condition(pod, "PodScheduled")
-    if status.get("phase") != "Pending" or not scheduled or scheduled.get("status") != "True":
-        return False
-    waiting = [
-        ((cs.get("state") or {}).get("waiting") or {}).get("reason")
-        for cs in [
-            *(status.get("initContainerStatuses") or []),
-            *(status.get("containerStatuses") or []),
-        ]
-    ]
-    return all(reason in (None, "ContainerCreating", "PodInitializing") for reason in waiting)
-
-
-def pod_problem(pod: dict[str, Any], volume_problem: Finding | None = None) -> Finding | None:
-    """Why a pod is not running its container, or None when it is (or is on its way).
-
-    `volume_problem` is what the pod's Events say of its volumes, if they were read.
-    """
-    scheduled = _pod_condition(pod, "PodScheduled")
-    if scheduled and scheduled.get("status") == "False":
-        return Finding("Unschedulable", scheduled.get("message") or "the scheduler found no node")
-    status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
-        state = cs.get("state") or {}
-        terminated = state.get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
-        message = (terminated.get("message") or "").strip()
-        unverified = [x for x in message.splitlines() if x.startswith(CACHE_NOT_VERIFIED_MARK)]
-        if unverified:
-            return Finding("CacheNotVerified", unverified[-1])
-        worker_failure = _worker_failure(message)
-        if worker_failure:
-            return worker_failure
-        if LOAD_FAILED_MARK in message:
-            return Finding("LoadFailed", message.splitlines()[-1])
-        if terminated.get("reason") == "OOMKilled":
-            return Finding(
-                "OOMKilled",
-                f"container {cs.get('name')} ran out of memory; raise spec.resources.memory",
-            )
-        waiting = state.get("waiting") or {}
-        if waiting.get("reason") in WAITING_PROBLEMS:
-            detail = waiting.get("message") or message or f"exit code {terminated.get('exitCode')}"
-            return Finding(waiting["reason"], detail)
-    if status.get("phase") == "Failed":
-        return Finding("PodFailed", status.get("message") or status.get("reason") or "pod failed")
-    if volume_problem and containers_creating(pod):
-        return volume_problem
-    return None
-
-
-def _worker_failure(message: str) -> Finding | None:
-    """WorkerUnreachable, WorkerVersionMismatch or WorkerLost from the head's termination
-    message."""
-    for line in reversed(message.splitlines()):
-        for mark, reason in WORKER_FAILURES.items():
-            if mark in line:
-                return Finding(reason, line.strip())
-    return None
 
 
 def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -293,7 +184,7 @@ def _cache_finding(obs: Observed, key: str | None) -> tuple[bool, Finding]:
         )
     for pod in obs.fetch_pods:
         problem = pod_problem(pod, obs.volume_problems.get(_name(pod)))
-        if problem and not _is_terminating(pod):
+        if problem and not is_terminating(pod):
             return False, Finding(problem.reason, f"fetch pod: {problem.message}")
     if not obs.fetch_job:
         return False, Finding("FetchPending", "creating the fetch Job")
@@ -339,7 +230,7 @@ def _load_seconds(pods: list[dict[str, Any]]) -> float | None:
     """Container start to first readiness of the slowest ready pod: load plus warmup."""
     best = None
     for pod in pods:
-        ready = _pod_condition(pod, "Ready") or {}
+        ready = pod_condition(pod, "Ready") or {}
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             started = ((cs.get("state") or {}).get("running") or {}).get("startedAt")
             seconds = _seconds_between(started, ready.get("lastTransitionTime"))
@@ -397,108 +288,6 @@ def _fetch_events(pods: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class WorkerGroup:
-    """The RPC workers a distributed model should have (every group's), as observed."""
-
-    # status.members entries of the workers, one per expected worker, by group then ordinal.
-    members: list[dict[str, Any]]
-    # The expected workers that are missing or not ready, by pod name.
-    not_ready: list[str]
-    # Why some of them do not run, each message naming its pod.
-    problems: list[Finding]
-    # The groups with a worker in not_ready, in order.
-    broken: tuple[int, ...] = ()
-
-
-def worker_group(obs: Observed) -> WorkerGroup:
-    """Each expected worker (`<model>-workers-<i>`, then `<model>-g<g>-workers-<i>` for each
-    further group) and its state.
-
-    A worker is expected by name: one deleted and not yet made again counts as not ready.
-    """
-    spec = obs.model.spec
-    workers = spec.distributed.workers if spec.distributed else 0
-    live = {_name(p): p for p in obs.worker_pods if not _is_terminating(p)}
-    members, not_ready, problems, broken = [], [], [], []
-    for group, ordinal in product(range(spec.replicas if workers else 0), range(workers)):
-        name = worker_pod_name(obs.model, ordinal, group)
-        pod = live.get(name)
-        ready = bool(pod and pod_is_ready(pod))
-        members.append(_member(name, "worker", group, ready, pod))
-        if ready:
-            continue
-        not_ready.append(name)
-        if group not in broken:
-            broken.append(group)
-        problem = pod and pod_problem(pod, obs.volume_problems.get(name))
-        if problem:
-            problems.append(Finding(problem.reason, f"worker pod {name}: {problem.message}"))
-    return WorkerGroup(members, not_ready, problems, tuple(broken))
-
-
-def _member(
-    name: str, role: str, group: int, ready: bool, pod: dict[str, Any] | None
-) -> dict[str, Any]:
-    member: dict[str, Any] = {"name": name, "role": role, "group": group, "ready": ready}
-    node = ((pod or {}).get("spec") or {}).get("nodeName")
-    if node:
-        member["node"] = node
-    return member
-
-
-def _add_member_bytes(
-    model: ExoModel, members: list[dict[str, Any]], ready_events: dict[str, dict[str, Any]]
-) -> None:
-    """Each group's members' bytes of weights, from what that group's head placed."""
-    for group in sorted({m["group"] for m in members}):
-        of_group = [m for m in members if m["group"] == group]
-        heads = [ready_events.get(m["name"]) for m in of_group if m["role"] == "head"]
-        _add_group_bytes(model, group, of_group, heads)
-
-
-def _add_group_bytes(
-    model: ExoModel,
-    group: int,
-    members: list[dict[str, Any]],
-    head_events: list[dict[str, Any] | None],
-) -> None:
-    """Each member's bytes of weights, from the devices its head's ready line lists: a worker
-    by its RPC endpoint, the head by everything else (its CPU and GPUs)."""
-    devices = next((e["devices"] for e in head_events if e and e.get("devices")), None)
-    if not isinstance(devices, list):
-        return
-    by_endpoint: dict[str, int] = {}
-    on_head = 0
-    for device in devices:
-        size = device.get("bytes") if isinstance(device, dict) else None
-        if not isinstance(size, int):
-            continue
-        if device.get("endpoint"):
-            by_endpoint[device["endpoint"]] = by_endpoint.get(device["endpoint"], 0) + size
-        else:
-            on_head += size
-    workers = [m for m in members if m["role"] == "worker"]
-    for i, member in enumerate(workers):
-        address = worker_address(model, i, RPC_PORT, group)
-        if address in by_endpoint:
-            member["bytes"] = by_endpoint[address]
-    for member in members:
-        if member["role"] == "head":
-            member["bytes"] = on_head
-
-
-def _worker_not_ready(model: ExoModel, group: WorkerGroup) -> str:
-    names = ", ".join(group.not_ready)
-    why = f"; {group.problems[0].message}" if group.problems else ""
-    if model.spec.replicas > 1:
-        # Only these groups stop serving: the message says which, the others keep serving.
-        groups = ", ".join(map(str, group.broken))
-        label = "groups" if len(group.broken) > 1 else "group"
-        return f"{label} {groups}: worker pod {names} not ready{why}"
-    return f"worker pod {names} not ready{why}"
-
-
-@dataclass(frozen=True)
 class RuntimeReplicas:
     """The runtime pods, sorted the ways the status counts them."""
 
@@ -515,7 +304,7 @@ def _runtime_replicas(obs: Observed) -> RuntimeReplicas:
     """Which runtime pods count toward the spec, so that a rollout or a scale-down is not
     mistaken for serving replicas."""
     model = obs.model
-    live = [p for p in obs.runtime_pods if not _is_terminating(p)]
+    live = [p for p in obs.runtime_pods if not is_terminating(p)]
     current = [
         p
         for p in live
@@ -617,8 +406,8 @@ def _worker_phase(
     # Groups that serve: a ready head of the current spec and every worker of its group ready.
     serving = {group_of(p) for p in replicas.ready_current} - set(group.broken)
     if serving or prev.get("phase") in ("Ready", "Degraded"):
-        return "Degraded", Finding("WorkerNotReady", _worker_not_ready(model, group))
-    return "Loading", Finding("WaitingForWorkers", _worker_not_ready(model, group))
+        return "Degraded", Finding("WorkerNotReady", worker_not_ready(model, group))
+    return "Loading", Finding("WaitingForWorkers", worker_not_ready(model, group))
 
 
 def _problem_phase(
@@ -744,7 +533,7 @@ def aggregate(
     download = _download(obs, prev, cached)
     cache_why = _with_progress(cache_why, download)
     replicas = _runtime_replicas(obs)
-    group = worker_group(obs)
+    group = worker_group(model, obs.worker_pods, obs.volume_problems)
     phase, why = _phase(obs, prev, cached, cache_why, replicas, group)
     prev_conditions = _conditions(prev)
     ready = len(replicas.ready_current)
@@ -756,7 +545,7 @@ def aggregate(
         "replicas": len(replicas.live),
         "readyReplicas": ready,
         "readyText": f"{ready}/{desired}",
-        **_member_status(model, prev, replicas.current, group, obs.ready_events),
+        **member_status(model, prev, replicas.current, group, obs.ready_events),
         "selector": selector_string(model),
         "endpoint": endpoint(model, obs.runtime_port),
         **_reported_serving(model, replicas.ready_current, obs.ready_events),
@@ -771,34 +560,6 @@ def aggregate(
     if timings:
         status["timings"] = timings
     return status, _transitions(prev, prev_conditions, phase, why)
-
-
-def _member_status(
-    model: ExoModel,
-    prev: dict[str, Any],
-    heads: list[dict[str, Any]],
-    group: WorkerGroup,
-    ready_events: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
-    """status.members, readyMembers and desiredMembers of a distributed model, with readyText
-    counting members; for any other model, None for each that a former spec left (a merge
-    patch removes them)."""
-    if not model.spec.distributed:
-        keys = ("members", "readyMembers", "desiredMembers")
-        return {k: None for k in keys if prev.get(k) is not None}
-    ordered = sorted(heads, key=_name)
-    members = [_member(_name(p), "head", group_of(p), pod_is_ready(p), p) for p in ordered]
-    members += [dict(m) for m in group.members]
-    members.sort(key=lambda m: m["group"])  # stable: each group's head, then its workers
-    _add_member_bytes(model, members, ready_events)
-    ready = sum(1 for m in members if m["ready"])
-    wanted = model.spec.replicas * (1 + model.spec.distributed.workers)
-    return {
-        "members": members,
-        "readyMembers": ready,
-        "desiredMembers": wanted,
-        "readyText": f"{ready}/{wanted}",
-    }
 
 
 def name_conflict(model: ExoModel, conflicts: tuple[str, ...]) -> Finding:

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from exo_operator import kube
-from exo_operator.status import Finding, containers_creating
+from exo_operator.pod_problems import Finding, containers_creating
 
 ModelKey = tuple[str, str]  # (namespace, name)
 log = logging.getLogger(__name__)

@@ -7,13 +7,12 @@ import pytest
 from _models import model
 from exo_operator.cache import cache_key
 from exo_operator.cache_proof import VERIFIED_AT_ANNOTATION, VERIFIED_KEY_ANNOTATION
+from exo_operator.pod_problems import Finding, pod_problem
 from exo_operator.status import (
-    Finding,
     Observed,
     aggregate,
     is_cached,
     model_bytes,
-    pod_problem,
     status_changed,
 )
 

@@ -3,7 +3,8 @@
 import pytest
 from _models import model
 from exo_operator.cache import cache_key
-from exo_operator.status import Observed, aggregate, pod_problem, status_changed
+from exo_operator.pod_problems import pod_problem
+from exo_operator.status import Observed, aggregate, status_changed
 from test_operator_status import HASH, NOW, claim
 
 WORKERS = 2
