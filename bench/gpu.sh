@@ -9,6 +9,7 @@
 #   CUDA_ARCH=90 bash bench/gpu.sh           # the CUDA architecture to compile for (H100/H200: 90)
 #   BENCH_GPU_DEVICE=cpu bash bench/gpu.sh   # force the CPU half
 #   BENCH_GPU_MODEL=random-1.7b|random-135m|gemma|PATH.gguf   # the model (default below)
+#   CLIENTS=1,8 TOKENS=128 PROMPTS=short,medium,long          # serving.py's levels
 #   bash bench/gpu-pack.sh .gpu && GPU_PACK=.gpu bash bench/gpu.sh   # on a machine with no network
 #   BENCH_GPU_PYTHON=python3.12              # with GPU_PACK: the Python to run on (default python3)
 #
@@ -27,6 +28,7 @@ LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CUDA_ARCH="${CUDA_ARCH:-90}"
 CLIENTS="${CLIENTS:-1,8}"
 TOKENS="${TOKENS:-128}"
+PROMPTS="${PROMPTS:-short,medium,long}"
 GPU_PACK="${GPU_PACK:-}"
 WORK="$EXO_CACHE/bench-gpu"
 mkdir -p "$WORK"
@@ -134,7 +136,7 @@ log "llama-bench tg$TOKENS (the single-stream ceiling)"
 "$build/bin/llama-bench" -m "$model" -p 0 -n "$TOKENS" -ngl "$gpu_layers" -t "$threads" -o md
 
 log "exo-runtime vs llama-server, $CLIENTS clients"
-"$py" bench/serving.py --model "$model" --clients "$CLIENTS" --tokens "$TOKENS" \
+"$py" bench/serving.py --model "$model" --clients "$CLIENTS" --tokens "$TOKENS" --prompts "$PROMPTS" \
   --threads "$threads" --gpu-layers "$gpu_layers" --llama-server "$build/bin/llama-server" \
   --llama-server-build "$build_words" --runtime-build "the same build's libraries"
 

@@ -190,6 +190,12 @@ def test_a_runtime_that_finds_the_cache_unverified_sends_the_model_back_to_downl
     apply(kubeconfig, namespace, exomodel("unverified"))
     wait_phase(kubeconfig, namespace, "unverified", "Ready")
     first_job = one_job(kubeconfig, namespace, "unverified")
+    # A runtime finds the cache unverified only after the fetch proved it, and Kubernetes
+    # times both in whole seconds: a refutation in the proof's own second cannot be told from
+    # one before it, so this one comes a second later, as a real runtime's load would.
+    status = first_job.get("status") or {}
+    proven_at = status.get("completionTime") or first_job["metadata"]["creationTimestamp"]
+    wait_for(lambda: now() > proven_at, "a second after the fetch Job completed", timeout=5)
     pod = get_json(
         kubeconfig,
         "pods",
