@@ -18,6 +18,12 @@ LOG_DIR="$TOOLS_DIR/logs"
 # Static, reproducible binaries with the machine's own Go: etcd's go.mod names a newer
 # toolchain than the one installed, and GOTOOLCHAIN=local builds it without downloading one.
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false -trimpath"
+# Go's build and module caches of their own, not the user's ~/.cache/go-build and ~/go: a cold
+# build of every component fills them with about 10 GB that no later step reads, so they go once
+# every requested component is built (remove_go_caches). A failed build keeps them: the rerun
+# resumes where it stopped.
+GO_CACHES="$TOOLS_DIR/go"
+export GOCACHE="$GO_CACHES/build" GOMODCACHE="$GO_CACHES/mod"
 
 # The component table, in build order: the Kubernetes binaries first (the kind node image and
 # the kwok control plane both wait on them), then etcd, kind, kwok, helm, crictl. Columns:
@@ -177,7 +183,8 @@ build_component() {
   fi
   log "[$index/${#COMPONENTS[@]}] building $name $version: $(binaries_of "$name" | xargs) (about ${COLD[$name]} cold on 2 idle cores, longer on a busy machine; seconds once cached)"
   # Build beside the final folder and rename it into place, so a killed build leaves no
-  # half-written component behind; Go's build cache makes the retry resume where it was.
+  # half-written component behind; Go's caches (kept until every component is built) make the
+  # retry resume where it was.
   partial="$dir.partial"
   log="$LOG_DIR/$name-$version.log"
   rm -rf "$partial"
@@ -199,6 +206,17 @@ build_component() {
   mv "$partial" "$dir"
   link_binaries "$name" "$dir"
   log "[$index/${#COMPONENTS[@]}] $name $version built in $((SECONDS - started)) s"
+}
+
+# The module cache is read-only (Go's own protection of module sources): `go clean -modcache`
+# empties it; then the rest can go.
+remove_go_caches() {
+  [ -d "$GO_CACHES" ] || return 0
+  local size
+  size="$(du -sh "$GO_CACHES" 2>/dev/null | cut -f1)"
+  [ ! -d "$GOMODCACHE" ] || go clean -modcache
+  rm -rf "$GO_CACHES"
+  log "removed Go's build and module caches ($size in ${GO_CACHES/#"$HOME"/\~}): the binaries are all that later steps read"
 }
 
 # pin: rewrite tools/<component>/go.mod and go.sum for the versions in scripts/versions.env.
@@ -247,12 +265,14 @@ main() {
         [[ $# -le 1 || " ${*:2} " == *" $name "* ]] || continue
         build_component "$index" "$name"
       done
+      remove_go_caches
       log "tools ready in $TOOLS_BIN ($((SECONDS - started)) s)"
       ;;
     pin)
       for name in "${@:2}"; do [[ -v VERSION[$name] ]] || die "unknown component '$name' (known: ${COMPONENTS[*]})"; done
       for name in "${@:2}"; do pin_component "$name"; done
       [ $# -gt 1 ] || for name in "${COMPONENTS[@]}"; do pin_component "$name"; done
+      remove_go_caches
       ;;
     *) die "usage: $0 [build [component...]|pin [component...]]" ;;
   esac
