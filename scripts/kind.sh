@@ -228,6 +228,43 @@ load() {
   done
   log "loading $* into kind cluster '$KIND_CLUSTER'"
   kind load docker-image --name "$KIND_CLUSTER" "$@" >&2
+  remove_replaced_images "$@"
+}
+
+# node_runs_tag NODE IMAGE ID: whether the kubelet's image service on NODE resolves IMAGE to ID.
+node_runs_tag() {
+  [[ $(docker_cli exec "$1" crictl inspecti -o go-template --template '{{.status.id}}' "$2") == "$3" ]]
+}
+
+# kind's load points the tag at the new image and leaves the image it replaced in each node's
+# containerd, untagged: every reload of a rebuilt runtime and operator image would keep ~850 MB
+# more per node. Those untagged images go, unless a container (even a stopped one) uses them.
+remove_replaced_images() {
+  local node image id used digest refs
+  for node in $(kind get nodes --name "$KIND_CLUSTER"); do
+    # The image service learns of the new tags from containerd's events, a moment after the
+    # load: until then the replaced image still holds its tag.
+    for image in "$@"; do
+      id=$(docker_cli image inspect -f '{{.Id}}' "$image")
+      wait_for 30 node_runs_tag "$node" "$image" "$id" ||
+        die "$node does not list $image as $id 30 s after loading it"
+    done
+    used=" $(docker_cli exec "$node" crictl ps --all --output json | jq -r '[.containers[].imageRef] | join(" ")') "
+    for id in $(docker_cli exec "$node" crictl images --quiet --filter dangling=true); do
+      [[ $used != *" $id "* ]] || continue
+      # Containerd keeps the image under kind's import name too (import-<date>@<digest>), which
+      # `crictl rmi` misses (it looks for docker.io/library/import-...): ctr removes that name,
+      # and the image's layers with it. (crictl's list may go on showing the image, without its
+      # layers, until containerd restarts: harmless, a later load of it imports it anew.)
+      refs=()
+      for digest in $(docker_cli exec "$node" crictl inspecti --output json "$id" | jq -r '.status.repoDigests[]'); do
+        refs+=("${digest#docker.io/library/}")
+      done
+      docker_cli exec "$node" crictl rmi "$id" >/dev/null ||
+        die "could not remove the replaced image $id from $node (crictl's error above)"
+      ((${#refs[@]} == 0)) || docker_cli exec "$node" ctr --namespace k8s.io images rm "${refs[@]}" >/dev/null 2>&1
+    done
+  done
 }
 
 # One `up` or `down` at a time per cluster: a second caller (another test session, say) waits for
