@@ -6,12 +6,15 @@
 #   scripts/images.sh load [CLUSTER] load both into the kind cluster (default: $KIND_CLUSTER or exo)
 #   scripts/images.sh refs           print the image references, one a line
 #   scripts/images.sh extras         print the project extras staged for IMAGE_TARGETS
+#   scripts/images.sh tidy           remove what earlier builds left (build does it too)
 #
 # Environment:
 #   BASE_IMAGE     the Debian base (default: exo-operator/debian:bookworm, made by
 #                  scripts/base-image.sh; debian:bookworm-slim where a registry is reachable)
 #   IMAGE_TARGETS  Dockerfile targets to build (default: "runtime operator"; runtime-cuda needs
 #                  NVIDIA's CUDA images, so a registry)
+#   EXO_BUILD_CACHE_KEEP  how much of BuildKit's cache a build leaves (default 4GB, most recently
+#                  used first): enough for a rebuild of both images after a code change to hit it
 #
 # The images install only the wheels staged here (llama-cpp-python from the host wheelhouse that
 # scripts/wheelhouse.sh builds), so no image build downloads a Python package or sees this
@@ -23,6 +26,7 @@ STAGE_DIR="$REPO_ROOT/.out/image-wheels"
 SIZES_FILE="$REPO_ROOT/.out/image-sizes.txt"
 BASE_IMAGE="${BASE_IMAGE:-exo-operator/debian:bookworm}"
 IMAGE_TARGETS="${IMAGE_TARGETS:-runtime operator}"
+BUILD_CACHE_KEEP="${EXO_BUILD_CACHE_KEEP:-4GB}"
 
 project_version() {
   python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
@@ -121,6 +125,34 @@ build() {
     log "built $image in $((SECONDS - started)) s"
   done
   record_sizes
+  tidy
+}
+
+# The untagged images that this Dockerfile's targets left: every final stage sets a title label
+# that starts with exo-operator (tests/unit/test_dockerfile_targets.py), and no other image's does.
+replaced_images() {
+  local id title
+  for id in $(docker_cli image ls --quiet --no-trunc --filter dangling=true --filter label=org.opencontainers.image.title); do
+    title=$(docker_cli image inspect -f '{{index .Config.Labels "org.opencontainers.image.title"}}' "$id")
+    [[ $title != exo-operator* ]] || echo "$id"
+  done
+}
+
+# A rebuild moves the tag and leaves the image it replaced untagged (~850 MB for both), and
+# every build adds about 1 GB to BuildKit's cache, which Docker never trims by itself: a busy
+# machine held 40 GB of it. The project's untagged images go (one a container still uses
+# stays), and the cache is cut to its most recently used $BUILD_CACHE_KEEP. The cache is the
+# daemon's, shared by every build on it: the bound applies to all of them.
+tidy() {
+  local ids reclaimed
+  mapfile -t ids < <(replaced_images)
+  if ((${#ids[@]} > 0)); then
+    log "removing ${#ids[@]} image(s) that earlier builds left untagged"
+    docker_cli image rm "${ids[@]}" >/dev/null ||
+      log "kept the untagged images that a container still uses (docker's message above)"
+  fi
+  reclaimed="$(docker_cli builder prune --force --keep-storage "$BUILD_CACHE_KEEP" | tail -n 1)"
+  log "BuildKit's cache cut to $BUILD_CACHE_KEEP at most (EXO_BUILD_CACHE_KEEP): ${reclaimed:-nothing to reclaim}"
 }
 
 record_sizes() {
@@ -149,5 +181,6 @@ case "${1:-build}" in
   load) load "${2:-}" ;;
   refs) for target in $IMAGE_TARGETS; do image_ref "$target"; done ;;
   extras) staged_extras ;;
-  *) die "usage: $0 [build|stage|load [CLUSTER]|refs|extras]" ;;
+  tidy) tidy ;;
+  *) die "usage: $0 [build|stage|load [CLUSTER]|refs|extras|tidy]" ;;
 esac
