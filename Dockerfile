@@ -29,26 +29,33 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
-# A virtual environment at /opt/exo, filled only from the staged wheels (--no-index).
+# A virtual environment at /opt/exo, filled only from the staged wheels (--no-index). The
+# dependencies' wheels (deps/, with the requirement lists images.sh writes) change only with the
+# pins; the project's own wheel (project/) changes with every commit, so it goes in last, in a
+# layer of a few MB, and a rebuild after a code change reuses the dependencies' layers.
 FROM python AS venv-builder
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && python3 -m venv /opt/exo
-COPY .out/image-wheels /wheels
+COPY .out/image-wheels/deps /wheels
 
 # The extras name the MLX build: mlx (CPU) here, mlx-cuda in runtime-cuda-venv; the rest of the
 # line is the same in both (tests/unit/test_dockerfile_targets.py).
 FROM venv-builder AS runtime-venv
+RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels -r /wheels/requires-runtime-mlx.txt
+COPY .out/image-wheels/project /project
 # transformers (mlx-lm's tokenizers) ships code for hundreds of model families; the runtime loads
 # a tokenizer or two of them, so their byte code goes (55 MB) and only models/auto's stays.
-RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime,mlx]" \
+RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels --find-links /project "exo-operator[runtime,mlx]" \
  && /opt/exo/bin/pip uninstall -y pip setuptools \
  && find /opt/exo/lib/python3.11/site-packages/transformers/models -mindepth 2 -type d \
       -name __pycache__ -not -path '*/models/auto/*' -prune -exec rm -rf {} +
 
 FROM venv-builder AS operator-venv
-RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[operator]" \
+RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels -r /wheels/requires-operator.txt
+COPY .out/image-wheels/project /project
+RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels --find-links /project "exo-operator[operator]" \
  && /opt/exo/bin/pip uninstall -y pip setuptools
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +95,7 @@ RUN apt-get update \
       build-essential cmake \
  && rm -rf /var/lib/apt/lists/* \
  && python3.11 -m venv /opt/exo
-COPY .out/image-wheels /wheels
+COPY .out/image-wheels/deps /wheels
 # Ampere (80, 86), Ada (89) and Hopper (90): the data-centre and workstation GPUs that Kubernetes
 # clusters carry. Add an architecture here to serve an older or newer card; each adds build time.
 # GGML_NATIVE=OFF: the CPU part must run on every node, not just on the build machine.
@@ -103,7 +110,9 @@ RUN LLAMA_CPP_SDIST="$(ls /wheels/llama_cpp_python-*.tar.gz)" \
 # mlx-cuda: MLX's CUDA build (mlx-cuda-12, the same version as mlx). Its libmlx.so finds NVIDIA's
 # libraries in the venv's nvidia/*/lib by its RPATH, so they come as wheels; CUDA's runtime
 # (cudart) is linked into it statically and libcuda.so.1 comes from the node's driver.
-RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels "exo-operator[runtime,mlx-cuda]" \
+RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels -r /wheels/requires-runtime-mlx-cuda.txt
+COPY .out/image-wheels/project /project
+RUN /opt/exo/bin/pip install --no-cache-dir --no-index --find-links /wheels --find-links /project "exo-operator[runtime,mlx-cuda]" \
  && /opt/exo/bin/pip uninstall -y pip setuptools \
  && find /opt/exo/lib/python3.11/site-packages/transformers/models -mindepth 2 -type d \
       -name __pycache__ -not -path '*/models/auto/*' -prune -exec rm -rf {} +

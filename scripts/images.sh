@@ -2,7 +2,7 @@
 # Builds the project's images from the Dockerfile, records their sizes, loads them into kind.
 #
 #   scripts/images.sh [build]        stage the wheels, build the runtime and operator images
-#   scripts/images.sh stage          only stage the wheels into .out/image-wheels
+#   scripts/images.sh stage          only stage the wheels into .out/image-wheels/{deps,project}
 #   scripts/images.sh load [CLUSTER] load both into the kind cluster (default: $KIND_CLUSTER or exo)
 #   scripts/images.sh refs           print the image references, one a line
 #   scripts/images.sh extras         print the project extras staged for IMAGE_TARGETS
@@ -23,6 +23,11 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STAGE_DIR="$REPO_ROOT/.out/image-wheels"
+# The dependencies, which change with the pins, apart from the project's own wheel, which changes
+# with every commit: the Dockerfile installs them in layers of their own, so a rebuild after a code
+# change reuses the dependencies' layers instead of adding another 500 MB of them.
+DEPS_DIR="$STAGE_DIR/deps"
+PROJECT_DIR="$STAGE_DIR/project"
 SIZES_FILE="$REPO_ROOT/.out/image-sizes.txt"
 BASE_IMAGE="${BASE_IMAGE:-exo-operator/debian:bookworm}"
 IMAGE_TARGETS="${IMAGE_TARGETS:-runtime operator}"
@@ -64,7 +69,7 @@ stage_wheels() {
     bash "$REPO_ROOT/scripts/wheelhouse.sh"
   pyproject_hash="$( (
     cat "$REPO_ROOT/pyproject.toml"
-    echo "$llama_wheel_dir"
+    echo "$llama_wheel_dir" "${DEPS_DIR#"$STAGE_DIR"}"
   ) | sha256sum | cut -c1-16)"
   stamp="$STAGE_DIR/.pyproject-$pyproject_hash"
   if [[ ! -f $stamp ]]; then
@@ -73,24 +78,43 @@ stage_wheels() {
     mkdir -p "$STAGE_DIR"
   fi
   # The project itself is rebuilt every time: its source changes more often than its pins.
-  rm -f "$STAGE_DIR"/exo_operator-*.whl
+  rm -rf "$PROJECT_DIR"
+  mkdir -p "$DEPS_DIR" "$PROJECT_DIR"
   log "staging the images' wheels in ${STAGE_DIR#"$REPO_ROOT"/} (the project and its extras $extras)"
-  python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$STAGE_DIR" \
-    --find-links "$llama_wheel_dir" --find-links "$STAGE_DIR" \
+  python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$DEPS_DIR" \
+    --find-links "$llama_wheel_dir" --find-links "$DEPS_DIR" \
     "${REPO_ROOT}[$extras]" ||
     die "staging wheels failed (pip's error above): check that PyPI is reachable and pyproject.toml resolves"
+  mv "$DEPS_DIR"/exo_operator-*.whl "$PROJECT_DIR/"
+  write_requirements runtime,mlx operator
+  [[ " $IMAGE_TARGETS " != *" runtime-cuda "* ]] || write_requirements runtime,mlx-cuda
   if [[ " $IMAGE_TARGETS " == *" runtime-cuda "* ]]; then
     # runtime-cuda compiles llama-cpp-python from its source, with its build backend.
     log "staging llama-cpp-python $llama_version source and its build backend for runtime-cuda"
-    python3 -m pip download --quiet --disable-pip-version-check --dest "$STAGE_DIR" \
+    python3 -m pip download --quiet --disable-pip-version-check --dest "$DEPS_DIR" \
       --no-deps --no-binary llama-cpp-python "llama-cpp-python==$llama_version"
-    python3 -m pip download --quiet --disable-pip-version-check --dest "$STAGE_DIR" \
+    python3 -m pip download --quiet --disable-pip-version-check --dest "$DEPS_DIR" \
       --only-binary :all: "scikit-build-core>=0.9.2"
   fi
   touch "$stamp"
   local llama_wheels
-  llama_wheels=$(find "$STAGE_DIR" -name "llama_cpp_python-$llama_version-*.whl" | wc -l)
+  llama_wheels=$(find "$DEPS_DIR" -name "llama_cpp_python-$llama_version-*.whl" | wc -l)
   ((llama_wheels == 1)) || die "expected one llama-cpp-python $llama_version wheel in $STAGE_DIR, found $llama_wheels"
+}
+
+# write_requirements EXTRAS...: deps/requires-<extras, dash-joined>.txt for each comma-joined
+# list, the project's requirements with those extras: what the Dockerfile installs before the
+# project's wheel.
+write_requirements() {
+  python3 - "$REPO_ROOT/pyproject.toml" "$DEPS_DIR" "$@" <<'EOF'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+for extras in sys.argv[3:]:
+    extra = project["optional-dependencies"]
+    lines = project["dependencies"] + [d for name in extras.split(",") for d in extra[name]]
+    with open(f"{sys.argv[2]}/requires-{extras.replace(',', '-')}.txt", "w") as out:
+        out.write("\n".join(lines) + "\n")
+EOF
 }
 
 ensure_base_image() {
