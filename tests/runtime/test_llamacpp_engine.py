@@ -11,6 +11,10 @@ from exo_runtime.engines import llamacpp
 pytestmark = pytest.mark.runtime
 
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time", "def fibonacci(n):"]
+# llama.cpp rounds a batch of sequences a little differently from a sequence alone: where the
+# two likeliest tokens lie closer than this (in nats), greedy decoding may pick either. As in
+# tests/runtime/test_prefix_cache.py, where the drift was measured.
+NEAR_TIE = 0.5
 
 
 def engine_with(gemma_gguf: Path, **options) -> llamacpp.LlamaCppEngine:
@@ -28,11 +32,12 @@ def engine(gemma_gguf: Path):
     loaded.close()
 
 
-def greedy(engine, request_id: str, prompt: str, max_tokens: int) -> GenerationRequest:
+def greedy(
+    engine, request_id: str, prompt: str, max_tokens: int, logprobs: int | None = None
+) -> GenerationRequest:
     tokens = engine.tokenize(prompt, add_special=True)
-    return GenerationRequest(
-        request_id, tokens, SamplingParams(max_tokens=max_tokens, temperature=0)
-    )
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, logprobs=logprobs)
+    return GenerationRequest(request_id, tokens, params)
 
 
 def run_to_end(engine) -> tuple[dict[str, list[int]], dict[str, str], list[int]]:
@@ -61,15 +66,25 @@ def test_each_step_advances_every_active_sequence_by_one_token(engine) -> None:
     assert per_step == [4] * 10
 
 
-def test_batched_sequences_generate_what_each_generates_alone(engine) -> None:
-    alone = {}
+def test_batched_sequences_generate_what_each_generates_alone_but_at_near_ties(engine) -> None:
+    alone = {}  # each request's chunks, with the two likeliest tokens at every step
     for i, prompt in enumerate(PROMPTS):
-        engine.submit(greedy(engine, f"a{i}", prompt, 12))
-        alone[f"a{i}"] = run_to_end(engine)[0][f"a{i}"]
+        engine.submit(greedy(engine, f"a{i}", prompt, 12, logprobs=2))
+        while engine.has_work():
+            alone.setdefault(f"a{i}", []).extend(c for c in engine.step() if c.token_id is not None)
     for i, prompt in enumerate(PROMPTS):
         engine.submit(greedy(engine, f"a{i}", prompt, 12))
     together = run_to_end(engine)[0]
-    assert together == alone
+    for request_id, chunks in alone.items():
+        tokens = [c.token_id for c in chunks]
+        batched = together[request_id]
+        pairs = enumerate(zip(tokens, batched, strict=False))
+        parted = next((i for i, (a, b) in pairs if a != b), None)
+        if parted is None:
+            assert batched == tokens, request_id
+        else:  # only at a near tie of the lone run
+            (_, first), (_, second) = chunks[parted].logprob.top
+            assert first - second < NEAR_TIE, (request_id, parted, chunks[parted].logprob)
 
 
 def test_cancel_frees_the_sequence_and_its_cache_at_the_next_step(engine) -> None:
