@@ -21,6 +21,10 @@ STORY = (
     "on Tuesday five, on Wednesday two, and on Thursday the harbour was empty because of "
     "the storm. The keeper wrote each number in a green notebook and"
 )
+# llama.cpp rounds sequences decoded in one batch, or from cached cells, a little differently
+# from a sequence alone (the same token's log probability measured up to 0.24 apart): where
+# the two likeliest tokens lie closer than this (in nats), greedy decoding may pick either.
+NEAR_TIE = 0.5
 SUFFIXES = (
     " then", " on Friday", " the notebook", " the next morning", " his daughter", " at noon",
 )  # fmt: skip
@@ -56,6 +60,16 @@ def complete(runtime: RuntimeProcess, prompt: str, max_tokens: int = 12) -> tupl
         model=MODEL_NAME, prompt=prompt, max_tokens=max_tokens, temperature=0
     )
     return reply.choices[0].text, reply.usage.prompt_tokens_details.cached_tokens
+
+
+def greedy_tokens(runtime: RuntimeProcess, prompt: str) -> tuple[list[str], list[dict], int]:
+    """The greedy completion's tokens, the two likeliest at each, and the prompt tokens reused."""
+    reply = client(runtime).completions.create(
+        model=MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0, logprobs=2
+    )
+    logprobs = reply.choices[0].logprobs
+    cached = reply.usage.prompt_tokens_details.cached_tokens
+    return logprobs.tokens, logprobs.top_logprobs, cached
 
 
 def test_greedy_answers_with_the_cache_equal_those_without_it(cached_and_uncached) -> None:
@@ -116,10 +130,17 @@ def test_concurrent_requests_sharing_a_prefix_are_all_right(cached_and_uncached)
     complete(cached, STORY)  # the shared start is in the cache
     prompts = [STORY + suffix for suffix in SUFFIXES]  # more than the 4 slots
     with ThreadPoolExecutor(len(prompts)) as pool:
-        answers = list(pool.map(lambda p: complete(cached, p), prompts))
-    expected = [complete(uncached, p)[0] for p in prompts]
-    assert [text for text, _ in answers] == expected
-    assert any(hits > 16 for _, hits in answers), answers
+        answers = list(pool.map(lambda p: greedy_tokens(cached, p), prompts))
+    for prompt, (tokens, _, _) in zip(prompts, answers, strict=True):
+        alone, top, _ = greedy_tokens(uncached, prompt)
+        pairs = enumerate(zip(tokens, alone, strict=False))
+        parted = next((i for i, (a, b) in pairs if a != b), None)
+        if parted is None:
+            assert tokens == alone, prompt
+        else:  # only at a near tie of the lone run
+            first, second = sorted(top[parted].values(), reverse=True)[:2]
+            assert first - second < NEAR_TIE, (prompt, parted, top[parted])
+    assert any(hits > 16 for *_, hits in answers), answers
 
 
 def test_a_full_cache_gives_way_to_new_requests(start_runtime) -> None:
