@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import heapq
 import logging
 import math
 import os
@@ -167,8 +168,9 @@ class LlamaCppEngine(RequestBook):
         self._batch_logits = np.ctypeslib.as_array(self._batch.logits, shape=(self._batch_size,))
         np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self._batch_size,))[:] = 1
         self._piece_buffer = ctypes.create_string_buffer(256)
-        # Slots holding nothing; slots holding a prefix cache entry are in `_prefix_cache`.
-        self._free_seq_ids = list(range(self._parallel - 1, -1, -1))
+        # Slots holding nothing, a heap: the lowest is handed out first (see `_fill_batch`).
+        # Slots holding a prefix cache entry are in `_prefix_cache`.
+        self._free_seq_ids = list(range(self._parallel))
         self._prefix_cache = PrefixCache(min(options.prefix_cache_entries, self._parallel))
         # A sliding-window model may overwrite its oldest cells: a prefix is reusable only
         # while the window before it is still held (llama-server's check).
@@ -325,7 +327,7 @@ class LlamaCppEngine(RequestBook):
     def _claim_slot(self) -> int:
         """A free slot, or else the least recently used cache entry's, emptied."""
         if self._free_seq_ids:
-            return self._free_seq_ids.pop()
+            return heapq.heappop(self._free_seq_ids)
         slot = self._prefix_cache.pop_oldest()
         llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
         return slot
@@ -339,7 +341,7 @@ class LlamaCppEngine(RequestBook):
         if match.entry_length > match.tokens and len(self._free_seq_ids) >= request.n:
             # The entry goes on past the shared prefix and may serve another prompt: copy its
             # cells into a free slot (a whole-stream copy, done at the next decode) and keep it.
-            slot = self._free_seq_ids.pop()
+            slot = heapq.heappop(self._free_seq_ids)
             llama_cpp.llama_memory_seq_cp(self._memory, match.slot, slot, -1, -1)
             self._prefix_cache.touch(match.slot)
         else:
@@ -467,43 +469,46 @@ class LlamaCppEngine(RequestBook):
         seq.siblings = []
 
     def _fill_batch(self, members: list[_Sequence]) -> tuple[int, list[tuple[int, _Sequence]]]:
-        """Next token of every decoding sequence first, then prompt chunks in the room left."""
+        """Next token of every decoding sequence first, then prompt chunks in the room left
+        (first come, first served); laid out in the batch in slot order."""
+        planned: list[tuple[_Sequence, list[int]]] = []
+        room = self._batch_size
+        for seq in self._active.values():
+            if seq.next_token is not None:
+                planned.append((seq, [seq.next_token]))
+                room -= 1
+        for seq in self._active.values():
+            if room <= 0:
+                break
+            if not seq.prompt_done:
+                chunk = seq.request.prompt_tokens[seq.prefilled : seq.prefilled + room]
+                planned.append((seq, chunk))
+                room -= len(chunk)
+        # With one KV stream per sequence, llama.cpp cuts a batch into ubatches of consecutive,
+        # increasing sequence ids only (split_equal, sequential): busy slots kept low by the
+        # free heap and listed in slot order decode as one ubatch, not one per break.
+        planned.sort(key=lambda entry: entry[0].seq_id)
         batch, n = self._batch, 0
         outputs: list[tuple[int, _Sequence]] = []
         tokens, positions, logits = self._batch_tokens, self._batch_pos, self._batch_logits
-        for seq in self._active.values():
-            if seq.next_token is None:
-                continue
+        for seq, chunk in planned:
             members.append(seq)
-            tokens[n] = seq.next_token
-            positions[n] = seq.n_past
-            batch.seq_id[n][0] = seq.seq_id
-            logits[n] = 1
-            outputs.append((n, seq))
-            seq.decoded.append(seq.next_token)
-            seq.n_past += 1
-            seq.next_token = None
-            n += 1
-        for seq in self._active.values():
-            room = self._batch_size - n
-            if room <= 0:
-                break
-            if seq.prompt_done:
-                continue
-            members.append(seq)
-            prompt = seq.request.prompt_tokens
-            take = min(room, len(prompt) - seq.prefilled)
-            chunk = prompt[seq.prefilled : seq.prefilled + take]
+            take = len(chunk)
             tokens[n : n + take] = chunk
-            seq.decoded.extend(chunk)
             positions[n : n + take] = np.arange(seq.n_past, seq.n_past + take)
             logits[n : n + take] = 0
             seq_ids = batch.seq_id
             for i in range(n, n + take):
                 seq_ids[i][0] = seq.seq_id
-            seq.prefilled += take
+            seq.decoded.extend(chunk)
             seq.n_past += take
             n += take
+            if seq.next_token is not None:  # a decoding sequence
+                seq.next_token = None
+                logits[n - 1] = 1
+                outputs.append((n - 1, seq))
+                continue
+            seq.prefilled += take
             if seq.prompt_done:
                 logits[n - 1] = 1
                 outputs.append((n - 1, seq))
@@ -590,7 +595,7 @@ class LlamaCppEngine(RequestBook):
     def _free_slots(self, slots: list[int]) -> None:
         for slot in slots:
             llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
-            self._free_seq_ids.append(slot)
+            heapq.heappush(self._free_seq_ids, slot)
 
     def _fail(self, seqs: list[_Sequence], reason: str, param: str | None = None) -> list[Chunk]:
         """End `seqs` with an error chunk each, freeing their slots and KV cells; `param` names
