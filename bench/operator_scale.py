@@ -12,7 +12,11 @@ Measures, with the operator running as its own process:
   - with --unrelated-pods N, every run twice: alone, then beside N pods that are not the
     operator's (their own namespace, on kwok nodes of their own), to show what they cost it;
   - with --profile, a py-spy profile of the operator per run (collapsed stacks, which
-    speedscope.app opens) and its top functions.
+    speedscope.app opens) and its top functions;
+  - the anchor, before each run: the control plane alone given the same children (the
+    operator's own manifests, each Deployment applied the moment its fetch Job completes, by a
+    loop that does nothing else), whose apply -> first pod is the floor that this machine's
+    kube-apiserver, controllers and kwok allow any operator (--without-anchor skips it).
 
 The last line of output is a JSON list with one object per run.
 
@@ -34,9 +38,13 @@ import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from math import nan
 from pathlib import Path
 
 import yaml
+from exo_operator.model import ExoModel
+from exo_operator.plan import desired_children
+from exo_operator.settings import OperatorSettings
 from kubernetes import client, config, watch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,6 +226,77 @@ class Operator:
         self.proc.wait(timeout=60)
 
 
+def model_doc(namespace: str, i: int) -> dict:
+    return {
+        "apiVersion": "exo.dev/v1alpha1",
+        "kind": "ExoModel",
+        "metadata": {"name": f"m{i}", "namespace": namespace},
+        "spec": {"source": {"url": f"https://models.example/m{i}.gguf"}, "resources": {"gpus": 1}},
+    }
+
+
+def floor_once(n: int, timeout: float) -> dict[str, float]:
+    """The anchor: apply -> first runtime pod for n models' children with no operator at all.
+
+    The claims, Services and fetch Jobs go in at once, as the ExoModels do; a watch applies each
+    model's Deployment the moment its Job completes, which is the operator's sequence without
+    its reading, planning and status writing. Owner references are dropped (no ExoModel exists
+    to own them), so the garbage collector leaves the children alone."""
+    namespace = f"floor-{n}-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", namespace)
+    settings = OperatorSettings(runtime_image="exo-runtime:dev")
+    first_stage, deployments = [], {}
+    for i in range(n):
+        body = model_doc(namespace, i)
+        body["metadata"]["uid"] = str(uuid.uuid4())
+        model = ExoModel.from_body(body)
+        fetching = desired_children(model, settings, cached=False, model_bytes=None).manifests
+        serving = desired_children(model, settings, cached=True, model_bytes=None).manifests
+        for manifest in fetching + serving:
+            manifest["metadata"].pop("ownerReferences", None)
+        first_stage.append(fetching)
+        deployments[model.name] = [m for m in serving if m["kind"] == "Deployment"]
+    clock = ReadyClock(namespace)
+    clock.start()
+    apps = client.AppsV1Api()
+    pool = ThreadPoolExecutor(8)
+    applied: set[str] = set()
+
+    def follow_jobs() -> None:
+        for event in watch.Watch().stream(client.BatchV1Api().list_namespaced_job, namespace):
+            job = event["object"]
+            model = (job.metadata.labels or {}).get("exo.dev/model")
+            done = any(
+                c.type == "Complete" and c.status == "True" for c in job.status.conditions or []
+            )
+            if done and model in deployments and model not in applied:
+                applied.add(model)
+                for deployment in deployments[model]:
+                    pool.submit(apps.create_namespaced_deployment, namespace, deployment)
+            if clock.stop.is_set():
+                return
+
+    threading.Thread(target=follow_jobs, daemon=True).start()
+    time.sleep(1)
+    started = time.monotonic()
+    try:
+        for chunk in range(0, n, 100):
+            items = [m for ms in first_stage[chunk : chunk + 100] for m in ms]
+            kubectl("apply", "-f", "-", stdin=as_list(items))
+        while len(clock.first_pod_at) < n and time.monotonic() - started < timeout:
+            time.sleep(0.5)
+        with clock.lock:
+            to_pod = [at - started for at in clock.first_pod_at.values()]
+        return {
+            "floor: apply→first pod p50 (s)": percentile(to_pod, 0.50),
+            "floor: apply→first pod p99 (s)": percentile(to_pod, 0.99),
+        }
+    finally:
+        clock.stop.set()
+        pool.shutdown(wait=True)
+        kubectl("delete", "namespace", namespace, "--timeout=600s")
+
+
 def run_once(
     n: int, unrelated: int, idle_seconds: float, timeout: float, log_dir: Path, profile: bool
 ) -> dict[str, float]:
@@ -232,18 +311,7 @@ def run_once(
         time.sleep(1)
         before = request_counts()
         started = time.monotonic()
-        docs = [
-            {
-                "apiVersion": "exo.dev/v1alpha1",
-                "kind": "ExoModel",
-                "metadata": {"name": f"m{i}", "namespace": namespace},
-                "spec": {
-                    "source": {"url": f"https://models.example/m{i}.gguf"},
-                    "resources": {"gpus": 1},
-                },
-            }
-            for i in range(n)
-        ]
+        docs = [model_doc(namespace, i) for i in range(n)]
         for chunk in range(0, n, 100):
             kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs[chunk : chunk + 100]))
         while len(clock.model_ready_at) < n:
@@ -426,6 +494,8 @@ def summary(row: dict[str, float]) -> dict[str, float]:
         "p99_s": round(row["pod→model p99 (s)"], 3),
         "apply_to_pod_p50_s": round(row["apply→first pod p50 (s)"], 2),
         "apply_to_pod_p99_s": round(row["apply→first pod p99 (s)"], 2),
+        "floor_apply_to_pod_p50_s": round(row.get("floor: apply→first pod p50 (s)", nan), 2),
+        "floor_apply_to_pod_p99_s": round(row.get("floor: apply→first pod p99 (s)", nan), 2),
         "all_ready_s": round(row["all ready (s)"], 1),
         "rss_mib": round(row["operator RSS (MiB)"], 1),
         "cpu_s": round(row["operator CPU (s)"], 1),
@@ -456,6 +526,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="record a py-spy profile of the operator per run"
     )
+    parser.add_argument(
+        "--without-anchor", action="store_true", help="skip the control plane's own floor"
+    )
     args = parser.parse_args()
     if not os.environ.get("KUBECONFIG"):
         sys.exit("KUBECONFIG is not set: run scripts/kwok.sh up and export the line it prints")
@@ -465,7 +538,9 @@ def main() -> None:
     counts = args.models or [100]
 
     def run(n: int, unrelated: int) -> dict[str, float]:
-        return run_once(n, unrelated, args.idle_seconds, args.timeout, args.log_dir, args.profile)
+        floor = {} if args.without_anchor else floor_once(n, args.timeout)
+        row = run_once(n, unrelated, args.idle_seconds, args.timeout, args.log_dir, args.profile)
+        return row | floor
 
     rows = []
     if present := unrelated_pods_present():
