@@ -80,7 +80,7 @@ bench-distributed: venv ## one model on 1 process vs split over 2 and 3 RPC work
 
 .PHONY: bench-serving bench-soak bench-gpu bench-prefix bench-structured bench-distributed
 
-bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500")
+bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500", ARGS=...)
 	@bash bench/operator_scale.sh
 
 .PHONY: bench-operator

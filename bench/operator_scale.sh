@@ -3,6 +3,8 @@
 #   MODELS="100 500" bash bench/operator_scale.sh
 #   UNRELATED_PODS=20000 MODELS=100 bash bench/operator_scale.sh   # again beside others' pods
 #   PROFILE=1 MODELS=500 bash bench/operator_scale.sh               # py-spy profile per run
+#   KWOK_GPUS_PER_NODE=32 MODELS=2000 ARGS="--timeout 2400 --without-anchor" bash bench/operator_scale.sh
+# ARGS go to bench/operator_scale.py as they are (its --help lists them).
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_ROOT"
@@ -27,4 +29,6 @@ export PATH="$TOOLS_BIN:$PATH"
 args=(--unrelated-pods "$UNRELATED_PODS")
 for n in $MODELS; do args+=(--models "$n"); done
 [ "$PROFILE" = 0 ] || args+=(--profile)
+# shellcheck disable=SC2206 # ARGS is a list of options, split on purpose
+args+=(${ARGS:-})
 .venv/bin/python bench/operator_scale.py "${args[@]}"
