@@ -23,6 +23,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exo_runtime.api_key import RequireApiKey
+from exo_runtime.draining import CloseWhileDraining
 from exo_runtime.limits import ConcurrencyLimit, read_body_within
 from exo_runtime.messages_api import (
     MESSAGES_PATH,
@@ -61,7 +62,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     if config.api_key:
         app.add_middleware(RequireApiKey, api_key=config.api_key)  # checked first
-    app.add_middleware(AnthropicErrors)  # outermost: sees the errors of every layer within
+    app.add_middleware(AnthropicErrors)  # sees the errors of every layer within
+    # Outermost, so that every answer, refusals included, carries it.
+    app.add_middleware(CloseWhileDraining, draining=lambda: state.state == "draining")
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_request: Request, err: OpenAIError) -> JSONResponse:

@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from exo_runtime.chat_template import choose_chat_template
+from exo_runtime.draining import until_connections_close
 from exo_runtime.engine import EngineOptions
 from exo_runtime.limits import Limits
 from exo_runtime.metrics import RuntimeMetrics
@@ -146,6 +147,7 @@ class Runtime:
         self.metrics = RuntimeMetrics()
         self.exit_code = 0
         self.request_exit: Callable[[], None] = lambda: None
+        self.open_connections: Callable[[], int] = lambda: 0
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def start_loading(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -185,7 +187,8 @@ class Runtime:
             )
 
     async def drain(self) -> None:
-        """Stop taking requests (/readyz 503), let in-flight ones finish within the bound, exit."""
+        """Stop taking requests (/readyz 503), let in-flight ones finish within the bound, let
+        the clients' connections close (draining.py), exit."""
         was_ready = self.state.ready
         self.state.move_to("draining")
         scheduler = self.state.scheduler
@@ -203,6 +206,7 @@ class Runtime:
                 scheduler.cancel_all()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(scheduler.idle.wait(), 2)
+        await until_connections_close(self.open_connections)
         self.request_exit()
 
 
@@ -253,6 +257,7 @@ def serve(config: ServeConfig) -> int:
         server.should_exit = True
 
     runtime.request_exit = request_exit
+    runtime.open_connections = lambda: len(server.server_state.connections)
     log.info("listening on %s:%d; loading %s", config.host, config.port, config.model_path)
     server.run()
     return runtime.exit_code

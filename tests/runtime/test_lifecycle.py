@@ -178,6 +178,25 @@ def test_sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_0(
     assert '"finish_reason": "length"' in result["lines"][-2]
 
 
+def test_a_keep_alive_client_is_told_to_reconnect_not_cut_off_when_the_drain_ends(
+    start_runtime,
+) -> None:
+    # A Service's client sends its next request on the same connection the moment a stream
+    # ends: the drain must answer it (503, Connection: close), not exit under it.
+    runtime = start_runtime("--shutdown-timeout", "120")
+    body = {"model": MODEL_NAME, "prompt": "1, 2, 3,", "max_tokens": 20, "stream": True}
+    with httpx.Client(base_url=runtime.base_url, timeout=60) as client:
+        with client.stream("POST", "/v1/completions", json=body) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            runtime.proc.send_signal(signal.SIGTERM)
+            assert "data: [DONE]" in list(lines)  # the stream in flight ends whole
+        after = client.post("/v1/completions", json={**body, "stream": False})
+    assert after.status_code == 503, after.text
+    assert after.headers["connection"] == "close"
+    assert runtime.proc.wait(timeout=30) == 0, runtime.log()
+
+
 def test_a_request_still_running_at_the_drain_bound_is_cancelled_cleanly(start_runtime) -> None:
     runtime = start_runtime("--shutdown-timeout", "1")
     started, result = threading.Event(), {}
