@@ -49,7 +49,7 @@ def test_the_unit_tier_alone_builds_only_helm():
 def test_kind_and_e2e_share_one_cluster_counted_at_its_larger_size():
     needs = preflight.needs_of({"kind", "e2e"}, True, True)
     volumes = [n for n in needs if "kind nodes' volumes" in n.what]
-    assert [n.gb for n in volumes] == [10.0]
+    assert [n.gb for n in volumes] == [7.5]
     assert len([n for n in needs if "node images" in n.what]) == 1
 
 
@@ -64,8 +64,8 @@ def test_a_short_filesystem_is_named_with_its_free_space_need_and_places():
     places = {"repo": LARGE, "cache": LARGE, "docker": SMALL, "tmp": LARGE}
     needs = preflight.needs_of({"e2e"}, True, True)
     [problem] = preflight.shortfalls(needs, places)
-    assert problem.startswith("/small (docker) has 5.0G free but needs about 14.4G")
-    assert "the two kind nodes' volumes 10" in problem
+    assert problem.startswith("/small (docker) has 5.0G free but needs about 11.9G")
+    assert "the two kind nodes' volumes 7.5" in problem
 
 
 def test_needs_on_one_filesystem_add_up_across_places():
