@@ -7,14 +7,11 @@ from pathlib import Path
 import pytest
 from exo_runtime.engine import EngineOptions, GenerationRequest, ModelLoadError, SamplingParams
 from exo_runtime.engines import llamacpp
+from fixtures.greedy import NEAR_TIE
 
 pytestmark = pytest.mark.runtime
 
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time", "def fibonacci(n):"]
-# llama.cpp rounds a batch of sequences a little differently from a sequence alone: where the
-# two likeliest tokens lie closer than this (in nats), greedy decoding may pick either. As in
-# tests/runtime/test_prefix_cache.py, where the drift was measured.
-NEAR_TIE = 0.5
 
 
 def engine_with(gemma_gguf: Path, **options) -> llamacpp.LlamaCppEngine:

@@ -10,6 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 from exo_runtime.cli import build_parser
+from fixtures.greedy import NEAR_TIE
 from runtime_process import MODEL_NAME, RuntimeProcess, launch
 
 pytestmark = pytest.mark.runtime
@@ -21,10 +22,6 @@ STORY = (
     "on Tuesday five, on Wednesday two, and on Thursday the harbour was empty because of "
     "the storm. The keeper wrote each number in a green notebook and"
 )
-# llama.cpp rounds sequences decoded in one batch, or from cached cells, a little differently
-# from a sequence alone (the same token's log probability measured up to 0.24 apart): where
-# the two likeliest tokens lie closer than this (in nats), greedy decoding may pick either.
-NEAR_TIE = 0.5
 SUFFIXES = (
     " then", " on Friday", " the notebook", " the next morning", " his daughter", " at noon",
 )  # fmt: skip

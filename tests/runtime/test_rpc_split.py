@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from fixtures.greedy import NEAR_TIE
 from runtime_process import MODEL_NAME, RuntimeProcess, free_port
 
 pytestmark = pytest.mark.runtime
@@ -79,12 +80,6 @@ def greedy(runtime: RuntimeProcess) -> list[tuple[str, dict[str, float]]]:
     )
     logprobs = reply.choices[0].logprobs
     return list(zip(logprobs.tokens, logprobs.top_logprobs, strict=True))
-
-
-# The workers' CPU buffers hold the weights as stored, while a single process repacks them
-# for its AVX2 kernels: the sums run in another order, so the logits differ in the last bits.
-# Greedy decoding then agrees token for token until two candidates are this close, if ever.
-NEAR_TIE = 0.5
 
 
 def wait_exit(runtime: RuntimeProcess, timeout: float) -> int:
