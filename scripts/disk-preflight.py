@@ -2,6 +2,7 @@
 """Fails early when the disk cannot hold what the selected test tiers write (scripts/test.sh).
 
 python3 scripts/disk-preflight.py TIER...
+python3 scripts/disk-preflight.py --report     (the free space of each, nothing checked)
 
 Before anything is built, it reads the free space of every filesystem the run writes (the
 checkout, $EXO_CACHE, Docker's data root, the temp dir), adds up what the tiers will put on each
@@ -165,25 +166,41 @@ def docker_root() -> Path:
         return Path("/var/lib/docker")  # dockerd not started yet: its default
 
 
-def main(tiers: set[str]) -> int:
-    override = os.environ.get("EXO_DISK_NEED_GB")
-    need_override = float(override) if override else None
-    if need_override == 0:
-        print("disk preflight skipped (EXO_DISK_NEED_GB=0)", file=sys.stderr)
-        return 0
-    repo = Path(__file__).resolve().parent.parent
-    cache = Path(os.environ.get("EXO_CACHE", Path.home() / ".cache" / "exo-operator"))
-    tools_bin = Path(os.environ.get("TOOLS_BIN", cache / "bin"))
-    have_tools = all((tools_bin / b).exists() for b in ("kubectl", "kind", "kwokctl", "helm"))
-    if not tiers & CLUSTER_TIERS and (tools_bin / "helm").exists():
-        have_tools = True
-    needs = needs_of(tiers, (repo / ".venv" / "bin" / "python").exists(), have_tools)
-    places = {
+def written_places(repo: Path, cache: Path) -> dict[str, Filesystem]:
+    """The filesystems a run writes: the checkout (.venv), the caches (tools, models, kind's
+    shared volumes), Docker's data root (images, build cache, node volumes), the temp dir."""
+    return {
         "repo": filesystem_of(repo),
         "cache": filesystem_of(cache),
         "docker": filesystem_of(docker_root()),
         "tmp": filesystem_of(Path(os.environ.get("TMPDIR", "/tmp"))),
     }
+
+
+def report(places: dict[str, Filesystem]) -> None:
+    """One line of free space per filesystem, for the log after the setup steps."""
+    for fs, names, _ in per_filesystem([], places):
+        print(f"disk: {fs.mount} ({', '.join(names)}): {fs.free_gb:.1f}G free", file=sys.stderr)
+
+
+def main(args: set[str]) -> int:
+    repo = Path(__file__).resolve().parent.parent
+    cache = Path(os.environ.get("EXO_CACHE", Path.home() / ".cache" / "exo-operator"))
+    if "--report" in args:
+        report(written_places(repo, cache))
+        return 0
+    tiers = args
+    override = os.environ.get("EXO_DISK_NEED_GB")
+    need_override = float(override) if override else None
+    if need_override == 0:
+        print("disk preflight skipped (EXO_DISK_NEED_GB=0)", file=sys.stderr)
+        return 0
+    tools_bin = Path(os.environ.get("TOOLS_BIN", cache / "bin"))
+    have_tools = all((tools_bin / b).exists() for b in ("kubectl", "kind", "kwokctl", "helm"))
+    if not tiers & CLUSTER_TIERS and (tools_bin / "helm").exists():
+        have_tools = True
+    needs = needs_of(tiers, (repo / ".venv" / "bin" / "python").exists(), have_tools)
+    places = written_places(repo, cache)
     for fs, names, on_it in per_filesystem(needs, places):
         need = peak_gb(on_it) if need_override is None else need_override
         print(

@@ -29,24 +29,6 @@ export KIND_NODES="${KIND_NODES:-2}"
 export EXO_KIND_MULTINODE_CLUSTER="${EXO_KIND_MULTINODE_CLUSTER:-$KIND_CLUSTER}"
 export EXO_KIND_MULTINODE_NODEPORT="${EXO_KIND_MULTINODE_NODEPORT:-$EXO_KIND_NODEPORT}"
 
-# The filesystems the run writes: the checkout (.venv), the caches (tools, models, kind's shared
-# volumes), Docker's data root (images, build cache, kind's node volumes), the temp dir (pytest's).
-written_paths() {
-  local root
-  root=$(docker_cli info --format '{{.DockerRootDir}}' 2>/dev/null) || root=/var/lib/docker
-  printf '%s\n' "$REPO_ROOT" "$EXO_CACHE" "$root" "${TMPDIR:-/tmp}"
-}
-# df -h of each written filesystem once (paths not made yet count as their nearest parent's).
-disk_usage() {
-  local path paths=()
-  while read -r path; do
-    until [[ -e $path ]]; do path=$(dirname "$path"); done
-    paths+=("$path")
-  done < <(written_paths)
-  # A bind mount (Docker's root often is one) is the same filesystem: one line per device.
-  df -h --output=source,target,size,used,avail,pcent "${paths[@]}" | awk 'NR == 1 || !seen[$1]++' >&2
-}
-
 # Before anything is built: a run that cannot fit fails now, naming what it needs, rather than
 # with ENOSPC an hour in.
 step "disk: free space against what tiers $TIERS need"
@@ -81,7 +63,7 @@ if has_tier e2e; then
 fi
 
 step "disk after the setup steps"
-disk_usage
+EXO_CACHE="$EXO_CACHE" python3 scripts/disk-preflight.py --report
 
 # Each pytest tier is the folder of its name: tests/<tier>/ (tests/fixtures/ serves them all).
 paths=()

@@ -100,3 +100,14 @@ def test_the_script_fails_with_a_message_when_told_it_needs_more_than_is_free(ne
     )  # fmt: skip
     assert result.returncode == code, result.stderr
     assert says in result.stderr
+
+
+def test_the_report_names_each_written_filesystem_once_with_its_free_space():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--report"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("disk: ") and line.endswith("G free") for line in lines)
+    named = [place for line in lines for place in line.split("(")[1].split(")")[0].split(", ")]
+    assert sorted(named) == ["cache", "docker", "repo", "tmp"]
