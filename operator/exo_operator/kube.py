@@ -177,10 +177,12 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     _finish(reply)
 
 
-def post_event(body: dict[str, Any], type: str, reason: str, message: str) -> None:
-    """Records an Event on the ExoModel (what `kubectl describe exom` shows)."""
+def post_event(
+    body: dict[str, Any], type: str, reason: str, message: str, at: datetime | None = None
+) -> None:
+    """Records an Event on the ExoModel (what `kubectl describe exom` shows), as of `at`."""
     meta = body["metadata"]
-    now = datetime.now(UTC)
+    now = at or datetime.now(UTC)
     event = client.CoreV1Event(
         metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
         involved_object=client.V1ObjectReference(

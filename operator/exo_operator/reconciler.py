@@ -27,6 +27,7 @@ from exo_operator.cache_proof import (
     stamp_wanted,
 )
 from exo_operator.children.fetch_job import fetch_job_for
+from exo_operator.event_posts import EventPoster
 from exo_operator.metrics import METRICS, OperatorMetrics
 from exo_operator.model import ExoModel
 from exo_operator.naming import (
@@ -210,6 +211,7 @@ class Reconciler:
         self._deleted_jobs: dict[ModelKey, set[str]] = {}
         self.ready_logs = ReadyLogs(self.reconcile)
         self.volume_events = VolumeEvents(self.reconcile)
+        self.events = EventPoster()
         # Status writes get threads of their own: a pod turning Ready is reported at once,
         # not after the child applies that hundreds of other models have queued.
         self._status_pool = ThreadPoolExecutor(
@@ -384,20 +386,8 @@ class Reconciler:
             raise
         self.metrics.status_written()
         self._written[key] = status
-        for t in transitions:
-            await self._post_event(reading.body, t)
+        self.events.post(reading.body, transitions)
         return True
-
-    async def _post_event(self, body: dict[str, Any], transition: Transition) -> None:
-        """Events are a courtesy: one that cannot be posted (a namespace going away) is skipped."""
-        try:
-            await asyncio.to_thread(
-                kube.post_event, body, transition.type, transition.reason, transition.message
-            )
-        except (ApiException, HTTPError, OSError) as error:
-            why = kube.describe_api_error(error) if isinstance(error, ApiException) else error
-            name = body["metadata"]["name"]
-            log.info("event %s on %s not posted: %s", transition.reason, name, why)
 
     def _observe(self, reading: Reading, jobs: list[dict[str, Any]]) -> Observed:
         """What the indexes show of the model's children, as status aggregation reads it."""
@@ -461,6 +451,7 @@ class Reconciler:
             meta["name"],
             stamp,
             self.settings.field_manager,
+            pool=self._status_pool,  # like a status write: the model's own, not a child apply
         )
 
     async def retry_fetch_if_secret_changed(self, key: ModelKey, secret: str) -> bool:

@@ -5,10 +5,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import yaml
 from exo_operator import kube
+from fixtures.kubeconfig import use_kubeconfig, write_kubeconfig
 from kubernetes import client
-from kubernetes.config import kube_config
 
 
 class CountingApiserver(BaseHTTPRequestHandler):
@@ -45,40 +44,11 @@ def apiserver():
     server.shutdown()
 
 
-def write_kubeconfig(path, server: str) -> None:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-
-
 @pytest.fixture
 def kubeconfig(tmp_path, monkeypatch):
     path = tmp_path / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    # The client reads $KUBECONFIG once, at import.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-    monkeypatch.setattr(client.ApiClient, "_default", None)
-    monkeypatch.setattr(client.Configuration, "_default", None)
+    write_kubeconfig(path, "https://127.0.0.1:6443")
+    use_kubeconfig(monkeypatch, path)
 
 
 def test_every_api_group_uses_one_client_and_its_pool_of_worker_connections(kubeconfig):

@@ -134,6 +134,19 @@ def condition(status, kind):
     return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
 
 
+def model_events(kubeconfig, namespace, name, reason, timeout=30):
+    """The ExoModel's Events once one with `reason` is among them (the operator posts them just
+    after the status write they belong to)."""
+
+    def probe():
+        items = get_json(
+            kubeconfig, "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+        )["items"]
+        return items if reason in {e["reason"] for e in items} else None
+
+    return wait_for(probe, f"an Event {reason} on ExoModel {name}", timeout)
+
+
 def wait_phase(kubeconfig, namespace, name, phase, timeout=60):
     def probe():
         status = model_status(kubeconfig, namespace, name)

@@ -14,6 +14,7 @@ from operator_harness import (
     exomodel,
     get_json,
     kubectl,
+    model_events,
     model_status,
     wait_phase,
 )
@@ -111,9 +112,7 @@ def test_a_lost_worker_degrades_the_model_naming_it_and_the_group_recovers(kubec
             kubectl(kubeconfig, "uncordon", node, check=False)
     status = wait_phase(kubeconfig, namespace, "group", "Ready")
     assert status["readyText"] == "3/3"
-    events = get_json(
-        kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=group"
-    )["items"]
+    events = model_events(kubeconfig, namespace, "group", "WorkerNotReady")
     lost = [e for e in events if e["reason"] == "WorkerNotReady"]
     assert lost and "group-workers-1" in lost[0]["message"]
 

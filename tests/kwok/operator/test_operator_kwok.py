@@ -18,6 +18,7 @@ from operator_harness import (
     exomodel,
     get_json,
     kubectl,
+    model_events,
     model_status,
     wait_phase,
 )
@@ -74,10 +75,7 @@ def test_create_makes_owned_children_with_the_right_specs_and_goes_ready(kubecon
     assert condition(status, "Ready")["status"] == "True"
     assert condition(status, "ModelCached")["status"] == "True"
     assert status["observedGeneration"] == model["metadata"]["generation"]
-    events = get_json(
-        kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=gemma"
-    )
-    assert "Ready" in {e["reason"] for e in events["items"]}
+    model_events(kubeconfig, namespace, "gemma", "Ready")
     table = kubectl(kubeconfig, "get", "exom", "gemma", "-n", namespace).stdout
     assert "Ready" in table and "1/1" in table and "llamacpp" in table
 

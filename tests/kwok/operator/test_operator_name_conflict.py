@@ -11,6 +11,7 @@ from operator_harness import (
     exomodel,
     get_json,
     kubectl,
+    model_events,
     model_status,
 )
 
@@ -66,10 +67,8 @@ def test_a_model_named_like_a_users_service_and_claim_leaves_them_alone(kubeconf
     assert status["phase"] == "Failed"
     assert "Service clash" in status["message"]
     assert "PersistentVolumeClaim clash-cache" in status["message"]
-    events = get_json(
-        kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=clash"
-    )
-    assert "NameConflict" in {e["reason"] for e in events["items"] if e["type"] == "Warning"}
+    events = model_events(kubeconfig, namespace, "clash", "NameConflict")
+    assert "NameConflict" in {e["reason"] for e in events if e["type"] == "Warning"}
     # Nothing that would run against the user's claim was made.
     for kind in ("jobs", "deployments"):
         items = get_json(kubeconfig, kind, "-n", namespace, "-l", "exo.dev/model=clash")["items"]

@@ -17,6 +17,7 @@ from operator_harness import (
     exomodel,
     get_json,
     kubectl,
+    model_events,
     model_status,
     wait_phase,
 )
@@ -221,9 +222,7 @@ def test_a_runtime_that_finds_the_cache_unverified_sends_the_model_back_to_downl
         ),
         "a new fetch Job in place of the one the runtime refuted",
     )
-    events = get_json(
-        kubeconfig, "events", "-n", namespace, "--field-selector", "involvedObject.name=unverified"
-    )["items"]
+    events = model_events(kubeconfig, namespace, "unverified", "CacheNotVerified")
     unverified = [e["message"] for e in events if e["reason"] == "CacheNotVerified"]
     assert any(m.startswith("Downloading:") for m in unverified), unverified
     assert "LoadFailed" not in {e["reason"] for e in events}
