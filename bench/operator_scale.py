@@ -13,9 +13,10 @@ Measures, with the operator running as its own process:
     operator's (their own namespace, on kwok nodes of their own), to show what they cost it;
   - with --profile, a py-spy profile of the operator per run (collapsed stacks, which
     speedscope.app opens) and its top functions;
-  - the anchor, before each run: the control plane alone given the same children (the
-    operator's own manifests, each Deployment applied the moment its fetch Job completes, by a
-    loop that does nothing else), whose apply -> first pod is the floor that this machine's
+  - the anchor, before each run: the control plane alone given the same models and children
+    (the operator's own manifests, each Deployment applied the moment its fetch Job completes
+    and `phase: Ready` written the moment its pod turns Ready, by loops that do nothing else),
+    whose apply -> first pod and pod Ready -> model Ready are the floor that this machine's
     kube-apiserver, controllers and kwok allow any operator (--without-anchor skips it).
 
 The last line of output is a JSON list with one object per run.
@@ -167,6 +168,25 @@ class ReadyClock:
             if self.stop.is_set():
                 return
 
+    def pod_to_model_delays(self) -> list[float]:
+        """Last pod Ready -> model Ready, per model that got both (hold the lock)."""
+        return [
+            max(0.0, self.model_ready_at[m] - self.last_pod_ready_at[m])
+            for m in self.model_ready_at
+            if m in self.last_pod_ready_at
+        ]
+
+    def slowest(self, started: float, count: int) -> list[tuple[float, float]]:
+        """The `count` longest pod Ready -> model Ready delays, each with when (seconds after
+        the apply) its pod turned Ready: whether the slow ones came during the apply storm."""
+        ready = self.last_pod_ready_at
+        pairs = [
+            (self.model_ready_at[m] - ready[m], ready[m] - started)
+            for m in self.model_ready_at
+            if m in ready
+        ]
+        return sorted(pairs, reverse=True)[:count]
+
     def _models(self) -> None:
         api = client.CustomObjectsApi()
         for event in watch.Watch().stream(
@@ -236,12 +256,13 @@ def model_doc(namespace: str, i: int) -> dict:
 
 
 def floor_once(n: int, timeout: float) -> dict[str, float]:
-    """The anchor: apply -> first runtime pod for n models' children with no operator at all.
+    """The anchor: apply -> first runtime pod, and pod Ready -> model Ready, for n models with
+    no operator at all.
 
-    The claims, Services and fetch Jobs go in at once, as the ExoModels do; a watch applies each
-    model's Deployment the moment its Job completes, which is the operator's sequence without
-    its reading, planning and status writing. Owner references are dropped (no ExoModel exists
-    to own them), so the garbage collector leaves the children alone."""
+    The ExoModels, claims, Services and fetch Jobs go in at once; a watch applies each model's
+    Deployment the moment its Job completes, and another writes `phase: Ready` into the model's
+    status the moment its pod turns Ready: the operator's sequence without its reading and
+    planning. Owner references are dropped (the garbage collector leaves the children alone)."""
     namespace = f"floor-{n}-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)
     settings = OperatorSettings(runtime_image="exo-runtime:dev")
@@ -276,20 +297,46 @@ def floor_once(n: int, timeout: float) -> dict[str, float]:
             if clock.stop.is_set():
                 return
 
+    def report_ready() -> None:
+        custom, reported = client.CustomObjectsApi(), set()
+        for event in watch.Watch().stream(
+            client.CoreV1Api().list_namespaced_pod,
+            namespace,
+            label_selector="exo.dev/component=runtime",
+        ):
+            pod = event["object"]
+            model = (pod.metadata.labels or {}).get("exo.dev/model")
+            ready = any(
+                c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
+            )
+            if ready and model not in reported:
+                reported.add(model)
+                pool.submit(
+                    custom.patch_namespaced_custom_object_status, "exo.dev", "v1alpha1",
+                    namespace, "exomodels", model, {"status": {"phase": "Ready"}},
+                )  # fmt: skip
+            if clock.stop.is_set():
+                return
+
     threading.Thread(target=follow_jobs, daemon=True).start()
+    threading.Thread(target=report_ready, daemon=True).start()
     time.sleep(1)
     started = time.monotonic()
     try:
         for chunk in range(0, n, 100):
-            items = [m for ms in first_stage[chunk : chunk + 100] for m in ms]
+            items = [model_doc(namespace, i) for i in range(chunk, min(n, chunk + 100))]
+            items += [m for ms in first_stage[chunk : chunk + 100] for m in ms]
             kubectl("apply", "-f", "-", stdin=as_list(items))
-        while len(clock.first_pod_at) < n and time.monotonic() - started < timeout:
+        while len(clock.model_ready_at) < n and time.monotonic() - started < timeout:
             time.sleep(0.5)
         with clock.lock:
             to_pod = [at - started for at in clock.first_pod_at.values()]
+            delays = clock.pod_to_model_delays()
         return {
             "floor: apply→first pod p50 (s)": percentile(to_pod, 0.50),
             "floor: apply→first pod p99 (s)": percentile(to_pod, 0.99),
+            "floor: pod→model p50 (s)": percentile(delays, 0.50),
+            "floor: pod→model p99 (s)": percentile(delays, 0.99),
         }
     finally:
         clock.stop.set()
@@ -328,11 +375,8 @@ def run_once(
         cpu = cpu_seconds(operator.pid)
         own = operator_metrics(operator.metrics_port)
         with clock.lock:
-            delays = [
-                max(0.0, clock.model_ready_at[m] - clock.last_pod_ready_at[m])
-                for m in clock.model_ready_at
-                if m in clock.last_pod_ready_at
-            ]
+            delays = clock.pod_to_model_delays()
+            slowest = clock.slowest(started, 5)
             to_pod = [clock.first_pod_at[m] - started for m in clock.first_pod_at]
             pod_to_ready = [
                 clock.last_pod_ready_at[m] - clock.first_pod_at[m] for m in clock.last_pod_ready_at
@@ -344,6 +388,9 @@ def run_once(
         busiest = sorted(
             ((n, key) for key, n in idle_delta.items() if key[0] in WRITE_VERBS), reverse=True
         )[:8]
+        print(f"slowest pod Ready -> model Ready, {n} models (delay s, pod Ready at s after "
+              "the apply): " + ", ".join(f"{d:.2f} @ {at:.0f}" for d, at in slowest),
+              file=sys.stderr)  # fmt: skip
         print(f"idle writes by (verb, resource, subresource), {n} models:", file=sys.stderr)
         for count, key in busiest:
             print(f"  {count:8.0f}  {key}", file=sys.stderr)
@@ -496,6 +543,8 @@ def summary(row: dict[str, float]) -> dict[str, float]:
         "apply_to_pod_p99_s": round(row["apply→first pod p99 (s)"], 2),
         "floor_apply_to_pod_p50_s": round(row.get("floor: apply→first pod p50 (s)", nan), 2),
         "floor_apply_to_pod_p99_s": round(row.get("floor: apply→first pod p99 (s)", nan), 2),
+        "floor_p50_s": round(row.get("floor: pod→model p50 (s)", nan), 3),
+        "floor_p99_s": round(row.get("floor: pod→model p99 (s)", nan), 3),
         "all_ready_s": round(row["all ready (s)"], 1),
         "rss_mib": round(row["operator RSS (MiB)"], 1),
         "cpu_s": round(row["operator CPU (s)"], 1),
