@@ -176,12 +176,12 @@ class ReadyClock:
             if m in self.last_pod_ready_at
         ]
 
-    def slowest(self, started: float, count: int) -> list[tuple[float, float]]:
+    def slowest(self, started: float, count: int) -> list[tuple[float, float, str]]:
         """The `count` longest pod Ready -> model Ready delays, each with when (seconds after
         the apply) its pod turned Ready: whether the slow ones came during the apply storm."""
         ready = self.last_pod_ready_at
         pairs = [
-            (self.model_ready_at[m] - ready[m], ready[m] - started)
+            (self.model_ready_at[m] - ready[m], ready[m] - started, m)
             for m in self.model_ready_at
             if m in ready
         ]
@@ -389,7 +389,8 @@ def run_once(
             ((n, key) for key, n in idle_delta.items() if key[0] in WRITE_VERBS), reverse=True
         )[:8]
         print(f"slowest pod Ready -> model Ready, {n} models (delay s, pod Ready at s after "
-              "the apply): " + ", ".join(f"{d:.2f} @ {at:.0f}" for d, at in slowest),
+              "the apply, model): "
+              + ", ".join(f"{d:.2f} @ {at:.0f} ({m})" for d, at, m in slowest),
               file=sys.stderr)  # fmt: skip
         print(f"idle writes by (verb, resource, subresource), {n} models:", file=sys.stderr)
         for count, key in busiest:

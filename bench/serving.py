@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -218,15 +219,19 @@ def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> 
 
 
 def start_shim(
-    model: Path, parallel: int, context: int = CONTEXT_PER_SEQUENCE, max_queue: int = 64
+    model: Path,
+    parallel: int,
+    context: int = CONTEXT_PER_SEQUENCE,
+    max_queue: int = 64,
+    extra: Sequence[str] = (),
 ) -> tuple[subprocess.Popen, str]:
-    """`exo-runtime serve` with `parallel` slots of `context` tokens each."""
+    """`exo-runtime serve` with `parallel` slots of `context` tokens each, then `extra` flags."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "exo_runtime", "serve", "--model", str(model), "--port", str(port),
          "--threads", str(THREADS), "--parallel", str(parallel), "--context-length",
          str(context), "--model-name", "bench", "--max-queue", str(max_queue),
-         "--gpu-layers", str(GPU_LAYERS)],
+         "--gpu-layers", str(GPU_LAYERS), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -442,11 +447,18 @@ def bindings_version() -> str:
         return llama_cpp.__version__
 
 
-def exo_runtime_contender(model: Path, build: str = PROJECT_WHEEL) -> Contender:
-    """exo-runtime on the llama-cpp-python installed here, `build` saying how it was built."""
+def exo_runtime_contender(
+    model: Path, build: str = PROJECT_WHEEL, flags: Sequence[str] = ()
+) -> Contender:
+    """exo-runtime on the llama-cpp-python installed here, `build` saying how it was built,
+    started with `flags` beyond the benchmark's own."""
     wheel = f"llama-cpp-python {bindings_version()} ({build})"
+    if flags:
+        wheel += f"; serve {' '.join(flags)}"
     label = "x86-64-v3 wheel" if build == PROJECT_WHEEL else build
-    return Contender(EXO_RUNTIME, wheel, label, lambda n, ctx: start_shim(model, n, ctx))
+    return Contender(
+        EXO_RUNTIME, wheel, label, lambda n, ctx: start_shim(model, n, ctx, extra=flags)
+    )
 
 
 def llama_server_contenders(args: argparse.Namespace, model: Path) -> list[Contender]:
@@ -565,6 +577,11 @@ def parse_args() -> argparse.Namespace:
         help="one llama-server binary to use as is, instead of the builds",
     )
     parser.add_argument(
+        "--runtime-flags",
+        default="",
+        help="more flags for `exo-runtime serve`, e.g. '--batch-size 2048', printed beside it",
+    )
+    parser.add_argument(
         "--runtime-build",
         default=PROJECT_WHEEL,
         help="how the llama-cpp-python under exo-runtime was built, printed beside its figures",
@@ -595,7 +612,8 @@ def main() -> int:
         for contender in servers:
             print(f"{contender.name}: {contender.build}")
         return 0
-    contenders = [exo_runtime_contender(model, args.runtime_build), *servers]
+    flags = shlex.split(args.runtime_flags)
+    contenders = [exo_runtime_contender(model, args.runtime_build, flags), *servers]
     sizes = args.prompts.split(",")
     levels = [int(c) for c in args.clients.split(",")]
     prompts = calibrate_prompts(model, sizes)
