@@ -532,9 +532,10 @@ def print_top_functions(path: Path, top: int = 15) -> None:
             print(f"    {100 * n / max(total, 1):5.1f}%  {frame}", file=sys.stderr)
 
 
-def summary(row: dict[str, float]) -> dict[str, float]:
-    """One run as the JSON line reports it."""
-    return {
+def summary(row: dict[str, float]) -> dict[str, float | None]:
+    """One run as the JSON line reports it; a figure not measured (no anchor) is null, since
+    NaN is not JSON and `jq` refuses it."""
+    figures = {
         "models": row["models"],
         "unrelated_pods": row["unrelated pods"],
         "ready": row["models Ready"],
@@ -551,6 +552,7 @@ def summary(row: dict[str, float]) -> dict[str, float]:
         "cpu_s": round(row["operator CPU (s)"], 1),
         "idle_writes_per_min": round(row["operator idle writes/min"], 2),
     }
+    return {key: None if value != value else value for key, value in figures.items()}
 
 
 def main() -> None:
