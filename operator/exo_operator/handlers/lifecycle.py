@@ -160,11 +160,21 @@ async def _watch_fetch_secrets(memo: kopf.Memo, exomodels: kopf.Index) -> None:
 
 
 async def _resync(memo: kopf.Memo, exomodels: kopf.Index) -> None:
-    """Reconciles every model now and then; it writes nothing when nothing changed."""
+    """Reconciles every model once a resync period, one at a time, spread evenly over it.
+
+    A reconcile that changes nothing writes nothing and never waits, so a pass over every model
+    at once held the event loop for its whole length (a few milliseconds a model: seconds at
+    thousands) while pod events queued behind it. Spread out, it costs the same and holds any
+    event up by one reconcile at most.
+    """
     await memo.ready.wait()
+    period = memo.settings.resync_seconds
     while True:
-        await asyncio.sleep(memo.settings.resync_seconds)
-        for key in list(exomodels.keys()):
+        keys = list(exomodels.keys())
+        if not keys:
+            await asyncio.sleep(period)
+        for key in keys:
+            await asyncio.sleep(period / len(keys))
             await _quietly(memo.reconciler, key)
 
 
