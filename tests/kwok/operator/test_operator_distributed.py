@@ -150,13 +150,22 @@ def test_replicas_scale_a_split_model_by_whole_groups(kubeconfig, namespace):
     at = f".duo-workers.{namespace}.svc:50052"
     assert worker_list("duo") == [f"duo-workers-{i}{at}" for i in range(2)]
     assert worker_list("duo-g1") == [f"duo-g1-workers-{i}{at}" for i in range(2)]
-    # The model's Service balances over both heads.
-    endpoints = get_json(
-        kubeconfig, "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=duo"
-    )["items"]
-    served = {e["targetRef"]["name"] for s in endpoints for e in s.get("endpoints") or []}
+    # The model's Service balances over both heads (once the EndpointSlice controller, which
+    # follows pod readiness on its own, has caught up).
     heads = {m["name"] for m in status["members"] if m["role"] == "head"}
-    assert served == heads
+
+    def served():
+        slices = get_json(
+            kubeconfig, "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=duo"
+        )["items"]
+        return {e["targetRef"]["name"] for s in slices for e in s.get("endpoints") or []}
+
+    wait_for(
+        lambda: served() == heads,
+        f"the Service's endpoints to be the heads {heads}",
+        30,
+        explain=lambda: f"endpoints: {served()}",
+    )
 
     # A worker of group 1 lost: only group 1 stops serving (nodes cordoned hold its
     # replacement Pending until the test has seen that).
