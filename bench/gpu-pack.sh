@@ -16,19 +16,12 @@ cd "$REPO_ROOT"
 PACK="${1:-.gpu}"
 PACK_PYTHON="${PACK_PYTHON:-3.12}"
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-SDIST_CACHE="$EXO_CACHE/llama-server"
 SMOLLM2="$EXO_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 # The runtime's packages that a machine with PyTorch's usual stack lacks (pip adds their needs).
 SERVER_PACKAGES=(fastapi uvicorn pydantic diskcache)
 
 mkdir -p "$PACK/wheels"
-sdist="$SDIST_CACHE/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
-if [ ! -f "$sdist" ]; then
-  log "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist"
-  mkdir -p "$SDIST_CACHE"
-  python3 -m pip download -q --no-deps --no-binary :all: -d "$SDIST_CACHE" \
-    "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
-fi
+sdist="$(llama_cpp_sdist "$LLAMA_CPP_PYTHON_VERSION")"
 
 log "trimming llama.cpp's source into $PACK/llama-cpp-python.tar.gz"
 top="llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"

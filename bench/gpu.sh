@@ -50,12 +50,7 @@ top="llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
 if [ -n "$GPU_PACK" ]; then
   sdist="$GPU_PACK/llama-cpp-python.tar.gz"
 else
-  sdist="$EXO_CACHE/llama-server/$top.tar.gz"
-  if [ ! -f "$sdist" ]; then
-    log "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist"
-    python3 -m pip download -q --no-deps --no-binary :all: -d "$(dirname "$sdist")" \
-      "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
-  fi
+  sdist="$(llama_cpp_sdist "$LLAMA_CPP_PYTHON_VERSION")"
 fi
 [ -f "$sdist" ] || die "$sdist is missing (bench/gpu-pack.sh makes it)"
 src="$WORK/$top"

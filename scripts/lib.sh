@@ -11,6 +11,20 @@ die() {
   exit 1
 }
 
+# llama_cpp_sdist VERSION: prints the path of the llama-cpp-python sdist, downloaded into the
+# cache once. Its vendored llama.cpp is what the wheel, the benchmarks and the GPU builds compile.
+llama_cpp_sdist() {
+  local version=$1 dir="$EXO_CACHE/llama-server"
+  local sdist="$dir/llama_cpp_python-$version.tar.gz"
+  if [ ! -f "$sdist" ]; then
+    log "downloading the llama-cpp-python $version sdist"
+    mkdir -p "$dir"
+    python3 -m pip download -q --no-deps --no-binary :all: -d "$dir" \
+      "llama-cpp-python==$version" >&2
+  fi
+  echo "$sdist"
+}
+
 # Binaries built by scripts/tools.sh from the pins in scripts/versions.env.
 TOOLS_BIN="${TOOLS_BIN:-$EXO_CACHE/bin}"
 
