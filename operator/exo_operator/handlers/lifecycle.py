@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from exo_operator import kube
+from exo_operator import heap, kube
 from exo_operator.handlers.indexes import select_children_server_side
 from exo_operator.naming import COMPONENT_LABEL, FETCH
 from exo_operator.reconciler import Reconciler, Snapshot
@@ -77,6 +77,7 @@ async def configure(
         asyncio.create_task(_follow_downloads(memo, exomodels, model_pods)),
         asyncio.create_task(_resync(memo, exomodels)),
         asyncio.create_task(_watch_fetch_secrets(memo, exomodels)),
+        asyncio.create_task(_trim_heap(memo.settings.resync_seconds)),
     ]
 
 
@@ -176,6 +177,14 @@ async def _resync(memo: kopf.Memo, exomodels: kopf.Index) -> None:
         for key in keys:
             await asyncio.sleep(period / len(keys))
             await _quietly(memo.reconciler, key)
+
+
+async def _trim_heap(period: float) -> None:
+    """Returns freed memory to the system once a period (see heap.py), off the event loop."""
+    while True:
+        await asyncio.sleep(period)
+        if not await asyncio.get_running_loop().run_in_executor(None, heap.trim):
+            return
 
 
 async def _quietly(reconciler: Reconciler, key: tuple[str, str]) -> None:
