@@ -82,6 +82,12 @@ cmake -S "$work/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp" -B 
   cat "$work/configure.log" >&2
   die "configuring ggml's CPU variants failed"
 }
+# A misspelt name would otherwise fail later as a missing make target.
+offered=$(sed -n 's/.*Adding CPU backend variant ggml-cpu-\([^:]*\):.*/\1/p' "$work/configure.log")
+for variant in "${variants[@]}"; do
+  grep -qx "$variant" <<<"$offered" ||
+    die "LLAMA_CPU_VARIANTS: ggml has no CPU variant '$variant' here; it offers: ${offered//$'\n'/ }"
+done
 # Logged to a file: GCC's AVX-512 headers warn some hundred thousand lines.
 cmake --build "$work/build" --parallel "$(nproc)" --target "${variants[@]/#/ggml-cpu-}" \
   >"$work/build.log" 2>&1 || {
