@@ -2,7 +2,7 @@
 
 One machine, one model (Gemma 3 270M Q4_K_M unless --model), temperature 0, 2 threads, streaming
 /v1/completions. Prompts of about 16, 512 and 2048 tokens (short, medium, long), each request
-with its own first words so that no prefix cache helps; 1, 4, 8 and 16 clients at once, each
+with its own first token so that no prefix cache helps; 1, 4, 8 and 16 clients at once, each
 server started with --parallel equal to the clients and room for the longest prompt per slot.
 Reported per line: aggregate tokens/s, time to first token p50/p99 and inter-token latency
 p50/p99 (the gaps between a stream's tokens, over every stream), errors, and the build of the
@@ -79,15 +79,21 @@ TARGET_TTFT_OVERHEAD_MS = 10.0
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the base model counts on well past 128 tokens
 # Prompt tokens wanted per size (Gemma's tokenizer gives each digit, comma and space a token).
 PROMPT_SIZES = {"short": 16, "medium": 512, "long": 2048}
-# Every request gets its own first words, so no contender answers from a cached prompt
-# (all of them reuse a matching prefix): TTFT then measures prefill plus serving overhead for
-# all alike.
+# Every request starts with its own token, so no contender answers from a cached prompt (all
+# of them reuse a matching prefix; llama-server and llama-cpp-python from a single token on):
+# TTFT then measures prefill plus serving overhead for all alike.
 _request_number = iter(range(1_000_000))
+
+
+def request_words(number: int) -> str:
+    """The request's number, last digit first: the tokenizer splits digits, so consecutive
+    requests differ from their first token (`List 00042` and `List 00043` shared seven)."""
+    return f"{number:05d}"[::-1]
 
 
 def next_prompt() -> str:
     """A short counting prompt with its own first words (the MLX benchmark's too)."""
-    return f"List {next(_request_number)}: {PROMPT}"
+    return f"{request_words(next(_request_number))} list: {PROMPT}"
 
 
 THREADS = 2
@@ -119,9 +125,9 @@ def log(message: str) -> None:
 
 
 def counting_prompt(number: int, count: int) -> str:
-    """`List 00042: 1, 2, ..., count,`: the request's own first words, then a count the base
+    """`24000 list: 1, 2, ..., count,`: the request's own first words, then a count the base
     model carries on."""
-    return f"List {number:05d}: " + " ".join(f"{i}," for i in range(1, count + 1))
+    return f"{request_words(number)} list: " + " ".join(f"{i}," for i in range(1, count + 1))
 
 
 @dataclass

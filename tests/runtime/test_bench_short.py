@@ -4,6 +4,7 @@ the llama-server builds they compare with take minutes each, so here exo-runtime
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -35,6 +36,24 @@ def table_rows(output: str) -> list[list[str]]:
         if line.startswith("|") and cells[0] not in ("prompt", "---", "window (s)"):
             rows.append(cells)
     return rows
+
+
+def test_serving_benchmark_prompts_share_no_token_a_prefix_cache_could_reuse():
+    # llama-server and llama-cpp-python reuse any shared prefix; exo-runtime's cache only one of
+    # 16 tokens or more: a shared start would time one contender's prefill shorter than another's.
+    sys.path.insert(0, str(BENCH))
+    try:
+        import serving
+    finally:
+        sys.path.remove(str(BENCH))
+    from llama_cpp import Llama
+
+    vocab = Llama(str(serving.default_model()), vocab_only=True, verbose=False)
+    prompts = [serving.counting_prompt(number, 5) for number in range(30)]
+    prompts += [serving.next_prompt() for _ in range(10)]
+    tokens = [vocab.tokenize(prompt.encode(), add_bos=True) for prompt in prompts]
+    for earlier, later in itertools.pairwise(tokens):
+        assert earlier[1] != later[1], (vocab.detokenize(earlier), vocab.detokenize(later))
 
 
 def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_reference():
