@@ -4,6 +4,9 @@ One machine, one model (Gemma 3 270M Q4_K_M unless --model), temperature 0, 2 th
 /v1/completions. Prompts of about 16, 512 and 2048 tokens (short, medium, long), each request
 with its own first token so that no prefix cache helps; 1, 4, 8 and 16 clients at once, each
 server started with --parallel equal to the clients and room for the longest prompt per slot.
+All servers of a level are up together and take turns at each prompt size (--rounds times,
+their order rotating), so that the machine's drift slows them alike; each figure is the median
+of its rounds, and each ratio the median of the rounds' ratios, their spread beside it.
 Reported per line: aggregate tokens/s, time to first token p50/p99 and inter-token latency
 p50/p99 (the gaps between a stream's tokens, over every stream), errors, and the build of the
 contender; then exo-runtime's ratios to each llama-server with the targets beside them.
@@ -17,13 +20,14 @@ Both llama-server builds come from the llama.cpp vendored in the llama-cpp-pytho
 once and cached under ~/.cache/exo-operator/llama-server/.
 
     .venv/bin/python bench/serving.py [--clients 1,4,8,16] [--prompts short,medium,long]
-        [--tokens 128] [--without-llama-server] [--build-only]
+        [--tokens 128] [--rounds 1] [--without-llama-server] [--build-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -34,8 +38,8 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -360,6 +364,7 @@ class LevelResult:
     itl_p50_ms: float  # inter-token latency: gaps between a stream's tokens, all streams
     itl_p99_ms: float
     errors: int
+    round: int = 0  # which of the benchmark's rounds measured it
 
 
 def summarise(
@@ -491,34 +496,77 @@ def llama_server_contenders(args: argparse.Namespace, model: Path) -> list[Conte
     return contenders
 
 
-def measure(
-    contender: Contender, clients: int, context: int, prompts: Prompts, sizes: list[str],
-    tokens: int,
-) -> list[LevelResult]:  # fmt: skip
-    """Start `contender` with `clients` slots and run every prompt size against it."""
-    log(f"{contender.name}, {clients} clients")
+@contextlib.contextmanager
+def running(contender: Contender, clients: int, context: int) -> Iterator[str]:
+    """`contender`'s server with `clients` slots, up for the block; yields its base URL."""
     proc, base = contender.start(clients, context)
     try:
         if contender.name == EXO_RUNTIME and "cpu_variant" not in contender.build:
             variant = runtime_cpu_variant(base)
             contender.build += f", cpu_variant {variant}"
             contender.label += f", cpu_variant {variant.split()[0]}"
-        return [
-            asyncio.run(run_level(base, clients, tokens, make_prompt, contender.name, size))
-            for size, make_prompt in ((s, lambda s=s: prompts.next(s)) for s in sizes)
-        ]
+        yield base
     finally:
         stop(proc)
 
 
+def measure_level(
+    contenders: list[Contender], clients: int, context: int, prompts: Prompts,
+    sizes: list[str], tokens: int, rounds: int, in_process_model: Path | None = None,
+) -> list[LevelResult]:  # fmt: skip
+    """Every contender at `clients` clients and each prompt size, `rounds` times (with
+    llama-cpp-python in process on `in_process_model` too, when given).
+
+    All servers stay up for the level (an idle one costs no CPU) and take turns at each size,
+    their order rotating round by round: this machine's speed drifts by 10-15 % over minutes,
+    and measured minutes apart the same build differed as much as two builds."""
+    log(f"{clients} clients: {', '.join(c.name for c in contenders)}")
+    results = []
+    with contextlib.ExitStack() as servers:
+        bases = {c.name: servers.enter_context(running(c, clients, context)) for c in contenders}
+        runners: list[tuple[str, Callable[[str], LevelResult]]] = [
+            (name, lambda size, base=base, name=name: asyncio.run(
+                run_level(base, clients, tokens, lambda: prompts.next(size), name, size)))
+            for name, base in bases.items()
+        ]  # fmt: skip
+        if in_process_model is not None:
+            runners.append(
+                (IN_PROCESS, lambda size: in_process(in_process_model, prompts, size, tokens))
+            )
+        for size in sizes:
+            for round_ in range(rounds):
+                shift = round_ % len(runners)
+                for name, run in runners[shift:] + runners[:shift]:
+                    log(f"{size} prompts, round {round_ + 1}/{rounds}: {name}")
+                    results.append(replace(run(size), round=round_))
+    return results
+
+
 # -- the report ----------------------------------------------------------------------------
+
+
+def combine(results: list[LevelResult]) -> list[LevelResult]:
+    """One line per contender, prompt size and clients: each figure's median over the rounds,
+    the errors summed."""
+    groups: dict[tuple[str, str, int], list[LevelResult]] = {}
+    for r in results:
+        groups.setdefault((r.contender, r.prompt, r.clients), []).append(r)
+    figures = ("aggregate_tps", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
+    return [
+        replace(
+            runs[0],
+            errors=sum(r.errors for r in runs),
+            **{f: statistics.median(getattr(r, f) for r in runs) for f in figures},
+        )
+        for runs in groups.values()
+    ]
 
 
 def print_results(results: list[LevelResult], labels: dict[str, str]) -> None:
     print("| prompt | clients | contender | build | aggregate tok/s | TTFT p50 ms | TTFT p99 ms "
           "| ITL p50 ms | ITL p99 ms | errors |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in results:
+    for r in combine(results):
         print(f"| {r.prompt} | {r.clients} | {r.contender} | {labels[r.contender]} "
               f"| {r.aggregate_tps:.1f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} "
               f"| {r.itl_p50_ms:.1f} | {r.itl_p99_ms:.1f} | {r.errors} |")  # fmt: skip
@@ -529,28 +577,48 @@ def verdict(ok: bool) -> str:
 
 
 def print_ratios(results: list[LevelResult], contenders: list[Contender]) -> int:
-    """exo-runtime against every other contender, targets beside; returns the misses."""
-    by_key = {(r.contender, r.prompt, r.clients): r for r in results}
+    """exo-runtime against every other contender, targets beside; returns the misses.
+
+    Each round's figures are compared with the same round's (measured next to each other),
+    and the verdict is on the median; with several rounds their spread is printed beside it."""
+    by_key = {(r.contender, r.prompt, r.clients, r.round): r for r in results}
     targets = {IN_PROCESS: TARGET_AT_1_CLIENT} | {
         c.name: c.target_from_4_clients for c in contenders if c.name != EXO_RUNTIME
     }
-    print("\n| prompt | clients | exo-runtime vs | tok/s ratio | target | TTFT p50 Δ ms | target |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| prompt | clients | exo-runtime vs | tok/s ratio | rounds | target "
+          "| TTFT p50 Δ ms | rounds | target |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     misses = 0
-    for ours in (r for r in results if r.contender == EXO_RUNTIME):
+    for ours in combine([r for r in results if r.contender == EXO_RUNTIME]):
         for name, target in targets.items():
-            theirs = by_key.get((name, ours.prompt, ours.clients))
-            if theirs is None or not theirs.aggregate_tps:
+            pairs = [
+                (mine, theirs)
+                for mine in results
+                if (mine.contender, mine.prompt, mine.clients) == (EXO_RUNTIME, ours.prompt,
+                                                                   ours.clients)
+                and (theirs := by_key.get((name, ours.prompt, ours.clients, mine.round)))
+                and theirs.aggregate_tps
+            ]  # fmt: skip
+            if not pairs:
                 continue
             wanted = TARGET_AT_1_CLIENT if ours.clients == 1 else target
-            ratio = ours.aggregate_tps / theirs.aggregate_tps
-            delta = ours.ttft_p50_ms - theirs.ttft_p50_ms
+            ratios = [mine.aggregate_tps / theirs.aggregate_tps for mine, theirs in pairs]
+            deltas = [mine.ttft_p50_ms - theirs.ttft_p50_ms for mine, theirs in pairs]
+            ratio, delta = statistics.median(ratios), statistics.median(deltas)
             misses += (ratio < wanted) + (delta > TARGET_TTFT_OVERHEAD_MS)
             print(f"| {ours.prompt} | {ours.clients} | {name} | {ratio:.2f} "
-                  f"| >= {wanted:.2f} {verdict(ratio >= wanted)} | {delta:+.1f} "
+                  f"| {spread(ratios, '.2f')} | >= {wanted:.2f} {verdict(ratio >= wanted)} "
+                  f"| {delta:+.1f} | {spread(deltas, '+.1f')} "
                   f"| <= +{TARGET_TTFT_OVERHEAD_MS:.0f} "
                   f"{verdict(delta <= TARGET_TTFT_OVERHEAD_MS)} |")  # fmt: skip
     return misses
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """`low..high` of a figure over the rounds, or `-` for one round."""
+    if len(values) < 2:
+        return "-"
+    return f"{min(values):{fmt}}..{max(values):{fmt}}"
 
 
 def parse_args() -> argparse.Namespace:
@@ -559,6 +627,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts", default="short,medium,long",
                         help=f"prompt sizes among {','.join(PROMPT_SIZES)}")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=128, help="tokens per request")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="times each contender runs each level, taking turns (figures: their medians)",
+    )
     parser.add_argument("--build-only", action="store_true", help="build llama-server and stop")
     parser.add_argument("--threads", type=int, default=THREADS, help="CPU threads per server")
     parser.add_argument("--gpu-layers", type=int, default=GPU_LAYERS, help="layers on the GPU")
@@ -628,18 +702,18 @@ def main() -> int:
     context = -(-(max(prompts.tokens.values()) + args.tokens + 16) // 256) * 256
 
     results: list[LevelResult] = []
-    if 1 in levels and not args.without_in_process:
-        log(IN_PROCESS)
-        results += [in_process(model, prompts, size, args.tokens) for size in sizes]
     for clients in levels:
-        # Contenders alternate level by level, so that a busy machine slows them alike.
-        for contender in contenders:
-            results += measure(contender, clients, context, prompts, sizes, args.tokens)
+        with_in_process = clients == 1 and not args.without_in_process
+        results += measure_level(
+            contenders, clients, context, prompts, sizes, args.tokens, args.rounds,
+            model if with_in_process else None,
+        )  # fmt: skip
     results.sort(key=lambda r: (sizes.index(r.prompt), r.clients))
 
     print(f"\n{model_name(model)}, {args.tokens} tokens per request, temperature 0, {THREADS} "
           f"threads, {GPU_LAYERS} GPU layers, streaming /v1/completions, --parallel = clients, "
-          f"{context} tokens of context per slot")  # fmt: skip
+          f"{context} tokens of context per slot; {args.rounds} round(s), each figure the "
+          "median of its rounds")  # fmt: skip
     print("prompt tokens: " + ", ".join(f"{s} {prompts.tokens[s]}" for s in sizes))
     labels = {c.name: c.label for c in contenders} | {IN_PROCESS: "the same wheel, no HTTP"}
     for contender in contenders:
