@@ -546,20 +546,18 @@ def measure_level(
 
 
 def combine(results: list[LevelResult]) -> list[LevelResult]:
-    """One line per contender, prompt size and clients: each figure's median over the rounds,
-    the errors summed."""
+    """One line per contender, prompt size and clients: each figure's median over the rounds
+    that streamed tokens (a round whose every request failed has no figures), errors summed."""
     groups: dict[tuple[str, str, int], list[LevelResult]] = {}
     for r in results:
         groups.setdefault((r.contender, r.prompt, r.clients), []).append(r)
     figures = ("aggregate_tps", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
-    return [
-        replace(
-            runs[0],
-            errors=sum(r.errors for r in runs),
-            **{f: statistics.median(getattr(r, f) for r in runs) for f in figures},
-        )
-        for runs in groups.values()
-    ]
+    combined = []
+    for runs in groups.values():
+        measured = [r for r in runs if r.aggregate_tps] or runs[:1]
+        medians = {f: statistics.median(getattr(r, f) for r in measured) for f in figures}
+        combined.append(replace(runs[0], errors=sum(r.errors for r in runs), **medians))
+    return combined
 
 
 def print_results(results: list[LevelResult], labels: dict[str, str]) -> None:
