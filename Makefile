@@ -66,6 +66,9 @@ bench-serving: venv ## exo-runtime vs llama-server built 2 ways, 3 prompt sizes,
 bench-soak: venv ## 64 streaming clients for 10 min on one exo-runtime, then random hang-ups (ARGS=...)
 	@.venv/bin/python bench/soak.py $(ARGS)
 
+bench-mlx: venv ## exo-runtime's MLX engine vs mlx-lm's own generation, 1 and 4 clients (ARGS=...)
+	@.venv/bin/python bench/mlx_engines.py $(ARGS)
+
 bench-gpu: ## GPU figures (CPU half without a GPU): exo-runtime vs llama.cpp (CUDA), MLX-CUDA vs mlx-lm
 	@bash bench/gpu.sh
 
@@ -78,7 +81,7 @@ bench-structured: venv ## the cost of one json_schema request to 4 neighbours' t
 bench-distributed: venv ## one model on 1 process vs split over 2 and 3 RPC workers (QUICK=1: seconds)
 	@.venv/bin/python bench/distributed.py $(if $(QUICK),--quick)
 
-.PHONY: bench-serving bench-soak bench-gpu bench-prefix bench-structured bench-distributed
+.PHONY: bench-serving bench-soak bench-mlx bench-gpu bench-prefix bench-structured bench-distributed
 
 bench-operator: venv tools ## the operator's scale benchmark on kwok (MODELS="100 500", ARGS=...)
 	@bash bench/operator_scale.sh

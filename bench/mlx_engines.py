@@ -4,20 +4,26 @@ The model is the Gemma 3 270M GGUF converted by the project's converter (cached 
 MLX tier's copy). At 1 client the reference is `mlx_lm.stream_generate`; at N clients it is
 `mlx_lm.batch_generate` over N prompts. exo-runtime serves the same folder with
 `--engine mlx`, and N streaming clients hit it at once. Tokens/s are aggregate and wall-clock,
-from the request (or the call) to the last token, prefill included, for both.
+from the request (or the call) to the last token, prefill included, for both. At each level
+both run --rounds times in turns; each ratio compares two runs made side by side.
 
-    .venv/bin/python bench/mlx_engines.py [--clients 1,4] [--tokens 64] [--device cpu|cuda]
+    .venv/bin/python bench/mlx_engines.py [--clients 1,4] [--tokens 64] [--rounds 3]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,22 +48,19 @@ def converted_gemma() -> Path:
     return folder
 
 
-def mlx_lm_reference(folder: Path, clients: int, tokens: int) -> float:
-    """Aggregate decode tok/s of mlx-lm itself on `clients` prompts at once (greedy)."""
+def mlx_lm_reference(model, tokenizer, clients: int, tokens: int) -> float:
+    """Aggregate decode tok/s of mlx-lm itself on `clients` prompts at once (greedy), warm."""
     import mlx_lm
 
-    model, tokenizer = mlx_lm.load(str(folder))
     prompts = [tokenizer.encode(serving.next_prompt()) for _ in range(clients)]
     # Timed from the call to the last token, prefill included, as the clients time the
     # runtime (mlx-lm's own generation_tps leaves the prompt and the first token out).
     if clients == 1:
-        list(mlx_lm.stream_generate(model, tokenizer, prompts[0], max_tokens=8))  # warm up
         started = time.perf_counter()
         count = sum(
             1 for _ in mlx_lm.stream_generate(model, tokenizer, prompts[0], max_tokens=tokens)
         )
         return count / (time.perf_counter() - started)
-    mlx_lm.batch_generate(model, tokenizer, prompts, max_tokens=8)  # warm up
     started = time.perf_counter()
     response = mlx_lm.batch_generate(
         model, tokenizer, prompts, max_tokens=tokens, return_token_ids=True
@@ -66,7 +69,9 @@ def mlx_lm_reference(folder: Path, clients: int, tokens: int) -> float:
     return sum(len(ids) for ids in response.token_ids) / wall
 
 
-def exo_runtime_mlx(folder: Path, clients: int, tokens: int) -> serving.LevelResult:
+@contextlib.contextmanager
+def exo_runtime_mlx(folder: Path, clients: int) -> Iterator[str]:
+    """`exo-runtime serve --engine mlx` on `folder` with `clients` slots; yields its base URL."""
     port = serving.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "exo_runtime", "serve", "--model", str(folder), "--engine", "mlx",
@@ -77,32 +82,71 @@ def exo_runtime_mlx(folder: Path, clients: int, tokens: int) -> serving.LevelRes
     base = f"http://127.0.0.1:{port}"
     try:
         serving.wait_until_ready(f"{base}/readyz", proc, timeout=600)
-        return asyncio.run(serving.run_level(base, clients, tokens))
+        yield base
     finally:
         serving.stop(proc)
+
+
+@dataclass
+class Level:
+    """Both engines at one number of clients, round by round (tok/s, and the runtime's errors)."""
+
+    clients: int
+    reference: list[float] = field(default_factory=list)
+    ours: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def ratios(self) -> list[float]:
+        return [o / r for o, r in zip(self.ours, self.reference, strict=True) if r]
+
+
+def measure(folder: Path, clients: int, tokens: int, rounds: int) -> Level:
+    """mlx-lm and exo-runtime in turns, `rounds` times, who goes first alternating: the
+    machine's speed drifts over minutes, and each ratio compares runs made side by side."""
+    import mlx_lm
+
+    model, tokenizer = mlx_lm.load(str(folder))
+    level = Level(clients)
+    mlx_lm_reference(model, tokenizer, clients, 8)  # warm up (the runtime warms itself)
+    with exo_runtime_mlx(folder, clients) as base:
+        for round_ in range(rounds):
+            for turn in (0, 1) if round_ % 2 == 0 else (1, 0):
+                if turn == 0:
+                    level.reference.append(mlx_lm_reference(model, tokenizer, clients, tokens))
+                else:
+                    ours = asyncio.run(serving.run_level(base, clients, tokens))
+                    level.ours.append(ours.aggregate_tps)
+                    level.errors += ours.errors
+    return level
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,4", help="concurrency levels, e.g. 1,4")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per request")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each engine per level")
     parser.add_argument("--device", default="cpu", help="printed beside the figures")
     args = parser.parse_args()
     import mlx.core as mx
 
     folder = converted_gemma()
     print(f"\nGemma 3 270M converted to MLX, {args.tokens} tokens, greedy, device {args.device} "
-          f"(mlx {mx.__version__}, default device {mx.default_device()})\n")  # fmt: skip
-    print("| clients | mlx-lm aggregate tok/s | exo-runtime aggregate tok/s | ratio | errors |")
-    print("| --- | --- | --- | --- | --- |")
+          f"(mlx {mx.__version__}, default device {mx.default_device()}), {args.rounds} "
+          "round(s): medians, and the ratios' spread over the rounds\n")  # fmt: skip
+    print("| clients | mlx-lm aggregate tok/s | exo-runtime aggregate tok/s | ratio | rounds "
+          "| errors |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
     errors = 0
     for clients in (int(c) for c in args.clients.split(",")):
-        reference = mlx_lm_reference(folder, clients, args.tokens)
-        ours = exo_runtime_mlx(folder, clients, args.tokens)
-        errors += ours.errors
-        ratio = ours.aggregate_tps / reference if reference else 0.0
-        print(f"| {clients} | {reference:.1f} | {ours.aggregate_tps:.1f} | {ratio:.2f} "
-              f"| {ours.errors} |")  # fmt: skip
+        level = measure(folder, clients, args.tokens, args.rounds)
+        errors += level.errors
+        ratios = level.ratios
+        spread = f"{min(ratios):.2f}..{max(ratios):.2f}" if len(ratios) > 1 else "-"
+        print(f"| {clients} | {statistics.median(level.reference):.1f} "
+              f"| {statistics.median(level.ours):.1f} "
+              f"| {statistics.median(ratios) if ratios else 0.0:.2f} | {spread} "
+              f"| {level.errors} |")  # fmt: skip
     print("\ntarget: ratio >= 0.95 at every level")
     return 0 if errors == 0 else 1
 

@@ -1,0 +1,37 @@
+"""The MLX benchmark in a short form: exo-runtime's MLX engine and mlx-lm itself on the
+converted Gemma, in turns, report their figures. Its full run is `make bench-mlx`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.mlx
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_mlx_benchmark_reports_both_engines_round_by_round(gemma_mlx_dir: Path):
+    # The fixture converts the GGUF into the folder the benchmark looks for, once.
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "mlx_engines.py"), "--clients", "2", "--tokens", "4",
+         "--rounds", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    print(done.stdout)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = re.findall(
+        r"^\| (\d+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+)\.\.([0-9.]+) \| (\d+) \|$",
+        done.stdout,
+        re.MULTILINE,
+    )
+    assert [row[0] for row in rows] == ["2"], done.stdout
+    for _clients, reference, ours, ratio, low, high, errors in rows:
+        assert float(reference) > 0 and float(ours) > 0
+        assert float(low) <= float(ratio) <= float(high)
+        assert errors == "0"
