@@ -128,6 +128,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each engine per level")
     parser.add_argument("--device", default="cpu", help="printed beside the figures")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     import mlx.core as mx
 
     folder = converted_gemma()
@@ -142,11 +144,10 @@ def main() -> int:
         level = measure(folder, clients, args.tokens, args.rounds)
         errors += level.errors
         ratios = level.ratios
-        spread = f"{min(ratios):.2f}..{max(ratios):.2f}" if len(ratios) > 1 else "-"
         print(f"| {clients} | {statistics.median(level.reference):.1f} "
               f"| {statistics.median(level.ours):.1f} "
-              f"| {statistics.median(ratios) if ratios else 0.0:.2f} | {spread} "
-              f"| {level.errors} |")  # fmt: skip
+              f"| {statistics.median(ratios) if ratios else 0.0:.2f} "
+              f"| {serving.spread(ratios, '.2f')} | {level.errors} |")  # fmt: skip
     print("\ntarget: ratio >= 0.95 at every level")
     return 0 if errors == 0 else 1
 

@@ -671,6 +671,8 @@ def parse_args() -> argparse.Namespace:
         help="how that llama-server was built, printed beside its figures",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     unknown = set(args.prompts.split(",")) - set(PROMPT_SIZES)
     if unknown:
         parser.error(f"--prompts: unknown size(s) {','.join(sorted(unknown))}")
