@@ -2,8 +2,9 @@
 
 One machine, one model (Gemma 3 270M Q4_K_M unless --model), temperature 0, 2 threads, streaming
 /v1/completions. Prompts of about 16, 512 and 2048 tokens (short, medium, long), each request
-with its own first token so that no prefix cache helps; 1, 4, 8 and 16 clients at once, each
-server started with --parallel equal to the clients and room for the longest prompt per slot.
+with its own first token so that no prefix cache helps; 1, 4, 8 and 16 clients at once (one
+request each; the lone client sends 3 in a row), each server started with --parallel equal to
+the clients and room for the longest prompt per slot.
 All servers of a level are up together and take turns at each prompt size (--rounds times,
 their order rotating), so that the machine's drift slows them alike; each figure is the median
 of its rounds, and each ratio the median of the rounds' ratios, their spread beside it.
@@ -79,6 +80,9 @@ BUILD_LABELS = {"native": "native (GGML_NATIVE=ON)", "wheel-flags": "x86-64-v3, 
 TARGET_FROM_4_CLIENTS = {"native": 0.95, "wheel-flags": 1.00}
 TARGET_AT_1_CLIENT = 0.95
 TARGET_TTFT_OVERHEAD_MS = 10.0
+# Requests the one client of a 1-client level sends in a row, per round: its TTFT p50 and its
+# tok/s rest on these (from 4 clients on, each client sends one; they overlap).
+REQUESTS_AT_1_CLIENT = 3
 
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the base model counts on well past 128 tokens
 # Prompt tokens wanted per size (Gemma's tokenizer gives each digit, comma and space a token).
@@ -363,6 +367,7 @@ class LevelResult:
     ttft_p99_ms: float
     itl_p50_ms: float  # inter-token latency: gaps between a stream's tokens, all streams
     itl_p99_ms: float
+    requests: int  # sent, failed ones included
     errors: int
     round: int = 0  # which of the benchmark's rounds measured it
 
@@ -382,6 +387,7 @@ def summarise(
         ttft_p99_ms=percentile(ttfts, 99),
         itl_p50_ms=percentile(gaps, 50),
         itl_p99_ms=percentile(gaps, 99),
+        requests=len(results),
         errors=len(results) - len(good),
     )
 
@@ -393,16 +399,23 @@ async def run_level(
     make_prompt: Callable[[], str] = next_prompt,
     contender: str = "",
     prompt: str = "short",
+    requests_per_client: int = 1,
 ) -> LevelResult:
-    """`clients` streams at once, each one request of `tokens` tokens, after a warm-up."""
+    """`clients` streams at once, each `requests_per_client` requests of `tokens` tokens one
+    after the other, after a warm-up."""
+
+    async def one_client(client: httpx.AsyncClient) -> list[StreamResult]:
+        return [
+            await stream_once(client, base, tokens, make_prompt())
+            for _ in range(requests_per_client)
+        ]
+
     async with httpx.AsyncClient(timeout=600) as client:
         await stream_once(client, base, 8)  # warm the connection and the server's caches
         started = time.perf_counter()
-        results = await asyncio.gather(
-            *(stream_once(client, base, tokens, make_prompt()) for _ in range(clients))
-        )
+        per_client = await asyncio.gather(*(one_client(client) for _ in range(clients)))
         wall = time.perf_counter() - started
-    return summarise(contender, prompt, clients, list(results), wall)
+    return summarise(contender, prompt, clients, [r for c in per_client for r in c], wall)
 
 
 def in_process(model: Path, prompts: Prompts, size: str, tokens: int, runs: int = 2) -> LevelResult:
@@ -524,9 +537,11 @@ def measure_level(
     results = []
     with contextlib.ExitStack() as servers:
         bases = {c.name: servers.enter_context(running(c, clients, context)) for c in contenders}
+        # One request per round would make a 1-client level's TTFT the TTFT of one request.
+        in_a_row = REQUESTS_AT_1_CLIENT if clients == 1 else 1
         runners: list[tuple[str, Callable[[str], LevelResult]]] = [
-            (name, lambda size, base=base, name=name: asyncio.run(
-                run_level(base, clients, tokens, lambda: prompts.next(size), name, size)))
+            (name, lambda size, base=base, name=name: asyncio.run(run_level(
+                base, clients, tokens, lambda: prompts.next(size), name, size, in_a_row)))
             for name, base in bases.items()
         ]  # fmt: skip
         if in_process_model is not None:
@@ -547,7 +562,8 @@ def measure_level(
 
 def combine(results: list[LevelResult]) -> list[LevelResult]:
     """One line per contender, prompt size and clients: each figure's median over the rounds
-    that streamed tokens (a round whose every request failed has no figures), errors summed."""
+    that streamed tokens (a round whose every request failed has no figures), the requests and
+    errors summed."""
     groups: dict[tuple[str, str, int], list[LevelResult]] = {}
     for r in results:
         groups.setdefault((r.contender, r.prompt, r.clients), []).append(r)
@@ -556,18 +572,20 @@ def combine(results: list[LevelResult]) -> list[LevelResult]:
     for runs in groups.values():
         measured = [r for r in runs if r.aggregate_tps] or runs[:1]
         medians = {f: statistics.median(getattr(r, f) for r in measured) for f in figures}
-        combined.append(replace(runs[0], errors=sum(r.errors for r in runs), **medians))
+        counts = {f: sum(getattr(r, f) for r in runs) for f in ("requests", "errors")}
+        combined.append(replace(runs[0], **counts, **medians))
     return combined
 
 
 def print_results(results: list[LevelResult], labels: dict[str, str]) -> None:
     print("| prompt | clients | contender | build | aggregate tok/s | TTFT p50 ms | TTFT p99 ms "
-          "| ITL p50 ms | ITL p99 ms | errors |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| ITL p50 ms | ITL p99 ms | requests | errors |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in combine(results):
         print(f"| {r.prompt} | {r.clients} | {r.contender} | {labels[r.contender]} "
               f"| {r.aggregate_tps:.1f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} "
-              f"| {r.itl_p50_ms:.1f} | {r.itl_p99_ms:.1f} | {r.errors} |")  # fmt: skip
+              f"| {r.itl_p50_ms:.1f} | {r.itl_p99_ms:.1f} "
+              f"| {r.requests} | {r.errors} |")  # fmt: skip
 
 
 def verdict(ok: bool) -> str:

@@ -68,15 +68,23 @@ def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_
     results = {
         (row[1], row[2]): row
         for row in table_rows(done.stdout)
-        if len(row) == 10  # the results table: prompt, clients, contender, build, 6 figures
+        if len(row) == 11  # the results table: prompt, clients, contender, build, 7 figures
     }
     assert set(results) == {
         ("1", "llama-cpp-python in process"),
         ("1", "exo-runtime"),
         ("2", "exo-runtime"),
     }
+    # Over two rounds: the lone client sends 3 requests in a row, each of 2 clients one, and the
+    # in-process reference streams twice.
+    requests = {key: int(row[9]) for key, row in results.items()}
+    assert requests == {
+        ("1", "llama-cpp-python in process"): 4,
+        ("1", "exo-runtime"): 6,
+        ("2", "exo-runtime"): 4,
+    }
     for row in results.values():
-        aggregate, ttft_p50, ttft_p99, itl_p50, itl_p99, errors = row[4:]
+        aggregate, ttft_p50, ttft_p99, itl_p50, itl_p99, _, errors = row[4:]
         assert float(aggregate) > 0 and errors == "0", row
         assert 0 < float(ttft_p50) <= float(ttft_p99), row
         assert 0 < float(itl_p50) <= float(itl_p99), row
