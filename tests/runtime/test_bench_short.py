@@ -94,7 +94,7 @@ def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_
         r"\| >= 0.95",
         done.stdout,
     )
-    assert "errors: 0" in done.stdout
+    assert "exo-runtime errors: 0" in done.stdout
 
 
 def test_soak_allows_only_429_with_retry_after_and_leaves_no_sequence_behind():
