@@ -16,12 +16,15 @@ The contenders:
 - exo-runtime, on the project's llama-cpp-python wheel (its CPU variant as /v1/models says);
 - llama-server "native": llama.cpp's defaults for this CPU (GGML_NATIVE=ON), the anchor;
 - llama-server "wheel-flags": the wheel's x86-64-v3 flags, so the same kernels as the runtime;
-- llama-cpp-python in process, no HTTP: the single-stream reference (1 client only).
+- llama-cpp-python in process, no HTTP: the single-stream reference (1 client only);
+- with --control, a second server of the last contender's build: two servers of the same
+  build, taking turns, differ only by the machine's noise, so their ratio shows how far from
+  1.00 a ratio must be to mean anything in that run.
 Both llama-server builds come from the llama.cpp vendored in the llama-cpp-python sdist, built
 once and cached under ~/.cache/exo-operator/llama-server/.
 
     .venv/bin/python bench/serving.py [--clients 1,4,8,16] [--prompts short,medium,long]
-        [--tokens 128] [--rounds 1] [--without-llama-server] [--build-only]
+        [--tokens 128] [--rounds 1] [--control] [--without-llama-server] [--build-only]
 """
 
 from __future__ import annotations
@@ -509,12 +512,17 @@ def llama_server_contenders(args: argparse.Namespace, model: Path) -> list[Conte
     return contenders
 
 
+def control_of(contender: Contender) -> Contender:
+    """A second server of `contender`'s build, compared with the first only (--control)."""
+    return replace(contender, name=f"{contender.name} (control)", target_from_4_clients=None)
+
+
 @contextlib.contextmanager
 def running(contender: Contender, clients: int, context: int) -> Iterator[str]:
     """`contender`'s server with `clients` slots, up for the block; yields its base URL."""
     proc, base = contender.start(clients, context)
     try:
-        if contender.name == EXO_RUNTIME and "cpu_variant" not in contender.build:
+        if contender.name.startswith(EXO_RUNTIME) and "cpu_variant" not in contender.build:
             variant = runtime_cpu_variant(base)
             contender.build += f", cpu_variant {variant}"
             contender.label += f", cpu_variant {variant.split()[0]}"
@@ -592,14 +600,30 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
 
+def paired(
+    results: list[LevelResult], mine: str, theirs: str, prompt: str, clients: int
+) -> list[tuple[LevelResult, LevelResult]]:
+    """`mine` and `theirs` at one level, round by round (measured next to each other), where
+    `theirs` streamed tokens."""
+    by_key = {(r.contender, r.prompt, r.clients, r.round): r for r in results}
+    return [
+        (r, other)
+        for r in results
+        if (r.contender, r.prompt, r.clients) == (mine, prompt, clients)
+        and (other := by_key.get((theirs, prompt, clients, r.round)))
+        and other.aggregate_tps
+    ]
+
+
 def print_ratios(results: list[LevelResult], contenders: list[Contender]) -> int:
     """exo-runtime against every other contender, targets beside; returns the misses.
 
     Each round's figures are compared with the same round's (measured next to each other),
     and the verdict is on the median; with several rounds their spread is printed beside it."""
-    by_key = {(r.contender, r.prompt, r.clients, r.round): r for r in results}
     targets = {IN_PROCESS: TARGET_AT_1_CLIENT} | {
-        c.name: c.target_from_4_clients for c in contenders if c.name != EXO_RUNTIME
+        c.name: c.target_from_4_clients
+        for c in contenders
+        if c.name != EXO_RUNTIME and c.target_from_4_clients is not None
     }
     print("\n| prompt | clients | exo-runtime vs | tok/s ratio | rounds | target "
           "| TTFT p50 Δ ms | rounds | target |")  # fmt: skip
@@ -607,14 +631,7 @@ def print_ratios(results: list[LevelResult], contenders: list[Contender]) -> int
     misses = 0
     for ours in combine([r for r in results if r.contender == EXO_RUNTIME]):
         for name, target in targets.items():
-            pairs = [
-                (mine, theirs)
-                for mine in results
-                if (mine.contender, mine.prompt, mine.clients) == (EXO_RUNTIME, ours.prompt,
-                                                                   ours.clients)
-                and (theirs := by_key.get((name, ours.prompt, ours.clients, mine.round)))
-                and theirs.aggregate_tps
-            ]  # fmt: skip
+            pairs = paired(results, EXO_RUNTIME, name, ours.prompt, ours.clients)
             if not pairs:
                 continue
             wanted = TARGET_AT_1_CLIENT if ours.clients == 1 else target
@@ -628,6 +645,23 @@ def print_ratios(results: list[LevelResult], contenders: list[Contender]) -> int
                   f"| <= +{TARGET_TTFT_OVERHEAD_MS:.0f} "
                   f"{verdict(delta <= TARGET_TTFT_OVERHEAD_MS)} |")  # fmt: skip
     return misses
+
+
+def print_noise_floor(results: list[LevelResult], original: str, control: str) -> None:
+    """One llama-server build against a second instance of itself: the ratios that mean
+    nothing on this machine in this run (what a ratio of exo-runtime's must clear)."""
+    print(f"\n| prompt | clients | {control} vs {original} | tok/s ratio | rounds "
+          "| TTFT p50 Δ ms | rounds |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for level in combine([r for r in results if r.contender == control]):
+        pairs = paired(results, control, original, level.prompt, level.clients)
+        if not pairs:
+            continue
+        ratios = [a.aggregate_tps / b.aggregate_tps for a, b in pairs]
+        deltas = [a.ttft_p50_ms - b.ttft_p50_ms for a, b in pairs]
+        print(f"| {level.prompt} | {level.clients} | | {statistics.median(ratios):.2f} "
+              f"| {spread(ratios, '.2f')} | {statistics.median(deltas):+.1f} "
+              f"| {spread(deltas, '+.1f')} |")  # fmt: skip
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -674,6 +708,12 @@ def parse_args() -> argparse.Namespace:
         help="one llama-server binary to use as is, instead of the builds",
     )
     parser.add_argument(
+        "--control",
+        action="store_true",
+        help="a second server of the last contender's build, taking its turn like the others: "
+        "its ratio to the first is the noise floor of the run",
+    )
+    parser.add_argument(
         "--runtime-flags",
         default="",
         help="more flags for `exo-runtime serve`, e.g. '--batch-size 2048', printed beside it",
@@ -713,6 +753,8 @@ def main() -> int:
         return 0
     flags = shlex.split(args.runtime_flags)
     contenders = [exo_runtime_contender(model, args.runtime_build, flags), *servers]
+    if args.control:
+        contenders.append(control_of(contenders[-1]))
     sizes = args.prompts.split(",")
     levels = [int(c) for c in args.clients.split(",")]
     prompts = calibrate_prompts(model, sizes)
@@ -739,6 +781,8 @@ def main() -> int:
     print()
     print_results(results, labels)
     misses = print_ratios(results, contenders)
+    if args.control:
+        print_noise_floor(results, contenders[-2].name, contenders[-1].name)
     # The exit status is exo-runtime's: llama-server now and then closes a kept-alive connection
     # under the client (RemoteProtocolError); its row counts that, its figures are the others'.
     errors = sum(r.errors for r in results if r.contender == EXO_RUNTIME)

@@ -59,7 +59,7 @@ def test_serving_benchmark_prompts_share_no_token_a_prefix_cache_could_reuse():
 def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_reference():
     done = run_bench(
         "serving.py", "--without-llama-server", "--clients", "1,2", "--prompts", "short",
-        "--tokens", "8", "--rounds", "2",
+        "--tokens", "8", "--rounds", "2", "--control",
     )  # fmt: skip
 
     assert done.returncode == 0, done.stderr
@@ -73,7 +73,9 @@ def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_
     assert set(results) == {
         ("1", "llama-cpp-python in process"),
         ("1", "exo-runtime"),
+        ("1", "exo-runtime (control)"),
         ("2", "exo-runtime"),
+        ("2", "exo-runtime (control)"),
     }
     # Over two rounds: the lone client sends 3 requests in a row, each of 2 clients one, and the
     # in-process reference streams twice.
@@ -81,7 +83,9 @@ def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_
     assert requests == {
         ("1", "llama-cpp-python in process"): 4,
         ("1", "exo-runtime"): 6,
+        ("1", "exo-runtime (control)"): 6,
         ("2", "exo-runtime"): 4,
+        ("2", "exo-runtime (control)"): 4,
     }
     for row in results.values():
         aggregate, ttft_p50, ttft_p99, itl_p50, itl_p99, _, errors = row[4:]
@@ -94,6 +98,15 @@ def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_
         r"\| >= 0.95",
         done.stdout,
     )
+    # The control is compared with its twin only: the noise floor, one line per level.
+    ratio_table = done.stdout.split("exo-runtime vs")[1].split("\n\n")[0]
+    assert "(control)" not in ratio_table
+    floor = re.findall(
+        r"^\| short \| ([12]) \| \| [0-9.]+ \| [0-9.]+\.\.[0-9.]+ \| [-+][0-9.]+ \|",
+        done.stdout,
+        re.MULTILINE,
+    )
+    assert floor == ["1", "2"], done.stdout
     assert "exo-runtime errors: 0" in done.stdout
 
 
