@@ -600,19 +600,21 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
 
-def paired(
+def compared(
     results: list[LevelResult], mine: str, theirs: str, prompt: str, clients: int
-) -> list[tuple[LevelResult, LevelResult]]:
-    """`mine` and `theirs` at one level, round by round (measured next to each other), where
-    `theirs` streamed tokens."""
+) -> tuple[list[float], list[float]]:
+    """`mine` against `theirs` at one level, round by round (measured next to each other, where
+    `theirs` streamed tokens): the tok/s ratios and the TTFT p50 differences in ms."""
     by_key = {(r.contender, r.prompt, r.clients, r.round): r for r in results}
-    return [
+    pairs = [
         (r, other)
         for r in results
         if (r.contender, r.prompt, r.clients) == (mine, prompt, clients)
         and (other := by_key.get((theirs, prompt, clients, r.round)))
         and other.aggregate_tps
     ]
+    ratios = [a.aggregate_tps / b.aggregate_tps for a, b in pairs]
+    return ratios, [a.ttft_p50_ms - b.ttft_p50_ms for a, b in pairs]
 
 
 def print_ratios(results: list[LevelResult], contenders: list[Contender]) -> int:
@@ -631,12 +633,10 @@ def print_ratios(results: list[LevelResult], contenders: list[Contender]) -> int
     misses = 0
     for ours in combine([r for r in results if r.contender == EXO_RUNTIME]):
         for name, target in targets.items():
-            pairs = paired(results, EXO_RUNTIME, name, ours.prompt, ours.clients)
-            if not pairs:
+            ratios, deltas = compared(results, EXO_RUNTIME, name, ours.prompt, ours.clients)
+            if not ratios:
                 continue
             wanted = TARGET_AT_1_CLIENT if ours.clients == 1 else target
-            ratios = [mine.aggregate_tps / theirs.aggregate_tps for mine, theirs in pairs]
-            deltas = [mine.ttft_p50_ms - theirs.ttft_p50_ms for mine, theirs in pairs]
             ratio, delta = statistics.median(ratios), statistics.median(deltas)
             misses += (ratio < wanted) + (delta > TARGET_TTFT_OVERHEAD_MS)
             print(f"| {ours.prompt} | {ours.clients} | {name} | {ratio:.2f} "
@@ -648,17 +648,15 @@ def print_ratios(results: list[LevelResult], contenders: list[Contender]) -> int
 
 
 def print_noise_floor(results: list[LevelResult], original: str, control: str) -> None:
-    """One llama-server build against a second instance of itself: the ratios that mean
-    nothing on this machine in this run (what a ratio of exo-runtime's must clear)."""
+    """A server against a second one of its build (--control): ratios that mean nothing on
+    this machine in this run, the band a ratio of exo-runtime's must leave."""
     print(f"\n| prompt | clients | {control} vs {original} | tok/s ratio | rounds "
           "| TTFT p50 Δ ms | rounds |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for level in combine([r for r in results if r.contender == control]):
-        pairs = paired(results, control, original, level.prompt, level.clients)
-        if not pairs:
+        ratios, deltas = compared(results, control, original, level.prompt, level.clients)
+        if not ratios:
             continue
-        ratios = [a.aggregate_tps / b.aggregate_tps for a, b in pairs]
-        deltas = [a.ttft_p50_ms - b.ttft_p50_ms for a, b in pairs]
         print(f"| {level.prompt} | {level.clients} | | {statistics.median(ratios):.2f} "
               f"| {spread(ratios, '.2f')} | {statistics.median(deltas):+.1f} "
               f"| {spread(deltas, '+.1f')} |")  # fmt: skip
@@ -783,10 +781,11 @@ def main() -> int:
     misses = print_ratios(results, contenders)
     if args.control:
         print_noise_floor(results, contenders[-2].name, contenders[-1].name)
-    # The exit status is exo-runtime's: llama-server now and then closes a kept-alive connection
-    # under the client (RemoteProtocolError); its row counts that, its figures are the others'.
-    errors = sum(r.errors for r in results if r.contender == EXO_RUNTIME)
-    theirs = sum(r.errors for r in results if r.contender != EXO_RUNTIME)
+    # The exit status is exo-runtime's (its control's included): llama-server now and then
+    # closes a kept-alive connection under the client (RemoteProtocolError); its row counts
+    # those, and its figures are its other requests'.
+    errors = sum(r.errors for r in results if r.contender.startswith(EXO_RUNTIME))
+    theirs = sum(r.errors for r in results) - errors
     print(f"\ntargets missed: {misses}; exo-runtime errors: {errors} (target 0); "
           f"the other contenders' errors: {theirs}")  # fmt: skip
     return 0 if errors == 0 else 1
