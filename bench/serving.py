@@ -729,6 +729,13 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds: at least 1")
+    given = args.clients
+    try:
+        args.clients = [int(c) for c in given.split(",")]
+    except ValueError:
+        args.clients = []
+    if not args.clients or min(args.clients) < 1:
+        parser.error(f"--clients: comma-separated counts of 1 or more, not {given!r}")
     unknown = set(args.prompts.split(",")) - set(PROMPT_SIZES)
     if unknown:
         parser.error(f"--prompts: unknown size(s) {','.join(sorted(unknown))}")
@@ -754,13 +761,12 @@ def main() -> int:
     if args.control:
         contenders.append(control_of(contenders[-1]))
     sizes = args.prompts.split(",")
-    levels = [int(c) for c in args.clients.split(",")]
     prompts = calibrate_prompts(model, sizes)
     # Room per slot for the longest prompt and its answer, in whole 256-token blocks.
     context = -(-(max(prompts.tokens.values()) + args.tokens + 16) // 256) * 256
 
     results: list[LevelResult] = []
-    for clients in levels:
+    for clients in args.clients:
         with_in_process = clients == 1 and not args.without_in_process
         results += measure_level(
             contenders, clients, context, prompts, sizes, args.tokens, args.rounds,

@@ -110,6 +110,16 @@ def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_
     assert "exo-runtime errors: 0" in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--clients", "4,x"), ("--clients", "0"), ("--rounds", "0")]
+)
+def test_serving_benchmark_refuses_a_bad_level_naming_the_flag(flag: str, value: str):
+    done = run_bench("serving.py", "--without-llama-server", flag, value)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: {flag}:" in done.stderr
+
+
 def test_soak_allows_only_429_with_retry_after_and_leaves_no_sequence_behind():
     # 6 clients for 2 slots and a queue of 2: two are refused from the first moment.
     done = run_bench(
