@@ -75,20 +75,55 @@ cluster_pids() {
   pgrep -f -- "^$CLUSTER_DIR/bin/" || true
 }
 
+# Each component as PID:START (its start time, field 22 of /proc/PID/stat): a pid that another
+# process has taken since is then neither waited on nor killed.
+component_ids() {
+  local pid stat fields
+  for pid in $(cluster_pids); do
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+    read -r -a fields <<<"${stat##*) }"
+    echo "$pid:${fields[19]}"
+  done
+}
+
+# still_holding PID:START...: prints those that still hold their files, and so their ports.
+# An exiting process drops the command line cluster_pids matches before it closes its files,
+# and its main thread turns zombie (Z) while its other threads still hold them: a process has
+# let go only once it is a zombie with that one thread left (fields 3 and 20 of its stat).
+still_holding() {
+  local id stat fields
+  for id in "$@"; do
+    stat="$(cat "/proc/${id%:*}/stat" 2>/dev/null)" || continue
+    read -r -a fields <<<"${stat##*) }"
+    [ "${fields[19]}" = "${id#*:}" ] || continue # the pid is another process's now
+    if [ "${fields[0]}" != Z ] || [ "${fields[17]}" != 1 ]; then echo "$id"; fi
+  done
+}
+none_holding() { [ -z "$(still_holding "$@")" ]; }
+
 stop_cluster() {
+  local ids leftover left
+  # Listed before kwokctl signals them (see still_holding).
+  ids="$(component_ids)"
   if [ -d "$CLUSTER_DIR" ]; then
     without_inherited_fds kwokctl delete cluster >&2 2>&1 || log "kwokctl could not delete '$CLUSTER' cleanly; removing what is left"
   fi
-  local pids
-  pids="$(cluster_pids)"
-  if [ -n "$pids" ]; then
-    log "stopping leftover processes of '$CLUSTER': $(echo "$pids" | xargs)"
+  leftover="$(component_ids)"
+  if [ -n "$leftover" ]; then
+    log "stopping leftover processes of '$CLUSTER': $(echo "$leftover" | cut -d: -f1 | xargs)"
+    # shellcheck disable=SC2046
+    kill $(echo "$leftover" | cut -d: -f1) 2>/dev/null || true
+  fi
+  # Signalled is not gone: the files and ports go only when each process has exited.
+  # shellcheck disable=SC2086
+  if ! wait_for 10 none_holding $ids $leftover; then
     # shellcheck disable=SC2086
-    kill $pids 2>/dev/null || true
-    sleep 1
-    pids="$(cluster_pids)"
+    left="$(still_holding $ids $leftover | sort -u)"
+    log "killing processes of '$CLUSTER' still running after 10 s: $(echo "$left" | cut -d: -f1 | xargs)"
+    # shellcheck disable=SC2046
+    kill -9 $(echo "$left" | cut -d: -f1) 2>/dev/null || true
     # shellcheck disable=SC2086
-    [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+    wait_for 10 none_holding $left || log "processes of '$CLUSTER' outlived SIGKILL: $(echo "$left" | cut -d: -f1 | xargs)"
   fi
   rm -rf "$CLUSTER_DIR" "$CONFIG_PATH"
 }

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from fixtures.descriptors import holders
 from fixtures.kube import EXPORT_PREFIX, Kubectl, tool_path
 from fixtures.kwok import kwok_script
@@ -60,6 +61,16 @@ def apiserver_port(kubectl: Kubectl) -> int:
     return port
 
 
+def component_ports(cluster_dir: Path) -> set[int]:
+    """Every port kwokctl gave the cluster's components (etcd's two, the apiserver's, ...)."""
+    docs = yaml.safe_load_all((cluster_dir / "kwok.yaml").read_text())
+    (options,) = [
+        doc["options"] for doc in docs if doc and doc.get("kind") == "KwokctlConfiguration"
+    ]
+    # `securePort: true` ends in Port too, and a bool is an int to isinstance.
+    return {value for key, value in options.items() if key.endswith("Port") and type(value) is int}
+
+
 def listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
@@ -91,12 +102,14 @@ def test_up_reuses_recovers_from_a_killed_run_and_down_leaves_nothing() -> None:
         assert "leftover" in recovered.stderr
         assert kubeconfig_of(recovered) == kubeconfig
         kubectl("wait", "--for=condition=Ready", "nodes", "--all", "--timeout=30s")
-        port = apiserver_port(kubectl)
+        ports = component_ports(cluster_dir)
+        assert apiserver_port(kubectl) in ports and len(ports) == 6, ports
     finally:
         down = kwok_script("down", **settings)
     assert down.returncode == 0, down.stderr
     assert component_pids(cluster_dir) == []
     assert not cluster_dir.exists()
     assert not (KWOK_WORKDIR / f"{name}.kwokctl.yaml").exists()
-    assert not listening(port)
+    # `down` returns once every component has let go of its ports, not as they exit.
+    assert [port for port in sorted(ports) if listening(port)] == []
     assert kwok_script("status", **settings).returncode == 1
