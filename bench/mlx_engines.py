@@ -130,6 +130,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds: at least 1")
+    clients_levels = serving.client_counts(parser, args.clients)
     import mlx.core as mx
 
     folder = converted_gemma()
@@ -140,7 +141,7 @@ def main() -> int:
           "| errors |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")
     errors = 0
-    for clients in (int(c) for c in args.clients.split(",")):
+    for clients in clients_levels:
         level = measure(folder, clients, args.tokens, args.rounds)
         errors += level.errors
         ratios = level.ratios

@@ -669,6 +669,17 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{min(values):{fmt}}..{max(values):{fmt}}"
 
 
+def client_counts(parser: argparse.ArgumentParser, given: str) -> list[int]:
+    """--clients as a list of counts, or an argparse error naming the flag."""
+    try:
+        counts = [int(c) for c in given.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        parser.error(f"--clients: comma-separated counts of 1 or more, not {given!r}")
+    return counts
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,4,8,16", help="concurrency levels, e.g. 1,4,8")
@@ -729,13 +740,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds: at least 1")
-    given = args.clients
-    try:
-        args.clients = [int(c) for c in given.split(",")]
-    except ValueError:
-        args.clients = []
-    if not args.clients or min(args.clients) < 1:
-        parser.error(f"--clients: comma-separated counts of 1 or more, not {given!r}")
+    args.clients = client_counts(parser, args.clients)
     unknown = set(args.prompts.split(",")) - set(PROMPT_SIZES)
     if unknown:
         parser.error(f"--prompts: unknown size(s) {','.join(sorted(unknown))}")

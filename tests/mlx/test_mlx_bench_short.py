@@ -35,3 +35,14 @@ def test_mlx_benchmark_reports_both_engines_round_by_round(gemma_mlx_dir: Path):
         assert float(reference) > 0 and float(ours) > 0
         assert float(low) <= float(ratio) <= float(high)
         assert errors == "0"
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--clients", "1,x"), ("--clients", "0")])
+def test_mlx_benchmark_refuses_a_bad_level_naming_the_flag(flag: str, value: str):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "mlx_engines.py"), flag, value],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: {flag}:" in done.stderr
