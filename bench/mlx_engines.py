@@ -5,10 +5,12 @@ MLX tier's copy). At 1 client the reference is `mlx_lm.stream_generate`; at N cl
 `mlx_lm.batch_generate` over N prompts. exo-runtime serves the same folder with
 `--engine mlx`, and N streaming clients hit it at once. Tokens/s are aggregate and wall-clock,
 from the request (or the call) to the last token, prefill included, for both. At each level
-both run --rounds times in turns; each ratio compares two runs made side by side.
+both run --rounds times in turns; each ratio compares two runs made side by side. With
+--control, mlx-lm also runs a second time in each round: two runs of the same code differ only
+by the machine's noise, so their ratio shows how far from 1.00 a ratio must be to mean anything.
 
     .venv/bin/python bench/mlx_engines.py [--clients 1,4] [--tokens 64] [--rounds 3]
-        [--device cpu|cuda]
+        [--control] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -89,35 +91,54 @@ def exo_runtime_mlx(folder: Path, clients: int) -> Iterator[str]:
 
 @dataclass
 class Level:
-    """Both engines at one number of clients, round by round (tok/s, and the runtime's errors)."""
+    """Both engines at one number of clients, round by round (tok/s, and the runtime's errors);
+    `control` is mlx-lm's second run of each round, with --control."""
 
     clients: int
     reference: list[float] = field(default_factory=list)
     ours: list[float] = field(default_factory=list)
+    control: list[float] = field(default_factory=list)
     errors: int = 0
 
     @property
     def ratios(self) -> list[float]:
-        return [o / r for o, r in zip(self.ours, self.reference, strict=True) if r]
+        return _ratios(self.ours, self.reference)
+
+    @property
+    def control_ratios(self) -> list[float]:
+        return _ratios(self.control, self.reference)
 
 
-def measure(folder: Path, clients: int, tokens: int, rounds: int) -> Level:
-    """mlx-lm and exo-runtime in turns, `rounds` times, who goes first alternating: the
-    machine's speed drifts over minutes, and each ratio compares runs made side by side."""
+def _ratios(figures: list[float], reference: list[float]) -> list[float]:
+    return [f / r for f, r in zip(figures, reference, strict=True) if r]
+
+
+def measure(folder: Path, clients: int, tokens: int, rounds: int, control: bool) -> Level:
+    """mlx-lm and exo-runtime (and mlx-lm again, with `control`) in turns, `rounds` times, who
+    goes first rotating: the machine's speed drifts over minutes, and each ratio compares runs
+    made side by side."""
     import mlx_lm
 
     model, tokenizer = mlx_lm.load(str(folder))
     level = Level(clients)
     mlx_lm_reference(model, tokenizer, clients, 8)  # warm up (the runtime warms itself)
     with exo_runtime_mlx(folder, clients) as base:
+
+        def ours() -> float:
+            result = asyncio.run(serving.run_level(base, clients, tokens))
+            level.errors += result.errors
+            return result.aggregate_tps
+
+        turns = [
+            (level.reference, lambda: mlx_lm_reference(model, tokenizer, clients, tokens)),
+            (level.ours, ours),
+        ]
+        if control:
+            turns.append((level.control, turns[0][1]))
         for round_ in range(rounds):
-            for turn in (0, 1) if round_ % 2 == 0 else (1, 0):
-                if turn == 0:
-                    level.reference.append(mlx_lm_reference(model, tokenizer, clients, tokens))
-                else:
-                    ours = asyncio.run(serving.run_level(base, clients, tokens))
-                    level.ours.append(ours.aggregate_tps)
-                    level.errors += ours.errors
+            first = round_ % len(turns)
+            for figures, run in turns[first:] + turns[:first]:
+                figures.append(run())
     return level
 
 
@@ -127,6 +148,12 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64, help="tokens per request")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each engine per level")
     parser.add_argument("--device", default="cpu", help="printed beside the figures")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="mlx-lm a second time in each round, taking its turn like the others: its ratio "
+        "to the first is the noise floor of the run",
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds: at least 1")
@@ -141,8 +168,10 @@ def main() -> int:
           "| errors |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")
     errors = 0
+    levels = []
     for clients in clients_levels:
-        level = measure(folder, clients, args.tokens, args.rounds)
+        level = measure(folder, clients, args.tokens, args.rounds, args.control)
+        levels.append(level)
         errors += level.errors
         ratios = level.ratios
         print(f"| {clients} | {statistics.median(level.reference):.1f} "
@@ -150,7 +179,21 @@ def main() -> int:
               f"| {statistics.median(ratios) if ratios else 0.0:.2f} "
               f"| {serving.spread(ratios, '.2f')} | {level.errors} |")  # fmt: skip
     print("\ntarget: ratio >= 0.95 at every level")
+    if args.control:
+        print_noise_floor(levels)
     return 0 if errors == 0 else 1
+
+
+def print_noise_floor(levels: list[Level]) -> None:
+    """mlx-lm against itself (--control): ratios that mean nothing on this machine in this
+    run, the band a ratio of exo-runtime's must leave."""
+    print("\n| clients | mlx-lm (control) vs mlx-lm | ratio | rounds |")
+    print("| --- | --- | --- | --- |")
+    for level in levels:
+        ratios = level.control_ratios
+        if ratios:
+            print(f"| {level.clients} | | {statistics.median(ratios):.2f} "
+                  f"| {serving.spread(ratios, '.2f')} |")  # fmt: skip
 
 
 if __name__ == "__main__":

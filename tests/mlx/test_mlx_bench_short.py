@@ -1,5 +1,6 @@
-"""The MLX benchmark in a short form: exo-runtime's MLX engine and mlx-lm itself on the
-converted Gemma, in turns, report their figures. Its full run is `make bench-mlx`."""
+"""The MLX benchmark in a short form: exo-runtime's MLX engine and mlx-lm itself (twice, the
+second run its noise floor) on the converted Gemma, in turns, report their figures. Its full
+run is `make bench-mlx`."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_mlx_benchmark_reports_both_engines_round_by_round(gemma_mlx_dir: Path):
     # The fixture converts the GGUF into the folder the benchmark looks for, once.
     done = subprocess.run(
         [sys.executable, str(BENCH / "mlx_engines.py"), "--clients", "2", "--tokens", "4",
-         "--rounds", "2"],
+         "--rounds", "2", "--control"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     print(done.stdout)
@@ -35,6 +36,13 @@ def test_mlx_benchmark_reports_both_engines_round_by_round(gemma_mlx_dir: Path):
         assert float(reference) > 0 and float(ours) > 0
         assert float(low) <= float(ratio) <= float(high)
         assert errors == "0"
+    # --control: mlx-lm against itself, the run's noise floor.
+    control = re.findall(
+        r"^\| (\d+) \| \| ([0-9.]+) \| ([0-9.]+)\.\.([0-9.]+) \|$", done.stdout, re.MULTILINE
+    )
+    assert [row[0] for row in control] == ["2"], done.stdout
+    for _clients, ratio, low, high in control:
+        assert 0 < float(low) <= float(ratio) <= float(high)
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--clients", "1,x"), ("--clients", "0")])
