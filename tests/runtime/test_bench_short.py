@@ -111,7 +111,8 @@ def test_serving_benchmark_reports_each_level_of_exo_runtime_and_the_in_process_
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--clients", "4,x"), ("--clients", "0"), ("--rounds", "0")]
+    ("flag", "value"),
+    [("--clients", "4,x"), ("--clients", "0"), ("--rounds", "0"), ("--prompts", "huge")],
 )
 def test_serving_benchmark_refuses_a_bad_level_naming_the_flag(flag: str, value: str):
     done = run_bench("serving.py", "--without-llama-server", flag, value)
